@@ -1,0 +1,38 @@
+# One virtual environment, made on first use; every target runs from it.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+TORCH ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: venv test lint typecheck unit demo bench runtime-image clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e '.[dev,torch]'
+	touch $@
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+unit: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test: lint typecheck unit
+
+demo: venv
+	$(PY) -m bundler.demo
+
+bench: venv
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache out

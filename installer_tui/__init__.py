@@ -1,0 +1,1 @@
+"""installer_tui package."""
