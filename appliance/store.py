@@ -69,7 +69,7 @@ class ContentStore:
             StoreError: the blob is not in the store.
         """
         try:
-            return open(self.path(digest), "rb")  # noqa: SIM115 - caller closes
+            return open(self.path(digest), "rb")
         except FileNotFoundError as e:
             raise StoreError(f"blob {digest[:19]} is not in the store {self.root}") from e
 

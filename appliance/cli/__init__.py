@@ -8,10 +8,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from signing import SigningError
-
 from appliance import __version__
 from appliance.errors import ApplianceError
+from signing import SigningError
 
 # Exit codes scripts can rely on.
 EXIT_OK = 0

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
-
-from signing import PrivateKey, PublicKey, TrustRoot, rotate_root, sign_root
-from signing.errors import KeyFormatError
 
 from appliance.errors import TrustError
 from appliance.fsutil import atomic_write
+from signing import PrivateKey, PublicKey, TrustRoot, rotate_root, sign_root
+from signing.errors import KeyFormatError
 
-PASSPHRASE_ENV = "APPLIANCE_KEY_PASSPHRASE"
+PASSPHRASE_ENV = "APPLIANCE_KEY_PASSPHRASE"  # noqa: S105 - a variable name, not a secret
 
 
 def read_passphrase(passphrase_file: str | None) -> bytes | None:
@@ -107,7 +105,7 @@ def _fingerprint(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("keys", help="signing keys and trust roots")
     ks = p.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
 
