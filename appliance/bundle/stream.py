@@ -111,7 +111,13 @@ class PartStream:
                         f"cannot read bundle {self.paths[self._index]}: {e.strerror}") from e
                 if hasattr(os, "posix_fadvise"):
                     os.posix_fadvise(self._f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
-            n = self._f.readinto(view)  # type: ignore[attr-defined]
+            try:
+                n = self._f.readinto(view)  # type: ignore[attr-defined]
+            except OSError as e:
+                raise TruncatedBundleError(
+                    f"cannot read {self.paths[self._index].name} at offset {self.offset}: "
+                    f"{e.strerror or e} (was the medium removed?); copy the bundle again"
+                ) from e
             if n:
                 self.offset += n
                 return int(n)
