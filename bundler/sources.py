@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import posixpath
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
@@ -145,6 +146,11 @@ def _tar_reader(tar: tarfile.TarFile, where: Path) -> _Reader:
 
     def member(name: str) -> tarfile.TarInfo:
         m = members.get(name)
+        for _ in range(8):  # docker-archive may link <id>/layer.tar to a file in the tar
+            if m is None or not m.issym():
+                break
+            target = posixpath.normpath(posixpath.join(posixpath.dirname(name), m.linkname))
+            name, m = target, members.get(target)
         if m is None or not m.isfile():
             raise SpecError(f"runtime image {where} lacks a regular file {name}")
         return m
