@@ -125,7 +125,19 @@ def parse_header(block: bytes, where: str) -> Header:
         raise MemberError(
             f"member {name!r} at {where} is {kind}; a bundle holds regular files only")
     check_name(name, where)
-    return Header(name, _parse_number(block[124:136], "size"), typeflag)
+    size = _parse_number(block[124:136], "size")
+    mode = _parse_number(block[100:108], "mode")
+    mtime = _parse_number(block[136:148], "mtime")
+    try:
+        canonical = file_header(name, size, mtime, mode)
+    except (ValueError, OverflowError) as e:
+        raise BundleFormatError(f"tar header of {name!r} at {where} is malformed: {e}") from e
+    if canonical != block:
+        # Bytes that no field is read from must still be as the bundler wrote them:
+        # a bundle has exactly one encoding, so any altered bit is refused.
+        raise BundleFormatError(f"tar header of {name!r} at {where} is not in the bundle's "
+                                "canonical form: it was altered")
+    return Header(name, size, typeflag)
 
 
 def check_name(name: str, where: str) -> None:
