@@ -50,6 +50,7 @@ from signing import PrivateKey, sign
 
 CHUNK = 1024 * 1024
 PROGRESS_EVERY = 16 * 1024 * 1024
+MIN_SPLIT = 1024 * 1024
 _PARALLEL_MIN = 64 * 1024
 
 
@@ -147,6 +148,8 @@ def build_bundle(
     """
     if not keys:
         raise SpecError("a bundle needs at least one signing key (--key)")
+    if split_bytes is not None and split_bytes < MIN_SPLIT:
+        raise SpecError(f"split size {split_bytes} is under the 1 MiB minimum; use e.g. 3900MiB")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
