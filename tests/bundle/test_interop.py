@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -137,3 +138,50 @@ def test_docker_20_10_load_accepts_the_bundle(built: Built, tmp_path: Path):
                                   "--format", "{{.Id}}"], check=True, capture_output=True,
                                  text=True).stdout.strip()
             assert got == img.config_digest
+
+
+@contextlib.contextmanager
+def podman_service(storage: Path) -> Iterator[str]:
+    """Podman's Docker-compatible API on a private socket, for the docker SDK."""
+    sock = storage / "api.sock"
+    with open(storage / "service.log", "wb") as log:
+        proc = subprocess.Popen(
+            ["podman", "--root", str(storage / "root"), "--runroot", str(storage / "run"),
+             "--storage-driver", "vfs", "system", "service", "--time=0", f"unix://{sock}"],
+            stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        deadline = time.monotonic() + 30
+        while not sock.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.skip("podman system service did not start")
+            time.sleep(0.05)  # polling for the socket with a deadline
+        yield f"unix://{sock}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@needs_podman
+@pytest.mark.engine
+@pytest.mark.slow
+def test_runtime_image_from_an_engine_via_the_docker_sdk(tmp_path: Path, podman_store: Path,
+                                                         vendor, root: TrustRoot,
+                                                         monkeypatch: pytest.MonkeyPatch):
+    from bundler.build import build_bundle
+    from bundler.spec import load_spec
+    from tests.bundle.conftest import make_spec_dir
+    from tests.bundle.kit import write_spec
+    from tests.bundle.runtimes import docker_archive, runtime_parts
+
+    podman(podman_store, "load", "-i", str(docker_archive(tmp_path / "rt.tar")))
+    spec = make_spec_dir(tmp_path / "spec")
+    write_spec(tmp_path / "spec", spec.read_text().replace(
+        "models:\n", "runtime_image:\n  engine: localhost/rt:1\nmodels:\n", 1))
+    with podman_service(podman_store) as host:
+        monkeypatch.setenv("DOCKER_HOST", host)
+        m = build_bundle(load_spec(spec), tmp_path / "b.tar", [vendor])
+    verify_bundle(tmp_path / "b.tar", root, now=m.created_at)
+    layers, _ = runtime_parts()
+    assert m.image("svc-a").layers[:2] == ["sha256:" + hashlib.sha256(x).hexdigest()
+                                           for x in layers]
+    assert not list(tmp_path.glob(".bundle-*")), "the saved engine image is cleaned up"
