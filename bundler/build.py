@@ -129,7 +129,7 @@ def _front(spec: Spec, comp: Composition, blobs: Sequence[Blob], base: Manifest 
     manifest = Manifest(name=spec.name, version=spec.version, sequence=spec.sequence,
                         created=spec.created, expires=spec.expires, platform=spec.platform,
                         members=members, images=images, models=models, services=services,
-                        base=base_ref)
+                        base=base_ref, trust_root=spec.trust_root)
     manifest.validate()
     data = manifest.to_json()
     envelope = sign(data, PAYLOAD_TYPE, keys).to_json()

@@ -50,7 +50,7 @@ from appliance.manifest import (
 )
 from appliance.progress import Progress, ProgressFn, no_progress
 from appliance.store import ContentStore
-from signing import Envelope, SigningError, TrustRoot
+from signing import Envelope, SigningError, TrustRoot, rotate_root
 from signing import verify as verify_envelope
 from signing.dsse import MAX_ENVELOPE_BYTES
 
@@ -171,6 +171,23 @@ def check_members(manifest: Manifest) -> None:
                                 "bundle does not carry, and it is not a delta")
 
 
+def check_new_root(manifest: Manifest, root: TrustRoot) -> None:
+    """A successor trust root riding in the bundle must be a valid rotation of `root`.
+
+    The installer applies it (and records its version); verify refuses a bundle whose
+    rotation would fail, before any blob is read.
+
+    Raises:
+        SignatureError: the new root is not version N+1 signed by both thresholds.
+    """
+    if manifest.trust_root is None:
+        return
+    try:
+        rotate_root(root, manifest.trust_root.encode("utf-8"))
+    except SigningError as e:
+        raise SignatureError(f"bundle carries a trust root rotation that is refused: {e}") from e
+
+
 def check_delta_base(manifest: Manifest, store: ContentStore) -> None:
     """For a delta, every blob its images need but it omits is already in the store.
 
@@ -209,6 +226,7 @@ def verify_bundle(
         check_freshness(manifest, now=now, last_sequence=last_sequence,
                         allow_expired=allow_expired)
         check_members(manifest)
+        check_new_root(manifest, root)
         if store is not None:
             check_delta_base(manifest, store)
         total = stream.offset + sum(member_span(m.size) for m in manifest.members) + 2 * BLOCK
