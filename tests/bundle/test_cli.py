@@ -141,3 +141,27 @@ def test_tiny_split_size_is_refused(tmp_path, keyfiles, capsys):
                        str(tmp_path / "b.tar"), "--key", str(key), "--passphrase-file",
                        str(tmp_path / "pass"), "--split", "10KiB")
     assert code == 1 and "1 MiB minimum" in err
+
+
+def test_progress_bar_draws_one_line_and_ends_it():
+    import io
+
+    from appliance.cli.bundle import ProgressBar
+    from appliance.progress import Progress
+
+    out = io.StringIO()
+    bar = ProgressBar(out, width=10)
+    bar(Progress("verify", 5 * 1024 * 1024, 10 * 1024 * 1024, "blobs/sha256/abc"))
+    bar(Progress("verify", 10 * 1024 * 1024, 10 * 1024 * 1024, "done"))
+    bar.close()
+    text = out.getvalue()
+    assert text.startswith("\rverify  [#####.....]  50.0%")
+    assert "100.0%" in text and "10.0 MiB" in text and text.endswith("\n")
+
+
+@pytest.mark.parametrize(("text", "size"), [("3900MiB", 3900 * 2**20), ("4GB", 4 * 10**9),
+                                            ("1048576", 2**20), ("2 GiB", 2 * 2**30)])
+def test_parse_size(text, size):
+    from appliance.cli.bundle import parse_size
+
+    assert parse_size(text) == size
