@@ -18,7 +18,7 @@ from bundler.build import build_bundle
 from bundler.spec import load_spec
 from signing import PrivateKey, TrustRoot
 from tests.bundle.conftest import Built, make_spec_dir
-from tests.bundle.kit import read_entries, source_date_epoch, write_spec
+from tests.bundle.kit import NOW, read_entries, source_date_epoch, write_spec
 from tests.bundle.runtimes import docker_archive, oci_layout, oci_tar, runtime_parts
 
 
@@ -210,3 +210,18 @@ def test_real_onnx_model_from_samples_bundles_and_verifies(tmp_path: Path, vendo
     v = verify_bundle(tmp_path / "b.tar", root, now=m.created_at)
     assert v.manifest.model("mlp").inputs[0].shape == [-1, 64]
     assert m.model("mlp").max_batch_size == 4
+
+
+def test_hash_thread_or_not_gives_the_same_bytes(vendor: PrivateKey, root: TrustRoot,
+                                                 tmp_path: Path, monkeypatch):
+    import bundler.build
+
+    spec = make_spec_dir(tmp_path / "spec", beta=bytes(range(256)) * 12000)  # 3 MiB
+    outs = []
+    for threaded in (True, False):
+        monkeypatch.setattr(bundler.build, "hash_thread_pays", lambda t=threaded: t)
+        with source_date_epoch():
+            build_bundle(load_spec(spec), tmp_path / f"{threaded}.tar", [vendor])
+        outs.append((tmp_path / f"{threaded}.tar").read_bytes())
+    assert outs[0] == outs[1]
+    verify_bundle(tmp_path / "True.tar", root, now=NOW)

@@ -165,3 +165,29 @@ def test_parse_size(text, size):
     from appliance.cli.bundle import parse_size
 
     assert parse_size(text) == size
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/usr/bin/time").exists(), reason="needs /usr/bin/time")
+def test_build_and_verify_memory_stays_flat_for_a_large_model(tmp_path, keyfiles):
+    """A 384 MiB weights file (sparse: fast to read) through build and verify, each in
+    its own process: peak RSS stays far below the model size."""
+    key, root, _ = keyfiles
+    spec = make_spec_dir(tmp_path / "spec")
+    with open(tmp_path / "spec" / "models" / "beta" / "model.onnx", "wb") as f:
+        f.truncate(384 * 1024 * 1024)
+
+    def peak_rss_mib(*argv: str) -> float:
+        report = tmp_path / "time.txt"
+        subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(report), sys.executable, "-m",
+                        "appliance", *argv], check=True, capture_output=True,
+                       cwd=Path(__file__).parents[2], timeout=300,
+                       env={"APPLIANCE_KEY_PASSPHRASE": "s3cret", "PATH": "/usr/bin:/bin"})
+        return int(report.read_text().split()[-1]) / 1024
+
+    build = peak_rss_mib("bundle", "build", "-q", "-f", str(spec), "-o",
+                         str(tmp_path / "b.tar"), "--key", str(key))
+    verify = peak_rss_mib("bundle", "verify", "-q", str(tmp_path / "b.tar"), "--trust",
+                          str(root), "--store", str(tmp_path / "site"))
+    assert (tmp_path / "b.tar").stat().st_size > 384 * 1024 * 1024
+    assert build < 100 and verify < 100, (build, verify)
