@@ -159,6 +159,7 @@ def test_runtime_layer_that_does_not_match_its_digest_is_refused(tmp_path: Path,
 @pytest.mark.parametrize(("edit", "message"), [
     (lambda s: s.replace("name: test", "name: Bad Name"), "lowercase"),
     (lambda s: s.replace("sequence: 1", "sequence: 0"), "sequence"),
+    (lambda s: s.replace("version: 1.0.0", "version: 1.0.0+git"), "image tag"),
     (lambda s: s.replace("path: models/beta", "path: models/nowhere"), "cannot read"),
     (lambda s: s.replace("models: [alpha, beta]", "models: [alpha, gamma]"), "unknown models"),
     (lambda s: s.replace("gpu: none", "gpu: maybe"), "gpu"),
