@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from appliance.errors import SpecError
+from appliance.errors import ManifestError, SpecError
 from appliance.manifest import (
     FRAMEWORKS,
     GPU_POLICIES,
@@ -132,7 +132,11 @@ def _spec(doc: dict[str, Any], path: Path) -> Spec:
     created = build_time()
     if "expires" in doc:
         exp = doc["expires"]
-        expires = exp if isinstance(exp, datetime) else parse_time(str(exp), "expires")
+        try:
+            expires = exp if isinstance(exp, datetime) else parse_time(str(exp), "expires")
+        except ManifestError as e:
+            raise SpecError(f"spec {path}: expires {exp!r} is not a time with a zone, e.g. "
+                            "2027-01-01T00:00:00Z") from e
         if expires.tzinfo is None:
             expires = expires.replace(tzinfo=UTC)
     else:
