@@ -74,6 +74,10 @@ class TrustError(ApplianceError):
     """The trust root file is missing, malformed, or a rotation is invalid."""
 
 
+class LayerError(StoreError):
+    """A layer holds a member that must not be written to disk (link, device, `..`)."""
+
+
 # -- engines and placement --------------------------------------------------
 class EngineError(ApplianceError):
     """The container engine or the process supervisor failed."""
@@ -87,9 +91,21 @@ class ImageLoadError(EngineError):
     """The engine refused an image or loaded one whose id differs from the manifest."""
 
 
+class HealthTimeoutError(EngineError):
+    """A started release did not report ready in time, or its process/container died."""
+
+
 class PlacementError(ApplianceError):
     """The models do not fit the GPUs (or the CPU plan) of this server."""
 
 
 class InstallError(ApplianceError):
     """An install step failed; the previous release keeps serving."""
+
+
+class PreflightError(InstallError):
+    """A preflight check failed; nothing was changed."""
+
+
+class AcceptanceError(InstallError):
+    """The new release answered a signed sample outside its tolerance."""
