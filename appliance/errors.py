@@ -107,5 +107,17 @@ class PreflightError(InstallError):
     """A preflight check failed; nothing was changed."""
 
 
-class AcceptanceError(InstallError):
+class ReleaseFailedError(InstallError):
+    """The new release failed after it was started; the previous release was restored."""
+
+
+class AcceptanceError(ReleaseFailedError):
     """The new release answered a signed sample outside its tolerance."""
+
+
+class RestoreError(InstallError):
+    """The new release failed and the previous release could not be brought back."""
+
+
+class InstallLockedError(InstallError):
+    """Another installer is working on the same site."""
