@@ -110,6 +110,8 @@ class PreflightError(InstallError):
 class ReleaseFailedError(InstallError):
     """The new release failed after it was started; the previous release was restored."""
 
+    previous_serving: bool = True  # False on a first install: nothing serves now
+
 
 class AcceptanceError(ReleaseFailedError):
     """The new release answered a signed sample outside its tolerance."""

@@ -344,8 +344,10 @@ class InstallPlan:
         self.release.log("rolled_back", step=step, reason=str(error))
         prev = self.previous
         if prev is None:
-            return _failed(error, f"{why}; it was stopped; no earlier release exists, so "
-                                  "nothing is serving: fix the cause and install again")
+            err = _failed(error, f"{why}; it was stopped; no earlier release exists, so "
+                                 "nothing is serving: fix the cause and install again")
+            err.previous_serving = False
+            return err
         try:
             self._ensure_serving(prev)
         except ApplianceError as e:
