@@ -242,8 +242,9 @@ class Site:
     def switch_current(self, sequence: int) -> None:
         """Point `current` at `releases/<sequence>` atomically (new symlink, rename, fsync)."""
         self.release(sequence)  # must exist
+        for stale in self.root.glob(".current.*.tmp"):  # left by an installer that was killed
+            stale.unlink(missing_ok=True)
         tmp = self.root / f".current.{os.getpid()}.tmp"
-        tmp.unlink(missing_ok=True)
         os.symlink(f"releases/{sequence}", tmp)
         os.replace(tmp, self.current_link)
         fsync_dir(self.root)
