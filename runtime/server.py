@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 from pathlib import Path
+from types import FrameType
 
 from runtime.app import V2App
 from runtime.errors import SettingsError
@@ -28,6 +29,19 @@ def _data_dirs(settings: Settings) -> tuple[Path, Path]:
         raise SettingsError(f"cannot create data directory {settings.data_dir}: {e.strerror}; "
                             "pass --data-dir to a writable place") from e
     return logs, history
+
+
+def _server_class() -> type:
+    import uvicorn
+
+    class RuntimeServer(uvicorn.Server):
+        """uvicorn's server, but a SIGTERM/SIGINT ends in a clean exit 0 (for supervisors)."""
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            super().handle_exit(sig, frame)
+            self._captured_signals.clear()  # do not re-raise the signal after shutdown
+
+    return RuntimeServer
 
 
 def serve(settings: Settings, gpu: GpuSource | None = None) -> int:
@@ -63,7 +77,7 @@ def serve(settings: Settings, gpu: GpuSource | None = None) -> int:
         lifespan="on", access_log=False, log_config=None, server_header=False,
         date_header=False, backlog=2048, timeout_keep_alive=30,
     )
-    server = uvicorn.Server(config)
+    server = _server_class()(config)
     log.info("starting: %d model(s) from %s, data in %s", len(specs), settings.models,
              settings.data_dir)
     try:
