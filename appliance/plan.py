@@ -336,7 +336,7 @@ class InstallPlan:
         assert self.release is not None
         seq = self.release.sequence
         why = f"release {seq} failed at {step}: {error}"
-        log.warning(why)
+        log.info(why)
         if self._serving_already():
             return ReleaseFailedError(f"{why}; it stays current (it was already serving)")
         self.engine.stop(seq)

@@ -237,6 +237,8 @@ class DockerEngine:
         import docker.errors
         import requests
 
+        # appliance.bundle first: importing appliance.imagearchive alone hits an import cycle
+        import appliance.bundle  # noqa: F401
         from appliance.imagearchive import image_blobs, write_image_archive
         total = sum(store.size(d) for d in image_blobs(images))
         r_fd, w_fd = os.pipe()
