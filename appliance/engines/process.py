@@ -28,7 +28,8 @@ from appliance.progress import Progress, ProgressFn, no_progress
 from appliance.site import Release, Site
 from appliance.store import ContentStore
 
-DEFAULT_COMMAND = (sys.executable, "-m", "runtime", "--models", "{models}", "--port", "{port}")
+DEFAULT_COMMAND = (sys.executable, "-m", "runtime", "--models", "{models}", "--port", "{port}",
+                   "--data-dir", "{data}")
 DEFAULT_UNIT_DIR = Path("/etc/systemd/system")
 STOP_TIMEOUT_S = 15.0
 
@@ -175,7 +176,10 @@ class ProcessEngine:
 
     def _command(self, release: Release, launch: Launch) -> tuple[list[str], dict[str, str]]:
         models = str(self._models_dir(release, launch.service))
-        cmd = [a.format(models=models, port=launch.port) for a in self.command]
+        # logs and metrics history outlive releases: one directory per service, site-wide
+        data = self.site.root / "runtime" / launch.service
+        data.mkdir(parents=True, exist_ok=True)
+        cmd = [a.format(models=models, port=launch.port, data=data) for a in self.command]
         gpu = "" if launch.gpu_index is None else (launch.gpu_uuid or str(launch.gpu_index))
         env = {**self.env, "CUDA_VISIBLE_DEVICES": gpu, "APPLIANCE_RELEASE": str(launch.release),
                "APPLIANCE_SERVICE": launch.service, "HF_HUB_OFFLINE": "1",
