@@ -5,9 +5,11 @@ How a front end drives it (the headless CLI and the TUI do the same):
     plan = InstallPlan(InstallOptions(bundle=path, site=Site(root), engine=engine,
                                       gpu_probe=NvmlProbe(), trust=trust_file),
                        progress=on_event)
-    result = plan.run()               # every step in order, or:
-    for step in STEPS:                # one at a time (e.g. pause for a confirm
-        plan.run_step(step.name)      # after "placement"); same order, same checks
+    result = plan.run()               # every step in order, under the site lock; or:
+    with plan.locked():               # one step at a time (e.g. pause for a confirm
+        for step in STEPS:            # after "placement"); same order, same checks
+            plan.run_step(step.name)
+        result = plan.result()
 
 `on_event` receives `appliance.progress.Progress` events, from the worker
 thread that runs the plan (a TUI posts them to its screen):
@@ -16,12 +18,15 @@ thread that runs the plan (a TUI posts them to its screen):
   - `CheckEvent` (a Progress) for each preflight line (level pass/warn/fail);
   - plain `Progress` for bytes (verify, load: done/total) and info lines.
 After each step the plan's attributes hold what a screen shows: `checks`,
-`manifest`, `verified` (signers), `gpus` (the GPU table), `placement`,
-`endpoints`. Errors are `ApplianceError`s with one-line messages; after the
-new release started, a failure stops it, restores the previous release and
-raises `ReleaseFailedError` (or `AcceptanceError`) saying why. Killing the
-process at any point leaves the previous release serving; running the same
-plan again completes the install.
+`manifest`, `verified` (signers), `gpus` (`gpus.table()` under
+`appliance.gpu.TABLE_HEADER`), `placement` (`placement.lines()`), `endpoints`.
+Rolling back later is `appliance.rollback.rollback(site, engine, seq)`.
+
+Errors are `ApplianceError`s with one-line messages; after the new release
+started, a failure stops it, restores the previous release and raises
+`ReleaseFailedError` (or `AcceptanceError`) saying why. Killing the process
+at any point leaves the previous release serving; running the same plan again
+completes the install. Exit codes for each error: `appliance.cli.site.exit_code`.
 """
 
 from __future__ import annotations

@@ -188,8 +188,8 @@ class DockerEngine:
                 raise EngineError(f"cannot stop container {c.name}: {_short(e)}") from e
 
     def running(self) -> set[int]:
-        return {int(c.labels[LABEL_RELEASE]) for c in self._containers({})
-                if c.status == "running"}
+        """Releases with a container in any state (a crash-looping one still needs stopping)."""
+        return {int(c.labels[LABEL_RELEASE]) for c in self._containers({})}
 
     def enable(self, sequence: int) -> None:
         """Containers carry `unless-stopped`; stopped releases are removed, so nothing to do."""

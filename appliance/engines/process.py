@@ -139,6 +139,13 @@ class ProcessEngine:
 
     def running(self) -> set[int]:
         out = set()
+        if self.use_systemd:
+            for unit in self.unit_dir.glob("appliance-*-*.service"):
+                seq, _, svc = unit.name.removesuffix(".service").removeprefix(
+                    "appliance-").partition("-")
+                if seq.isdigit() and self.alive(int(seq), svc):
+                    out.add(int(seq))
+            return out
         for rel in self.site.releases():
             run = rel.path / "run"
             names = [p.stem for p in run.glob("*.pid")] if run.is_dir() else []
