@@ -93,6 +93,10 @@ def render(manifest: Manifest, options: RenderOptions) -> dict[str, str]:
     """
     if not DIGEST_RE.match(options.manifest_digest):
         raise ManifestError(f"manifest digest {options.manifest_digest!r} is not sha256:<hex>")
+    if options.node_gpu_memory_mib is not None and options.node_gpu_memory_mib < 1:
+        raise PlacementError(
+            f"node GPU memory must be a positive number of MiB, got {options.node_gpu_memory_mib}"
+        )
     if options.replicas < 1:
         raise PlacementError(f"replicas must be at least 1, got {options.replicas}")
     check_fit(manifest, options)
