@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import shutil
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
@@ -178,3 +181,18 @@ def test_bad_manifest_digest_or_replicas_are_refused() -> None:
         render(make_manifest(), RenderOptions("sha256:nothex"))
     with pytest.raises(PlacementError, match="replicas"):
         render(make_manifest(), RenderOptions(MANIFEST_DIGEST, replicas=0))
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_kustomization_builds_with_kubectl_into_valid_namespaced_objects(tmp_path: Path) -> None:
+    files = render(make_manifest(), RenderOptions(MANIFEST_DIGEST, namespace="inference"))
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    built = subprocess.run(["kubectl", "kustomize", str(tmp_path)], capture_output=True,
+                           text=True, timeout=60)
+    assert built.returncode == 0, built.stderr
+    objs = [d for d in yaml.safe_load_all(built.stdout) if d]
+    assert sorted(f"{o['kind']}/{o['metadata']['name']}" for o in objs) == sorted(docs(files))
+    for obj in objs:
+        assert obj["metadata"]["namespace"] == "inference"
+        assert kubernetes_validate.validate(obj, K8S_VERSION, strict=True) == K8S_VERSION
