@@ -69,6 +69,8 @@ def _accept(args: argparse.Namespace, sequence: int) -> None:
 def _clear_previous_render(out: Path, force: bool) -> None:
     ours = []
     for p in sorted(out.iterdir()) if out.is_dir() else []:
+        if p.name.startswith("."):  # .git, .gitkeep: the admin's, left alone
+            continue
         if p.is_file() and p.suffix == ".yaml" and p.read_text(errors="replace").startswith(
                 RENDER_HEADER):
             ours.append(p)

@@ -201,3 +201,20 @@ def test_images_archive_imports_into_containerd_with_the_signed_digests(
     for p in deploy.glob("*-deployment.yaml"):
         image = yaml.safe_load(p.read_text())["spec"]["template"]["spec"]["containers"][0]["image"]
         assert held[image] == image.split("@")[1]
+
+
+def test_render_refuses_to_mix_with_files_it_did_not_write(
+    site: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "deploy"
+    out.mkdir()
+    (out / ".gitkeep").write_text("")
+    (out / "notes.yaml").write_text("mine: true\n")
+    rc = run("k8s", "render", site["bundle2"], "--trust", site["root"], "-o", out, "--force",
+             "--state", tmp_path / "state")
+    assert rc == 1 and "notes.yaml" in capsys.readouterr().err
+    assert (out / "notes.yaml").read_text() == "mine: true\n"
+    (out / "notes.yaml").unlink()
+    assert run("k8s", "render", site["bundle2"], "--trust", site["root"], "-o", out,
+               "--state", tmp_path / "state") == 0
+    assert (out / ".gitkeep").exists()
