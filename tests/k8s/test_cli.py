@@ -15,13 +15,10 @@ import yaml
 
 from appliance.cli import main
 from appliance.manifest import MANIFEST_PATH, Manifest
+from bundler.build import build_bundle
+from bundler.spec import load_spec
 from signing import PrivateKey, TrustRoot
 from tests.k8s.conftest import Containerd
-
-# The bundle writer and verifier land from their own branch; until then this file skips.
-build_bundle = pytest.importorskip("bundler.build").build_bundle
-load_spec = pytest.importorskip("bundler.spec").load_spec
-pytest.importorskip("appliance.bundle")
 
 K8S_VERSION = "1.30"
 
