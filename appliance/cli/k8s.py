@@ -100,7 +100,8 @@ def _render(args: argparse.Namespace) -> int:
     for name, text in files.items():
         atomic_write(out / name, text.encode())
     _accept(args, manifest.sequence)
-    print(f"rendered {len(manifest.services)} services of {manifest.name} {manifest.version} "
+    n = len(manifest.services)
+    print(f"rendered {n} service{'s' if n != 1 else ''} of {manifest.name} {manifest.version} "
           f"(sequence {manifest.sequence}) to {out}")
     print(f"apply with: kubectl apply -k {out}")
     return 0
