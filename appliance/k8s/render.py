@@ -20,6 +20,7 @@ MIB = 1024 * 1024
 GPU_RESOURCE = "nvidia.com/gpu"
 LIVE_PATH = "/v2/health/live"
 LABEL_PREFIX = "appliance"
+POD_LISTEN = "0.0.0.0"  # noqa: S104 - inside the pod's own network namespace
 KUSTOMIZATION = "kustomization.yaml"
 
 
@@ -198,6 +199,9 @@ def _deployment(manifest: Manifest, service: Service, name: str,
         "imagePullPolicy": "Never",
         "ports": [{"name": "http", "containerPort": options.container_port,
                    "protocol": "TCP"}],
+        # The kubelet probes the pod IP; the runtime alone would listen on 127.0.0.1.
+        # Takes effect only where the image's command does not pass --host itself.
+        "env": [{"name": "RUNTIME_HOST", "value": POD_LISTEN}],
         "startupProbe": _probe(LIVE_PATH, 5, max(1, options.startup_seconds // 5)),
         "readinessProbe": _probe(service.health, 5, 3),
         "livenessProbe": _probe(LIVE_PATH, 10, 3),

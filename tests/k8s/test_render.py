@@ -95,6 +95,8 @@ def test_probes_hit_the_v2_health_endpoints(files: dict[str, str]) -> None:
     assert c["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
     assert c["startupProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert c["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+    # The runtime's default 127.0.0.1 would fail every probe from the kubelet.
+    assert {"name": "RUNTIME_HOST", "value": "0.0.0.0"} in c["env"]
 
 
 def test_images_are_pinned_by_digest_and_never_pulled(files: dict[str, str]) -> None:
