@@ -103,6 +103,10 @@ class PlacementError(ApplianceError):
     """The models do not fit the GPUs (or the CPU plan) of this server."""
 
 
+class NodeCapacityError(PlacementError):
+    """A model needs more GPU memory than the cluster's nodes declare (`appliance k8s render`)."""
+
+
 class InstallError(ApplianceError):
     """An install step failed; the previous release keeps serving."""
 
