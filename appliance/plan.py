@@ -272,6 +272,10 @@ class InstallPlan:
             if report.gpus and not self.engine.gpu_runtime():
                 report = GpuReport(unavailable=f"{self.engine.name} has no NVIDIA container "
                                                "runtime", driver=report.driver, cuda=report.cuda)
+            for g in report.gpus:
+                self._info("placement", f"GPU {g.index} {g.name}: {g.memory_free_mib} of "
+                                        f"{g.memory_total_mib} MiB free, {g.utilization_pct}% "
+                                        f"busy (driver {report.driver}, CUDA {report.cuda})")
             self.placement = plan_placement(self.manifest, report)
             atomic_write(recorded, self.placement.to_json())
         for line in self.placement.lines():

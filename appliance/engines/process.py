@@ -32,6 +32,7 @@ DEFAULT_COMMAND = (sys.executable, "-m", "runtime", "--models", "{models}", "--p
                    "--data-dir", "{data}")
 DEFAULT_UNIT_DIR = Path("/etc/systemd/system")
 STOP_TIMEOUT_S = 15.0
+CRASH_LOOP = 3  # quick exits in a row after which a service counts as dead
 
 
 class ProcessEngine:
@@ -107,7 +108,13 @@ class ProcessEngine:
             r = subprocess.run(["systemctl", "is-active", "--quiet",
                                 self.unit_name(sequence, service)], check=False)
             return r.returncode == 0
-        return self._supervisor_pid(sequence, service) is not None
+        if self._supervisor_pid(sequence, service) is None:
+            return False
+        crashes = self.site.releases_dir / str(sequence) / "run" / f"{service}.crashes"
+        try:
+            return int(crashes.read_text()) < CRASH_LOOP
+        except (OSError, ValueError):
+            return True
 
     def logs_tail(self, sequence: int, service: str, lines: int = 20) -> str:
         p = self.site.releases_dir / str(sequence) / "run" / f"{service}.log"
