@@ -202,6 +202,7 @@ class InstallPlan:
     def _step_preflight(self) -> None:
         from appliance.bundle import read_manifest_unverified
         self.site.ensure()
+        self._clear_partial_blobs()
         trust_path = self.o.trust or self.site.trust_path
         trust_check, self.trust_root = check_trust(trust_path)
         checks = [trust_check]
@@ -379,6 +380,14 @@ class InstallPlan:
                    lambda s: self.engine.logs_tail(rel.sequence, s))
 
     # -- helpers ---------------------------------------------------------------------
+    def _clear_partial_blobs(self) -> None:
+        """Remove temp files an installer killed mid-ingest left (we hold the site lock)."""
+        tmp = self.site.store.tmp
+        if tmp.is_dir():
+            for p in tmp.iterdir():
+                if p.is_file():
+                    p.unlink(missing_ok=True)
+
     def _serving_already(self) -> bool:
         """Whether the release being installed is `current` (a re-run after the switch)."""
         return (self.release is not None and self.previous is not None

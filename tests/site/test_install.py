@@ -181,3 +181,11 @@ def test_gpu_table_is_shown_in_the_placement_step(ps, port):
     assert any(x.startswith("mlp: GPU 0 (NVIDIA L4, needs 5000 MiB") for x in lines)
     unit = (ps.tmp / "units" / "appliance-1-mlp.service").read_text()
     assert 'Environment="CUDA_VISIBLE_DEVICES=GPU-l40"' in unit
+
+
+def test_partial_blob_left_by_a_killed_ingest_is_cleared(ps, port):
+    tmp = ps.site.root / "blobs" / "tmp"
+    tmp.mkdir(parents=True)
+    (tmp / "0123456789abcdef.partial").write_bytes(b"half a layer")
+    ps.install(make_bundle(ps.tmp, ps.vendor, 1, port=port))
+    assert list(tmp.iterdir()) == []
