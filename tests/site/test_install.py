@@ -189,3 +189,23 @@ def test_partial_blob_left_by_a_killed_ingest_is_cleared(ps, port):
     (tmp / "0123456789abcdef.partial").write_bytes(b"half a layer")
     ps.install(make_bundle(ps.tmp, ps.vendor, 1, port=port))
     assert list(tmp.iterdir()) == []
+
+
+def test_failure_at_the_switch_puts_current_back(ps, port):
+    from appliance.errors import EngineError
+    ps.install(make_bundle(ps.tmp, ps.vendor, 1, port=port))
+    real_enable = ps.engine.enable
+
+    def enable(seq):
+        if seq == 2:
+            raise EngineError("systemctl enable failed: read-only /etc")
+        real_enable(seq)
+
+    ps.engine.enable = enable
+    with pytest.raises(ReleaseFailedError, match=r"failed at switch: .*read-only /etc.*"
+                                                 r"release 1 keeps serving"):
+        ps.install(make_bundle(ps.tmp, ps.vendor, 2, port=port))
+    assert ps.site.current().sequence == 1 and ps.engine.running() == {1}
+    assert ready(f"http://127.0.0.1:{port}")
+    wants = ps.tmp / "units" / "multi-user.target.wants"
+    assert [p.name for p in wants.iterdir()] == ["appliance-1-mlp.service"]
