@@ -53,7 +53,8 @@ def wrk(url: str, body: bytes, connections: int, seconds: float) -> LoadResult:
         )
         out = subprocess.run(
             ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
-             "--timeout", "10s", "-s", str(script), url], capture_output=True, text=True, check=True,
+             "--timeout", "10s", "-s", str(script), url],
+            capture_output=True, text=True, check=True,
         ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
