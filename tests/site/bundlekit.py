@@ -1,0 +1,76 @@
+"""Real signed bundles for the install tests, built with the bundler from small model dirs.
+
+The model directories hold a model.json for `tests.site.fakeruntime` (y = x * scale),
+so the process engine serves them and the acceptance gate has answers to check.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from signing import PrivateKey, TrustRoot
+
+
+@dataclass(frozen=True)
+class Vendor:
+    key: PrivateKey
+    root_path: Path
+
+
+def vendor(tmp: Path) -> Vendor:
+    key = PrivateKey.generate()
+    root = TrustRoot.create([key.public_key], names={key.key_id: "test vendor"})
+    p = tmp / "root.json"
+    p.write_bytes(root.to_json())
+    return Vendor(key, p)
+
+
+def make_bundle(tmp: Path, v: Vendor, sequence: int, *, scale: float = 2.0,
+                extra: dict[str, Any] | None = None, samples: list[dict[str, Any]] | None = None,
+                runtime_archive: Path | None = None, command: list[str] | None = None,
+                gpu: str = "preferred", port: int = 8000, gpu_mib: int = 0,
+                expires: str | None = None) -> Path:
+    """Build `tmp/bundle-<seq>.tar` with one service `mlp` serving model `mlp`."""
+    from bundler.build import build_bundle
+    from bundler.spec import load_spec
+    work = tmp / f"spec-{sequence}"
+    mdir = work / "models" / "mlp"
+    mdir.mkdir(parents=True, exist_ok=True)
+    (mdir / "model.onnx").write_bytes(b"weights for the fake runtime")
+    (mdir / "model.json").write_text(json.dumps({
+        "name": "mlp", "version": "1", "framework": "onnx", "file": "model.onnx",
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 2]}],
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 2]}],
+        "max_batch_size": 4, "max_queue_delay_ms": 1.0, "gpu_memory_mib": gpu_mib,
+        "scale": scale, **(extra or {})}))
+    model: dict[str, Any] = {"name": "mlp", "version": "1", "path": "models/mlp",
+                             "gpu_memory_mib": gpu_mib, "max_batch_size": 4,
+                             "max_queue_delay_ms": 1,
+                             "provenance": {"code_commit": "c0ffee", "data_version": "d1",
+                                            "training_run": f"run-{sequence}"}}
+    if samples:
+        model["samples"] = samples
+    spec: dict[str, Any] = {"name": "demo", "version": f"1.{sequence}.0", "sequence": sequence,
+                            "platform": "linux/amd64", "models": [model],
+                            "services": [{"name": "mlp", "models": ["mlp"], "port": port,
+                                          "gpu": gpu}]}
+    spec["expires" if expires else "expires_days"] = expires or 365
+    if runtime_archive:
+        spec["runtime_image"] = {"archive": str(runtime_archive)}
+        if command:
+            spec["runtime_image"]["command"] = command
+    (work / "appliance.yaml").write_text(yaml.safe_dump(spec))
+    out = tmp / f"bundle-{sequence}.tar"
+    build_bundle(load_spec(work / "appliance.yaml"), out, [v.key])
+    return out
+
+
+def sample(x: list[float], y: list[float], tolerance: float = 1e-4) -> dict[str, Any]:
+    return {"inputs": {"x": {"datatype": "FP32", "shape": [1, len(x)], "data": x}},
+            "outputs": {"y": {"datatype": "FP32", "shape": [1, len(y)], "data": y}},
+            "tolerance": tolerance}
