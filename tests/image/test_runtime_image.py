@@ -100,6 +100,7 @@ def test_holds_the_runtime_stack_and_no_torch_textual_or_docker(runtime_image: B
 def test_declares_healthcheck_offline_env_and_runtime_command(runtime_image: BuiltImage) -> None:
     config = _archived_config(runtime_image.archive)
     assert config["Healthcheck"]["Test"] == ["CMD", "python", "/opt/appliance/healthcheck.py"]
+    assert config["Healthcheck"]["StartPeriod"] >= 60e9  # ns: big models take a while to load
     env = dict(item.split("=", 1) for item in config["Env"])
     for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
         assert env[name] == "1"
