@@ -35,7 +35,7 @@ from images.wheelhouse import (
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"
 VariantName = Literal["slim", "torch"]
 
 
@@ -187,6 +187,11 @@ def _podman_build(
             "build",
             "--network", "none",
             "--pull=never",
+            # buildah keys its layer cache on the instruction text, not on what a
+            # RUN bind-mounts: a cached layer would keep stale wheels. Our own
+            # cache is the input hash, so build every layer afresh.
+            "--no-cache",
+            "--layers=false",
             "--format", "docker",
             "--build-arg", f"{arg}={parent_tag}",
             "--label", f"org.opencontainers.image.revision={input_hash}",
