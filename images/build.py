@@ -112,10 +112,11 @@ def _build_locked(
         wheels = [ensure_torch_wheels(cache, log=log)]
     else:
         parent_tag = ensure_base(podman, cache / "base", log=log)
-        parent_id = podman.image_id(parent_tag)
-        if parent_id is None:
+        if podman.image_id(parent_tag) is None:
             raise ImageBuildError(f"base image {parent_tag} vanished during the build: run again")
-        parent_key = parent_id
+        # The base tag names its debootstrap recipe; the image id would not do as a
+        # key, since every `podman import` of the same rootfs gets a new id.
+        parent_key = parent_tag
         wheels = [
             ensure_runtime_wheels(root, cache, log=log),
             ensure_project_wheel(root, cache, log=log),

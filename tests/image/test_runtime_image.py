@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 
 from bundler.samples import make_mlp_onnx, mlp_reference
+from images.base import ensure_base
 from images.build import ROOT, BuiltImage, default_cache
+from images.podman import Podman
 from tests.image.fixtures import podman
 
 pytestmark = pytest.mark.slow
@@ -182,6 +184,8 @@ def test_builds_with_no_network_at_all_from_the_staged_cache(
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("needs root and unshare(1) for a network namespace")
     # The staged inputs, hard-linked into a private cache: base rootfs tar, wheels, project wheel.
+    # Stage the rootfs tar even when another checkout built the base image.
+    ensure_base(Podman(), default_cache() / "base")
     private = tmp_path / "cache"
     shutil.copytree(
         default_cache(), private, copy_function=os.link, ignore=shutil.ignore_patterns(".*")
