@@ -56,6 +56,10 @@ class SplitPartError(BundleError):
     """A part of a split bundle is missing, reordered, or from another bundle."""
 
 
+class BundleWriteError(BundleError):
+    """The bundler could not write the bundle (disk full, unwritable place)."""
+
+
 # -- the spec ---------------------------------------------------------------
 class SpecError(ApplianceError):
     """appliance.yaml is malformed or names a file that cannot be used."""

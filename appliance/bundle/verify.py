@@ -1,0 +1,295 @@
+"""Verify a bundle and ingest its blobs, in the order shared/DESIGN.md gives.
+
+1. Read members 1 and 2 (manifest, envelope), each under a size cap.
+2. Check the signature against the trust root (threshold of distinct keys),
+   and that the envelope signs exactly the manifest's bytes.
+3. Only then parse the manifest; check expiry (`now` is a parameter) and that
+   its sequence is newer than the site's.
+4. For a delta, check the base's blobs are in the store before reading on.
+5. One streaming pass over every other member, in the manifest's order:
+   type, name, size and digest checked; blobs copied into the content store
+   through a temp file that is renamed only when its digest matches.
+6. The end-of-archive marker, and nothing after it.
+
+The trust decisions (steps 2-4) are pure functions over bytes and the manifest;
+the IO is the reader in `stream.py`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from appliance.bundle.stream import PartStream, TarReader, find_bundle_parts
+from appliance.bundle.tarfmt import BLOCK, check_name, member_span
+from appliance.errors import (
+    BundleError,
+    BundleFormatError,
+    DeltaBaseError,
+    DigestMismatchError,
+    ExpiredBundleError,
+    ManifestError,
+    MemberError,
+    RollbackError,
+    SignatureError,
+    SplitPartError,
+)
+from appliance.imagearchive import image_blobs
+from appliance.manifest import (
+    ENVELOPE_PATH,
+    MANIFEST_PATH,
+    MAX_MANIFEST_BYTES,
+    PAYLOAD_TYPE,
+    Manifest,
+    Member,
+    format_time,
+)
+from appliance.progress import Progress, ProgressFn, no_progress
+from appliance.store import ContentStore
+from signing import Envelope, SigningError, TrustRoot
+from signing import verify as verify_envelope
+from signing.dsse import MAX_ENVELOPE_BYTES
+
+log = logging.getLogger(__name__)
+PROGRESS_EVERY = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class VerifiedBundle:
+    """A bundle whose signature, freshness and every member checked out."""
+
+    manifest: Manifest
+    manifest_bytes: bytes
+    envelope_bytes: bytes
+    manifest_digest: str
+    signers: list[str]
+
+
+def _parts(paths: Path | Sequence[Path]) -> list[Path]:
+    if isinstance(paths, (str, Path)):
+        return find_bundle_parts(Path(paths))
+    return [Path(p) for p in paths]
+
+
+def _read_front(reader: TarReader) -> tuple[bytes, bytes]:
+    """Members 1 and 2, checked by name, type and size cap before their bytes are read."""
+    front = []
+    for path, cap, error in ((MANIFEST_PATH, MAX_MANIFEST_BYTES, ManifestError),
+                             (ENVELOPE_PATH, MAX_ENVELOPE_BYTES, SignatureError)):
+        at = reader.where()
+        try:
+            header = reader.next_header(path)
+        except BundleFormatError as e:
+            if reader.s.offset <= BLOCK and "checksum" in str(e):
+                raise BundleFormatError(
+                    "not a bundle: the file does not start with a tar header "
+                    "(random or foreign data)") from e
+            raise
+        if header is None or header.name != path:
+            found = "the end of the archive" if header is None else repr(header.name)
+            if header is None or path == MANIFEST_PATH:
+                raise SignatureError(f"bundle is unsigned or not a bundle: expected {path} at "
+                                     f"{at}, found {found}")
+            raise SignatureError(f"bundle is unsigned: expected {path} at {at}, found {found}")
+        if header.size > cap:
+            raise error(f"{path} is {header.size} bytes, over the {cap}-byte cap; "
+                        "the bundle is malformed or hostile")
+        front.append(reader.read_small(header.size, path))
+    return front[0], front[1]
+
+
+def check_signature(manifest_bytes: bytes, envelope_bytes: bytes,
+                    root: TrustRoot) -> list[str]:
+    """The key ids whose signatures over the manifest meet the root's threshold.
+
+    Raises:
+        SignatureError: malformed envelope, unsigned, untrusted key, below
+            threshold, or the envelope signs other bytes than the manifest member.
+    """
+    try:
+        env = Envelope.from_json(envelope_bytes)
+        payload = verify_envelope(env, root, PAYLOAD_TYPE)
+    except SigningError as e:
+        raise SignatureError(f"bundle signature refused: {e}") from e
+    if payload != manifest_bytes:
+        raise SignatureError(f"the signed payload differs from {MANIFEST_PATH}: the manifest "
+                             "was replaced after signing")
+    from signing.dsse import verified_key_ids
+
+    return sorted(verified_key_ids(env, root))
+
+
+def check_freshness(manifest: Manifest, *, now: datetime, last_sequence: int,
+                    allow_expired: bool) -> None:
+    """Refuse an expired manifest (unless overridden) or one not newer than the site's.
+
+    Raises:
+        ExpiredBundleError: expired and `allow_expired` is false.
+        RollbackError: sequence <= `last_sequence`.
+    """
+    if manifest.expires_at <= now:
+        if not allow_expired:
+            raise ExpiredBundleError(
+                f"bundle {manifest.name} {manifest.version} expired at {manifest.expires} and "
+                f"the site clock says {format_time(now)}; if the clock is wrong, set it, or "
+                "accept it knowingly with --allow-expired (logged)")
+        log.warning("accepting expired bundle %s (expired %s, clock %s): override given",
+                    manifest.name, manifest.expires, format_time(now))
+    if manifest.sequence <= last_sequence:
+        raise RollbackError(
+            f"bundle {manifest.name} has sequence {manifest.sequence}, not newer than "
+            f"{last_sequence} already accepted here; to go back use `appliance rollback`")
+
+
+def check_members(manifest: Manifest) -> None:
+    """Every listed member has a safe name; blobs are named by their digest; no image
+    needs a blob the bundle lacks unless it is a delta.
+
+    Raises:
+        ManifestError: a member name or blob reference is inconsistent.
+    """
+    carried = set()
+    for m in manifest.members:
+        try:
+            check_name(m.path, "the manifest")
+        except MemberError as e:
+            raise ManifestError(f"manifest lists an unsafe member: {e}") from e
+        if m.path in (MANIFEST_PATH, ENVELOPE_PATH):
+            raise ManifestError(f"manifest lists {m.path} as a member")
+        if m.path.startswith("blobs/"):
+            if m.path != f"blobs/sha256/{m.sha256}":
+                raise ManifestError(f"manifest member {m.path} is not named by its sha256")
+            carried.add("sha256:" + m.sha256)
+    if manifest.base is None:
+        absent = [d for d in image_blobs(manifest.images) if d not in carried]
+        if absent:
+            raise ManifestError(f"manifest's images need blob {absent[0][:19]} which the "
+                                "bundle does not carry, and it is not a delta")
+
+
+def check_delta_base(manifest: Manifest, store: ContentStore) -> None:
+    """For a delta, every blob its images need but it omits is already in the store.
+
+    Raises:
+        DeltaBaseError: naming the first absent blob and the base release.
+    """
+    if manifest.base is None:
+        return
+    carried = {"sha256:" + m.sha256 for m in manifest.members if m.path.startswith("blobs/")}
+    absent = [d for d in image_blobs(manifest.images) if d not in carried and not store.has(d)]
+    if absent:
+        raise DeltaBaseError(
+            f"delta bundle builds on release sequence {manifest.base.sequence} "
+            f"({manifest.base.manifest_digest[:19]}), but {len(absent)} of its blobs "
+            f"(first {absent[0][:19]}) are not in the store {store.root}; install the base "
+            "release first, or use a full bundle")
+
+
+def verify_bundle(
+    paths: Path | Sequence[Path], root: TrustRoot, *, now: datetime, last_sequence: int = 0,
+    store: ContentStore | None = None, allow_expired: bool = False,
+    progress: ProgressFn = no_progress,
+) -> VerifiedBundle:
+    """Check a bundle's signature, freshness and every member; copy blobs into `store`.
+
+    Raises:
+        BundleError: one of its subclasses, naming the member and the problem; the
+            store then holds only blobs that matched their pinned digests.
+    """
+    stream = PartStream(_parts(paths))
+    reader = TarReader(stream)
+    try:
+        manifest_bytes, envelope_bytes = _read_front(reader)
+        signers = check_signature(manifest_bytes, envelope_bytes, root)
+        manifest = Manifest.from_json(manifest_bytes)
+        check_freshness(manifest, now=now, last_sequence=last_sequence,
+                        allow_expired=allow_expired)
+        check_members(manifest)
+        if store is not None:
+            check_delta_base(manifest, store)
+        total = stream.offset + sum(member_span(m.size) for m in manifest.members) + 2 * BLOCK
+        for member in manifest.members:
+            _verify_member(reader, member, manifest, store)
+            progress(Progress("verify", stream.offset, total, member.path))
+        header = reader.next_header("the end-of-archive marker")
+        if header is not None:
+            raise MemberError(f"member {header.name!r} at {reader.where()} is not listed in "
+                              "the signed manifest")
+        reader.expect_end()
+    except DigestMismatchError as e:
+        if stream.split:
+            raise SplitPartError(f"{e}; a part is out of order, corrupted, or from another "
+                                 "bundle") from e
+        raise
+    finally:
+        stream.close()
+    return VerifiedBundle(manifest, manifest_bytes, envelope_bytes,
+                          "sha256:" + hashlib.sha256(manifest_bytes).hexdigest(), signers)
+
+
+def _verify_member(reader: TarReader, member: Member, manifest: Manifest,
+                   store: ContentStore | None) -> None:
+    at = reader.s.offset
+    header = reader.next_header(member.path)
+    if header is None:
+        raise MemberError(f"member {member.path} is missing: the archive ends at "
+                          f"{reader.where(at)} before it")
+    if header.name != member.path:
+        listed = manifest.member(header.name)
+        if header.name in (MANIFEST_PATH, ENVELOPE_PATH):
+            problem = "appears twice"
+        elif listed is None:
+            problem = "is not listed in the signed manifest"
+        elif manifest.members.index(listed) < manifest.members.index(member):
+            problem = "appears twice"
+        else:
+            problem = f"is out of order: {member.path} is missing before it"
+        raise MemberError(f"member {header.name!r} at {reader.where(at)} {problem}")
+    if header.size != member.size:
+        kind = "oversized" if header.size > member.size else "short"
+        raise MemberError(f"member {member.path} is {kind}: {header.size} bytes, the signed "
+                          f"manifest pins {member.size}")
+    span = reader.s.parts_between(at, at + member_span(member.size))
+    where = f"{member.path} ({span})" if reader.s.split else member.path
+    digest = "sha256:" + member.sha256
+    blob = member.path.startswith("blobs/")
+    if store is None or not blob or store.has(digest):
+        h = hashlib.sha256()
+        reader.stream(member.size, h.update, member.path)
+        _check(h.hexdigest(), member, where)
+        return
+    with store.ingest(digest, member.size) as w:
+        reader.stream(member.size, w.write, member.path)
+        _check(w.hasher.hexdigest(), member, where)
+
+
+def _check(hexdigest: str, member: Member, where: str) -> None:
+    if hexdigest != member.sha256:
+        raise DigestMismatchError(f"member {where} does not match its signed sha256 "
+                                  f"(got {hexdigest[:12]}, pinned {member.sha256[:12]}): the "
+                                  "bundle was altered or damaged; get a fresh copy")
+
+
+def read_manifest_unverified(paths: Path | Sequence[Path]) -> tuple[Manifest, Envelope]:
+    """The manifest and envelope of a bundle, parsed but NOT trusted (for `inspect`).
+
+    Raises:
+        BundleError: not a bundle, or its front members are malformed.
+    """
+    stream = PartStream(_parts(paths))
+    try:
+        manifest_bytes, envelope_bytes = _read_front(TarReader(stream))
+    finally:
+        stream.close()
+    try:
+        env = Envelope.from_json(envelope_bytes)
+    except SigningError as e:
+        raise SignatureError(f"bundle signature envelope is malformed: {e}") from e
+    return Manifest.from_json(manifest_bytes), env
+
+
+__all__ = ["BundleError", "VerifiedBundle", "read_manifest_unverified", "verify_bundle"]

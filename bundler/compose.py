@@ -1,0 +1,179 @@
+"""Compose one image per service: the runtime image's layers plus a weights layer per model.
+
+Like `crane append`, composing is data, not a build: a new config (diff ids
+appended, labels naming each model, its version and weights digest, the
+command override) and a new OCI manifest. Both are pure functions of the
+blob digests, so the writer can compute them with placeholder digests first
+(same length, hence same size) and with the real ones once the layers are
+hashed.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from appliance.imagearchive import (
+    CONFIG_MEDIA_TYPE,
+    LAYER_MEDIA_TYPE,
+    MANIFEST_MEDIA_TYPE,
+    canonical_json,
+)
+from appliance.manifest import Image
+from bundler.layers import WeightsLayer, plan_weights_layer
+from bundler.sources import BaseImage, LayerSource
+from bundler.spec import ModelSpec, ServiceSpec, Spec
+
+DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def placeholder(token: str) -> str:
+    """A digest-shaped stand-in for a blob not hashed yet (same length as the real one)."""
+    return "sha256:" + hashlib.sha256(b"placeholder:" + token.encode()).hexdigest()
+
+
+@dataclass(eq=False)
+class Blob:
+    """A blob the bundle may hold. `digest` is set once known (stated, hashed or computed)."""
+
+    key: str  # placeholder digest: identity in the plan
+    size: int
+    media_type: str
+    layer: LayerSource | WeightsLayer | None = None  # None for configs and manifests
+    digest: str | None = None
+    data: bytes | None = None  # configs and manifests, once computed
+
+    @property
+    def current(self) -> str:
+        return self.digest or self.key
+
+
+@dataclass(eq=False)
+class PlannedImage:
+    service: ServiceSpec
+    reference: str
+    layers: list[Blob]
+    models: list[ModelSpec]
+    config: Blob = field(init=False)
+    manifest: Blob = field(init=False)
+
+
+class Composition:
+    """The images a spec asks for, over a base image (or none: weights only)."""
+
+    def __init__(self, spec: Spec, base: BaseImage | None) -> None:
+        self.spec = spec
+        self.base = base
+        self.weights: dict[str, Blob] = {}
+        for m in spec.models:
+            layer = plan_weights_layer(m, canonical_json(m.model_json))
+            self.weights[m.name] = Blob(placeholder(f"weights:{m.name}"), layer.size,
+                                        LAYER_MEDIA_TYPE, layer)
+        base_blobs = []
+        for i, src in enumerate(base.layers if base else []):
+            base_blobs.append(Blob(src.digest or placeholder(f"base:{i}"), src.size,
+                                   src.media_type, src, src.digest))
+        self.images: list[PlannedImage] = []
+        for svc in spec.services:
+            models = [spec.model(n) for n in svc.models]
+            img = PlannedImage(svc, f"appliance/{spec.name}-{svc.name}:{spec.version}",
+                               [*base_blobs, *(self.weights[m.name] for m in models)], models)
+            img.config = Blob(placeholder(f"config:{svc.name}"), 0, CONFIG_MEDIA_TYPE)
+            img.manifest = Blob(placeholder(f"manifest:{svc.name}"), 0, MANIFEST_MEDIA_TYPE)
+            self.images.append(img)
+        self.refresh()
+
+    def blobs(self) -> list[Blob]:
+        """Every blob once, in bundle order: per image its layers, config, manifest."""
+        seen: dict[int, Blob] = {}
+        for img in self.images:
+            for b in (*img.layers, img.config, img.manifest):
+                seen.setdefault(id(b), b)
+        return list(seen.values())
+
+    def refresh(self) -> None:
+        """Recompute configs and manifests from the digests known so far."""
+        for img in self.images:
+            cfg = self.config_bytes(img)
+            img.config.size = len(cfg)
+            resolved = all(b.digest for b in img.layers)
+            img.config.data = cfg if resolved else None
+            img.config.digest = _sha(cfg) if resolved else None
+            man = self.manifest_bytes(img)
+            img.manifest.size = len(man)
+            img.manifest.data = man if resolved else None
+            img.manifest.digest = _sha(man) if resolved else None
+
+    def config_bytes(self, img: PlannedImage) -> bytes:
+        spec = self.spec
+        os_, arch, *variant = spec.platform.split("/")
+        labels = {
+            "org.opencontainers.image.title": f"{spec.name}-{img.service.name}",
+            "org.opencontainers.image.version": spec.version,
+            "appliance.bundle": spec.name,
+            "appliance.service": img.service.name,
+            "appliance.models": ",".join(m.name for m in img.models),
+        }
+        for m in img.models:
+            w = self.weights[m.name]
+            labels[f"appliance.model.{m.name}.version"] = m.version
+            labels[f"appliance.model.{m.name}.framework"] = m.framework
+            labels[f"appliance.model.{m.name}.digest"] = w.current
+        doc: dict[str, Any]
+        if self.base is not None:
+            doc = copy.deepcopy(self.base.config)
+        else:
+            doc = {"architecture": arch, "os": os_, "config": {"Env": [DEFAULT_PATH]},
+                   "rootfs": {"type": "layers", "diff_ids": []}, "history": []}
+            if variant:
+                doc["variant"] = variant[0]
+        inner = doc.setdefault("config", {}) or {}
+        doc["config"] = inner
+        inner["Labels"] = {**(inner.get("Labels") or {}), **labels}
+        rt = spec.runtime_image
+        if rt is not None and rt.command is not None:
+            inner["Cmd"] = list(rt.command)
+            inner["Entrypoint"] = None
+        doc["created"] = spec.created
+        rootfs = doc.setdefault("rootfs", {"type": "layers", "diff_ids": []})
+        rootfs["diff_ids"] = [*rootfs.get("diff_ids", []),
+                              *(self.weights[m.name].current for m in img.models)]
+        history = doc.get("history")
+        if isinstance(history, list):
+            doc["history"] = [*history, *(
+                {"created": spec.created, "created_by": f"appliance bundler: model {m.name} "
+                 f"version {m.version}", "comment": "weights layer"} for m in img.models)]
+        return canonical_json(doc)
+
+    def manifest_bytes(self, img: PlannedImage) -> bytes:
+        return canonical_json({
+            "schemaVersion": 2,
+            "mediaType": MANIFEST_MEDIA_TYPE,
+            "config": {"mediaType": CONFIG_MEDIA_TYPE, "digest": img.config.current,
+                       "size": img.config.size},
+            "layers": [{"mediaType": b.media_type, "digest": b.current, "size": b.size}
+                       for b in img.layers],
+        })
+
+    def images_for_manifest(self) -> list[Image]:
+        """The manifest's image records, with the digests known so far."""
+        return [Image(img.service.name, img.reference, img.manifest.current,
+                      img.config.current, [b.current for b in img.layers])
+                for img in self.images]
+
+    def image_of_model(self, name: str) -> str:
+        for img in self.images:
+            if any(m.name == name for m in img.models):
+                return img.service.name
+        return self.images[0].service.name
+
+    def size_of(self) -> Callable[[str], int]:
+        sizes = {b.current: b.size for b in self.blobs()}
+        return lambda d: sizes[d]
+
+
+def _sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
