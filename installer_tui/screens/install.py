@@ -154,6 +154,8 @@ class InstallScreen(InstallerScreen):
                 if ev.step in BAR_TITLES:
                     self.query_one(TransferBar).reset(BAR_TITLES[ev.step])
                 log.write(Text(f"{ev.message}", style="bold"))
+            elif ev.status in ("ok", "warn") and ev.step in BAR_TITLES:
+                self.query_one(TransferBar).complete()
             elif ev.status == "failed":
                 log.write(Text(f"  failed: {ev.message}", style="bold red"))
         elif isinstance(ev, CheckEvent):

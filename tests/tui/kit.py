@@ -151,3 +151,16 @@ def infer(url: str, n: int = 1) -> list[float]:
         with urllib.request.urlopen(req, timeout=10) as r:
             out = json.loads(r.read())["outputs"][0]["data"]
     return out
+
+
+def text_of(widget: Any) -> str:
+    """What a Static (or Label) shows, as plain text (wide, so nothing wraps)."""
+    import io
+
+    from rich.console import Console
+    content = widget.content
+    if isinstance(content, str):
+        return content
+    console = Console(width=400, record=True, file=io.StringIO())
+    console.print(content)
+    return console.export_text()
