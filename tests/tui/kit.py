@@ -52,12 +52,17 @@ def write_root(path: Path, keys: Sequence[PrivateKey], name: str = "Acme Medical
 
 
 def build_demo(directory: Path, sequence: int, port: int, signer: PrivateKey, *,
-               gpu: str = "preferred", gpu_mib: int = 0, name: str = "demo-bundle") -> Path:
-    """A signed bundle serving an ONNX MLP (from bundler.samples) with one signed sample."""
+               gpu: str = "preferred", gpu_mib: int = 0, name: str = "demo-bundle",
+               sample_off_by: float = 0.0) -> Path:
+    """A signed bundle serving an ONNX MLP (from bundler.samples) with one signed sample.
+
+    `sample_off_by` shifts the sample's expected outputs (a model that no longer answers
+    as it did when it was validated).
+    """
     src = directory / f".src-{sequence}-{port}"
     make_mlp_onnx(src / "models" / "mlp", sizes=SIZES, seed=sequence)
     x = np.linspace(-1, 1, SIZES[0], dtype=np.float32).reshape(1, -1)
-    y = mlp_reference(x, SIZES, seed=sequence)
+    y = mlp_reference(x, SIZES, seed=sequence) + np.float32(sample_off_by)
     spec: dict[str, Any] = {
         "name": "demo", "version": f"1.{sequence}.0", "sequence": sequence,
         "expires_days": 365, "platform": "linux/amd64",

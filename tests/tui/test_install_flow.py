@@ -274,3 +274,58 @@ async def test_typed_path_that_is_no_bundle_is_explained(rig, tmp_path):
         await wait_for(pilot, lambda: panel.display, what="the error")
         assert "not a bundle" in text_of(panel)
         assert isinstance(app.screen, FindBundleScreen)
+
+
+async def test_status_on_a_fresh_site_says_nothing_is_installed(rig):
+    app = rig.app(start_on_status=True)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, StatusScreen)
+                       and app.screen.status is not None, what="the status")
+        assert "No release is installed on this server" in text_of(
+            app.screen.query_one("#release"))
+        assert app.screen.check_action("rollback", ()) is False
+        assert app.screen.check_action("export", ()) is False
+        await pilot.press("escape")
+        await wait_for(pilot, screen_is(app, FindBundleScreen), what="the bundle list")
+
+
+def test_command_line_builds_the_config_the_screens_use(tmp_path):
+    from installer_tui.app import _parser, config_from_args
+    state = tmp_path / "gpus.json"
+    state.write_text(json.dumps(GpuReport(unavailable="recorded: none").to_dict()))
+    args = _parser().parse_args([str(tmp_path / "b.tar"), "--root", str(tmp_path / "site"),
+                                 "--engine", "process", "--unit-dir", str(tmp_path / "units"),
+                                 "--media", str(tmp_path / "m1"), "--media", str(tmp_path / "m2"),
+                                 "--gpu-state", str(state), "--trust", str(tmp_path / "r.json")])
+    c = config_from_args(args)
+    assert c.site.root == tmp_path / "site"
+    assert list(c.media_roots) == [tmp_path / "m1", tmp_path / "m2"]
+    assert c.bundle == tmp_path / "b.tar" and c.trust == tmp_path / "r.json"
+    assert c.gpu_probe.probe().unavailable == "recorded: none"
+    engine = c.get_engine()
+    assert engine.name == "process" and engine is c.get_engine()
+
+
+@pytest.mark.slow
+async def test_release_failing_its_signed_samples_is_rolled_back_and_said_so(rig, vendor_key,
+                                                                              port):
+    root_file = write_root(rig.tmp / "vendor" / "root.json", [vendor_key])
+    rig.install_headless(build_demo(rig.tmp / "old", 1, port, vendor_key), root_file)
+    build_demo(rig.media, 2, port, vendor_key, sample_off_by=0.5)
+    app = rig.app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await open_first_bundle(pilot)
+        await pilot.press("c")
+        await wait_for(pilot, state_is(app, "review", "failed"), what="the review")
+        await pilot.press("i")
+        await wait_for(pilot, state_is(app, "done", "failed"), what="the install")
+        screen = app.screen
+        assert screen.state == "failed"
+        text = text_of(screen.query_one("#install-error", ErrorPanel))
+        assert "the previous release keeps serving" in text
+        assert "release 2 failed at accept" in text and "release 1 keeps serving" in text
+        steps = screen.query_one(StepList)
+        assert steps.status("accept") == "failed" and steps.status("switch") == "pending"
+    assert rig.site.current().sequence == 1
+    assert rig.engine.running() == {1}
+    assert infer(f"http://127.0.0.1:{port}")  # the old release still answers
