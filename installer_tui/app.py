@@ -37,6 +37,22 @@ class InstallerApp(App[None]):
     def __init__(self, config: InstallerConfig) -> None:
         super().__init__()
         self.config = config
+        self._quit_asked = False
+
+    async def action_quit(self) -> None:
+        """Quit; while the new release is being started, only when asked twice."""
+        from installer_tui.screens.install import InstallScreen
+        screen = self.screen
+        if isinstance(screen, InstallScreen) and screen.state == "running" \
+                and not self._quit_asked:
+            self._quit_asked = True
+            self.notify("The new release is being started. Quitting now lets the install "
+                        "finish (or roll back) without the screen; press Ctrl+Q again to quit.",
+                        severity="warning", timeout=10)
+            return
+        if isinstance(screen, InstallScreen):
+            screen.cancel()
+        self.exit()
 
     def on_mount(self) -> None:
         if self.config.start_on_status:

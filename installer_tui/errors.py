@@ -15,3 +15,7 @@ class LogExportError(InstallerError):
 
 class TrustRootChoiceError(InstallerError):
     """No usable trust root was found or given for a first install."""
+
+
+class InstallCancelledError(InstallerError):
+    """The person stopped the install before it changed what serves."""

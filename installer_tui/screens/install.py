@@ -9,6 +9,7 @@ then starts the steps that change what serves.
 
 from __future__ import annotations
 
+import threading
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -23,10 +24,10 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import ContentSwitcher, Footer, Header, RichLog, Static
 
 from appliance.acceptance import is_ready
-from appliance.gpu import TABLE_HEADER
 from appliance.manifest import Manifest
 from appliance.plan import STEPS, CheckEvent, InstallOptions, InstallPlan, StepEvent
 from appliance.progress import Progress
+from installer_tui.errors import InstallCancelledError
 from installer_tui.format import human
 from installer_tui.messages import Failed, InstallFinished, PlanProgress, ReviewReady
 from installer_tui.screens.base import InstallerScreen
@@ -57,6 +58,7 @@ class InstallScreen(InstallerScreen):
         self.plan: InstallPlan | None = None
         self.error: Exception | None = None
         self._lock = ExitStack()
+        self._cancel = threading.Event()
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -66,7 +68,8 @@ class InstallScreen(InstallerScreen):
                 with Vertical(id="progress"):
                     yield ErrorPanel(id="install-error")
                     yield TransferBar("Waiting for preflight", id="transfer")
-                    yield RichLog(id="events", wrap=True, markup=False, highlight=False)
+                    yield RichLog(id="events", wrap=True, markup=False, highlight=False,
+                                  min_width=20)
                 with Vertical(id="review"):
                     with VerticalScroll(id="review-scroll"):
                         yield Static(id="review-text")
@@ -81,25 +84,39 @@ class InstallScreen(InstallerScreen):
         self.prepare()
 
     def on_unmount(self) -> None:
-        self._lock.close()
+        if self.state not in ("preparing", "running"):  # a worker still needs the lock
+            self._lock.close()
 
     # -- what the footer offers -----------------------------------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "install":
             return self.state == "review"
         if action == "back":
-            return self.state in ("review", "failed", "done")
+            return self.state in ("preparing", "review", "failed", "done")
         if action == "show_log":
             return self.state in ("review", "done")
         return True
 
     def _set_state(self, state: str) -> None:
         self.state = state
+        # the review needs the whole width for its tables; the steps come back after
+        self.query_one(StepList).display = state != "review"
         self.refresh_bindings()
 
     # -- the worker side -----------------------------------------------------------------
     def _relay(self, event: Progress) -> None:
+        # Raising here stops verify between blobs; the store keeps only whole, checked ones.
+        if self._cancel.is_set() and self.state == "preparing":
+            raise InstallCancelledError("the install was stopped before it changed what "
+                                        "serves; choose the bundle again to start over")
         self.post_message(PlanProgress(event))
+
+    def cancel(self) -> bool:
+        """Stop a preparing install at its next progress event; False once past the review."""
+        if self.state != "preparing":
+            return False
+        self._cancel.set()
+        return True
 
     @work(thread=True, exclusive=True, group="plan")
     def prepare(self) -> None:
@@ -188,6 +205,10 @@ class InstallScreen(InstallerScreen):
     @on(Failed)
     def install_failed(self, message: Failed) -> None:
         self.error = message.error
+        if isinstance(message.error, InstallCancelledError):
+            self._set_state("failed")
+            self.action_back()
+            return
         panel = self.query_one("#install-error", ErrorPanel)
         panel.show_error(message.error, message.where)
         panel.display = True
@@ -204,6 +225,9 @@ class InstallScreen(InstallerScreen):
 
     def action_back(self) -> None:
         """Back to the bundle list (releasing the site lock if the install did not go on)."""
+        if self.cancel():
+            self.notify("Stopping the verification...")
+            return
         self._lock.close()
         from installer_tui.screens.find import FindBundleScreen
         while len(self.app.screen_stack) > 1 and not isinstance(self.app.screen,
@@ -245,10 +269,13 @@ class InstallScreen(InstallerScreen):
         gpus: RenderableType
         report = plan.gpus
         if report is not None and report.gpus:
-            gpus = Table(*TABLE_HEADER, title="GPUs", title_justify="left", expand=True,
-                         padding=(0, 1), box=box.SIMPLE_HEAD)
-            for row in report.table():
-                gpus.add_row(*row)
+            gpus = Table(title=f"GPUs (driver {report.driver or '?'}, CUDA {report.cuda or '?'})",
+                         title_justify="left", expand=True, padding=(0, 1), box=box.SIMPLE_HEAD)
+            for col in ("GPU", "Name", "Total MiB", "Free MiB", "Util"):
+                gpus.add_column(col, no_wrap=col != "Name")
+            for g in report.gpus:
+                gpus.add_row(str(g.index), g.name, str(g.memory_total_mib),
+                             str(g.memory_free_mib), f"{g.utilization_pct}%")
         else:
             why = report.unavailable if report is not None and report.unavailable else \
                 "NVML found no GPU"

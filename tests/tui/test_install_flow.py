@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -329,3 +330,34 @@ async def test_release_failing_its_signed_samples_is_rolled_back_and_said_so(rig
     assert rig.site.current().sequence == 1
     assert rig.engine.running() == {1}
     assert infer(f"http://127.0.0.1:{port}")  # the old release still answers
+
+
+class HeldProbe:
+    """A GPU probe that answers only when the test lets it (to act mid-preflight)."""
+
+    def __init__(self) -> None:
+        self.asked = threading.Event()
+        self.release = threading.Event()
+
+    def probe(self) -> GpuReport:
+        self.asked.set()
+        assert self.release.wait(30), "the test never released the probe"
+        return GpuReport(unavailable="held in a test")
+
+
+async def test_escape_while_preparing_stops_before_anything_changes(rig, vendor_key, port):
+    build_demo(rig.media, 1, port, vendor_key)
+    write_root(rig.media / "root.json", [vendor_key])
+    probe = HeldProbe()
+    app = rig.app(gpu_probe=probe)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await open_first_bundle(pilot)
+        await pilot.press("space", "c")
+        await wait_for(pilot, probe.asked.is_set, what="preflight to ask for the GPUs")
+        assert app.screen.state == "preparing"
+        await pilot.press("escape")
+        probe.release.set()
+        await wait_for(pilot, screen_is(app, FindBundleScreen), what="the bundle list")
+    assert rig.site.current() is None
+    assert not (rig.site.releases_dir / "1").exists()
+    assert not rig.site.trust_path.exists()
