@@ -32,6 +32,7 @@ from installer_tui.format import human
 from installer_tui.messages import Failed, InstallFinished, PlanProgress, ReviewReady
 from installer_tui.screens.base import InstallerScreen
 from installer_tui.widgets import ErrorPanel, StepList, TransferBar
+from signing import fingerprint
 
 REVIEW_STEPS = ("preflight", "verify", "placement")
 LEVEL_STYLE = {"pass": "green", "warn": "bold yellow", "fail": "bold red"}
@@ -253,7 +254,10 @@ class InstallScreen(InstallerScreen):
         m = plan.manifest
         signers = len(plan.verified.signers) if plan.verified is not None else 0
         head = Text.assemble(("Verified: ", "bold green"), (f"{m.name} {m.version}", "bold"),
-                             f", release {m.sequence}, signed by {signers} trusted key(s).")
+                             f", release {m.sequence}, signed by {signers} trusted key(s):")
+        names = plan.trust_root.names if plan.trust_root is not None else {}
+        for kid in plan.verified.signers if plan.verified is not None else []:
+            head.append(f"\n  {fingerprint(kid)}  {names.get(kid, '')}")
         models = Table(title="Models", title_justify="left", expand=True, padding=(0, 1),
                        box=box.SIMPLE_HEAD)
         for col in ("Model", "Ver", "Framework", "Size", "GPU MiB"):

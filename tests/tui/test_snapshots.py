@@ -78,6 +78,7 @@ def test_trust_screen_shows_fingerprints_before_a_first_root_is_accepted(snap_ri
 
 
 def test_review_shows_manifest_gpu_table_and_placement(snap_rig, snap_compare):
+    build_demo(snap_rig.media / "usb", 1, PORT, snap_rig.extra["vendor"], gpu_mib=4096)
     snap_rig.gpus = GpuReport.from_dict(json.loads(
         (Path(__file__).parents[1] / "site" / "gpu_states" / "two_uneven.json").read_text()))
 
