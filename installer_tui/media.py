@@ -1,15 +1,18 @@
 """Finding bundles on mounted media: files whose first tar member is the signed manifest.
 
 A USB stick mounts at /media/<user>/<label>, /run/media/<user>/<label> or
-/mnt/<label>, so roots are searched a few levels deep. A file counts as a
-bundle when its first 512-byte tar header names `appliance/manifest.json`;
-that reads one block per candidate, so a stick full of other files is cheap.
-Split bundles are offered once, by their first part (`NAME.001`).
+/mnt/<label>, so roots are searched a few levels deep. Candidates are files
+named `*.tar`, `*.bundle` or `*.NNN` (split parts); one counts as a bundle
+when its first tar header names `appliance/manifest.json`, which reads 100
+bytes per candidate, so a stick full of other files is cheap. Split bundles
+are offered once, by their first part (`NAME.001`). Any other name can still
+be typed into the path field.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +23,9 @@ DEFAULT_MEDIA_ROOTS = (Path("/media"), Path("/mnt"), Path("/run/media"))
 MAX_DEPTH = 4
 MAX_FOUND = 200
 TRUST_ROOT_NAME = "root.json"
+CANDIDATE_SUFFIXES = (".tar", ".bundle")
 _HEADER_NAME = MANIFEST_PATH.encode().ljust(100, b"\0")
+_PART_RE = re.compile(r"\.[0-9]{3}$")
 
 
 @dataclass(frozen=True)
@@ -63,13 +68,15 @@ def find_bundles(roots: Iterable[Path], max_depth: int = MAX_DEPTH) -> list[Foun
 
 def _as_bundle(path: Path) -> FoundBundle | None:
     name = path.name
+    if not _PART_RE.search(name) and not name.endswith(CANDIDATE_SUFFIXES):
+        return None
     if name.endswith(".001"):
         if not looks_like_bundle(path):
             return None
         base = name[: -len(".001")]
         parts = sorted(p for p in path.parent.glob(f"{_glob_escape(base)}.[0-9][0-9][0-9]"))
         return FoundBundle(path, len(parts), sum(_size(p) for p in parts))
-    if name[-4:].isdigit() and name[-4] == ".":
+    if _PART_RE.search(name):
         return None  # a later part of a split bundle: offered through its .001
     if looks_like_bundle(path):
         return FoundBundle(path, 1, _size(path))

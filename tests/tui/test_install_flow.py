@@ -361,3 +361,41 @@ async def test_escape_while_preparing_stops_before_anything_changes(rig, vendor_
     assert rig.site.current() is None
     assert not (rig.site.releases_dir / "1").exists()
     assert not rig.site.trust_path.exists()
+
+
+class HeldStart:
+    """The real process engine, except that `start` waits until the test lets it go on."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self.name = engine.name
+        self.starting = threading.Event()
+        self.go = threading.Event()
+
+    def start(self, *args, **kwargs):
+        self.starting.set()
+        assert self.go.wait(30), "the test never let the start go on"
+        return self.engine.start(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+
+async def test_quit_while_the_new_release_starts_needs_asking_twice(rig, vendor_key, port):
+    build_demo(rig.media, 1, port, vendor_key)
+    write_root(rig.media / "root.json", [vendor_key])
+    held = HeldStart(rig.engine)
+    app = rig.app(engine=lambda _s: held)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await open_first_bundle(pilot)
+        await pilot.press("space", "c")
+        await wait_for(pilot, state_is(app, "review", "failed"), what="the review")
+        await pilot.press("i")
+        await wait_for(pilot, held.starting.is_set, what="the start step")
+        await pilot.press("ctrl+q")
+        await pilot.pause()
+        assert app.is_running and app.screen.state == "running"
+        held.go.set()
+        await wait_for(pilot, state_is(app, "done", "failed"), what="the install")
+        assert app.screen.state == "done", app.screen.error
+    assert rig.site.current().sequence == 1

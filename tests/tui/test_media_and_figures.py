@@ -31,6 +31,7 @@ def test_bundles_are_found_a_few_levels_down_and_split_ones_once(tmp_path, port)
     (media / "alice" / "USB1" / "readme.txt").write_text("not a bundle " * 100)
     (media / "alice" / "USB1" / "other.tar").write_bytes(b"\0" * 1024)
     shutil.copy(whole, media / "alice" / "USB1" / ".hidden.tar")
+    shutil.copy(whole, media / "alice" / "USB1" / "scan-0001.dcm")  # not a bundle's name
 
     found = find_bundles([media, tmp_path / "not-mounted"])
 
