@@ -7,7 +7,6 @@ fingerprints, sizes and dates on screen are the same on every run (snapshots).
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from textual.pilot import Pilot
 
-from appliance.engines.process import ProcessEngine
+from appliance.engines.process import DEFAULT_COMMAND, ProcessEngine
 from appliance.gpu import GpuReport, RecordedProbe
 from appliance.plan import InstallOptions, InstallPlan
 from appliance.site import Site
@@ -35,7 +34,6 @@ from tests.bundle.kit import NOW, source_date_epoch
 REPO = Path(__file__).resolve().parents[2]
 SIZES = (8, 16, 4)
 NO_GPU = GpuReport(unavailable="NVML did not start; no NVIDIA driver loaded")
-RUNTIME_COMMAND = [sys.executable, "-m", "runtime", "--models", "{models}", "--port", "{port}"]
 
 
 def key(seed: int) -> PrivateKey:
@@ -87,7 +85,7 @@ def build_demo(directory: Path, sequence: int, port: int, signer: PrivateKey, *,
 
 def process_engine(site: Site, tmp: Path) -> ProcessEngine:
     """The process engine running the real runtime (`python -m runtime`) under supervision."""
-    return ProcessEngine(site, command=RUNTIME_COMMAND,
+    return ProcessEngine(site, command=DEFAULT_COMMAND,
                          env={"PYTHONPATH": str(REPO), "RUNTIME_DATA_DIR": str(tmp / "runtime"),
                               "RUNTIME_HISTORY_INTERVAL_S": "1", "RUNTIME_ORT_THREADS": "1"},
                          unit_dir=tmp / "units", use_systemd=False)
