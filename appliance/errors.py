@@ -78,6 +78,10 @@ class TrustError(ApplianceError):
     """The trust root file is missing, malformed, or a rotation is invalid."""
 
 
+class LayerError(StoreError):
+    """A layer holds a member that must not be written to disk (link, device, `..`)."""
+
+
 # -- engines and placement --------------------------------------------------
 class EngineError(ApplianceError):
     """The container engine or the process supervisor failed."""
@@ -91,9 +95,39 @@ class ImageLoadError(EngineError):
     """The engine refused an image or loaded one whose id differs from the manifest."""
 
 
+class HealthTimeoutError(EngineError):
+    """A started release did not report ready in time, or its process/container died."""
+
+
 class PlacementError(ApplianceError):
     """The models do not fit the GPUs (or the CPU plan) of this server."""
 
 
+class NodeCapacityError(PlacementError):
+    """A model needs more GPU memory than the cluster's nodes declare (`appliance k8s render`)."""
+
+
 class InstallError(ApplianceError):
     """An install step failed; the previous release keeps serving."""
+
+
+class PreflightError(InstallError):
+    """A preflight check failed; nothing was changed."""
+
+
+class ReleaseFailedError(InstallError):
+    """The new release failed after it was started; the previous release was restored."""
+
+    previous_serving: bool = True  # False on a first install: nothing serves now
+
+
+class AcceptanceError(ReleaseFailedError):
+    """The new release answered a signed sample outside its tolerance."""
+
+
+class RestoreError(InstallError):
+    """The new release failed and the previous release could not be brought back."""
+
+
+class InstallLockedError(InstallError):
+    """Another installer is working on the same site."""

@@ -1,9 +1,60 @@
-"""`appliance serve` commands (not yet implemented)."""
+"""`appliance serve` (run the runtime over a models directory) and `appliance logs export`."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_DATA_DIR = Path("/var/lib/appliance/runtime")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this module's subcommands to the top-level parser."""
+    from runtime.settings import add_arguments
+
+    serve = sub.add_parser("serve", help="serve a directory of models over the V2 REST API")
+    add_arguments(serve)
+    serve.set_defaults(func=_serve)
+
+    logs = sub.add_parser("logs", help="the runtime's logs and metrics history")
+    logs_sub = logs.add_subparsers(dest="logs_command", metavar="ACTION", required=True)
+    export = logs_sub.add_parser(
+        "export", help="write one archive of logs, metrics history, system and release info")
+    export.add_argument("--to", type=Path, required=True, help="directory to write into")
+    export.add_argument("--data-dir", type=Path,
+                        help=f"runtime data directory (default $RUNTIME_DATA_DIR or "
+                             f"{DEFAULT_DATA_DIR})")
+    export.add_argument("--models", type=Path, help="models directory to describe")
+    export.set_defaults(func=_export)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from runtime.errors import ServeError
+    from runtime.server import serve
+    from runtime.settings import from_args
+
+    try:
+        return serve(from_args(args))
+    except ServeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def _export(args: argparse.Namespace) -> int:
+    from runtime.errors import ServeError
+    from runtime.export import write_export
+
+    data_dir = args.data_dir or Path(os.environ.get("RUNTIME_DATA_DIR", DEFAULT_DATA_DIR))
+    if not data_dir.is_dir():
+        print(f"error: runtime data directory {data_dir} does not exist; pass --data-dir",
+              file=sys.stderr)
+        return 1
+    try:
+        path = write_export(data_dir, args.to, models_dir=args.models)
+    except ServeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0

@@ -1,0 +1,119 @@
+"""The engine seam: what the install plan asks of Docker/Podman or the process supervisor."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from appliance.manifest import Manifest
+from appliance.placement import Placement
+from appliance.progress import ProgressFn, no_progress
+from appliance.site import Release, slot_port
+from appliance.store import ContentStore
+
+HEALTH_INTERVAL_S = 10
+HEALTH_TIMEOUT_S = 5
+HEALTH_RETRIES = 3
+HEALTH_START_PERIOD_S = 120
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One service of one release as the engine must start it."""
+
+    release: int
+    service: str
+    image_ref: str
+    models: list[str]
+    port: int  # host port in this release's slot
+    gpu_index: int | None
+    gpu_uuid: str
+    health_path: str
+
+
+def launches(manifest: Manifest, placement: Placement, slot: int) -> list[Launch]:
+    """Every service of `manifest` with its image, port in `slot` and placed device."""
+    out = []
+    for svc in manifest.services:
+        p = placement.for_service(svc.name)
+        out.append(Launch(manifest.sequence, svc.name, manifest.image(svc.image).reference,
+                          list(svc.models), slot_port(svc.port, slot),
+                          p.gpu_index if p.device == "gpu" else None, p.gpu_uuid, svc.health))
+    return out
+
+
+def with_port(command: Sequence[str], port: int) -> list[str]:
+    """The runtime command with `--port` set to `port` (replaced, or appended)."""
+    cmd = list(command)
+    for i, arg in enumerate(cmd):
+        if arg == "--port" and i + 1 < len(cmd):
+            cmd[i + 1] = str(port)
+            return cmd
+        if arg.startswith("--port="):
+            cmd[i] = f"--port={port}"
+            return cmd
+    return [*cmd, "--port", str(port)]
+
+
+def site_id(root: Path) -> str:
+    """A short id of a site root, so engines tell apart the releases of two sites."""
+    return hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:12]
+
+
+class Engine(Protocol):
+    """Runs releases. Every method is idempotent, so a re-run after a crash completes."""
+
+    name: str
+
+    def ping(self) -> str:
+        """Check the engine answers; return a one-line description (name and version).
+
+        Raises:
+            EngineUnavailableError: it does not answer; the message says what to start.
+        """
+        ...
+
+    def gpu_runtime(self) -> bool:
+        """Whether containers started here can be given NVIDIA GPUs."""
+        ...
+
+    def load(self, manifest: Manifest, release: Release, store: ContentStore,
+             progress: ProgressFn = no_progress) -> None:
+        """Make the release's images (or model files) ready to run, from the store only.
+
+        Raises:
+            ImageLoadError: the engine refused an image or loaded a different id.
+        """
+        ...
+
+    def start(self, manifest: Manifest, release: Release, placement: Placement, slot: int,
+              progress: ProgressFn = no_progress) -> dict[str, str]:
+        """Start every service of the release (replacing leftovers); return service -> URL.
+
+        Raises:
+            EngineError: a service could not be started.
+        """
+        ...
+
+    def alive(self, sequence: int, service: str) -> bool:
+        """Whether the service's container or process is still running."""
+        ...
+
+    def logs_tail(self, sequence: int, service: str, lines: int = 20) -> str:
+        """The last lines the service printed, for an error message."""
+        ...
+
+    def stop(self, sequence: int) -> None:
+        """Stop and remove every service of a release; nothing running is fine."""
+        ...
+
+    def running(self) -> set[int]:
+        """Sequences of this site's releases that have something running (or crash-looping)."""
+        ...
+
+    def enable(self, sequence: int) -> None:
+        """Make `sequence` the release that comes back after a reboot (and no other)."""
+        ...

@@ -1,0 +1,286 @@
+"""The docker engine: Docker or Podman's Docker-compatible socket, through the docker SDK.
+
+Images are streamed from the verified content store into `POST /images/load`
+(`write_image_archive` into a pipe; no temp file, never a pull) and the loaded
+ids are checked against the manifest's config digests. Containers use host
+networking with the release's slot port, restart `unless-stopped`, carry a
+health check, and get an NVIDIA device request when placed on a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from appliance.engines.base import (
+    HEALTH_INTERVAL_S,
+    HEALTH_RETRIES,
+    HEALTH_START_PERIOD_S,
+    HEALTH_TIMEOUT_S,
+    Launch,
+    launches,
+    site_id,
+    with_port,
+)
+from appliance.errors import EngineError, EngineUnavailableError, ImageLoadError
+from appliance.manifest import Image, Manifest
+from appliance.placement import Placement
+from appliance.progress import Progress, ProgressFn, no_progress
+from appliance.site import Release, Site
+from appliance.store import ContentStore
+
+NS = 1_000_000_000
+LABEL_SITE = "io.appliance.site"
+LABEL_RELEASE = "io.appliance.release"
+LABEL_SERVICE = "io.appliance.service"
+PIPE_CHUNK = 1024 * 1024
+DEFAULT_HEALTH = ("CMD", "python", "-c",
+                  "import urllib.request; urllib.request.urlopen("
+                  "'http://127.0.0.1:{port}{path}', timeout=4)")
+
+
+class DockerEngine:
+    """Runs each service as a container on a Docker or Podman socket."""
+
+    name = "docker"
+
+    def __init__(self, site: Site, *, base_url: str | None = None,
+                 health_test: Sequence[str] | None = None, stop_timeout_s: int = 10) -> None:
+        self.site = site
+        self.base_url = base_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        self.health_test = list(health_test) if health_test else None
+        self.stop_timeout_s = stop_timeout_s
+        self.tag = site_id(site.root)
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import docker
+            self._client = docker.DockerClient(base_url=self.base_url, timeout=300)
+        return self._client
+
+    def close(self) -> None:
+        """Close the connection pool to the engine."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    # -- engine protocol ------------------------------------------------------
+    def ping(self) -> str:
+        import docker.errors
+        import requests
+        self._check_socket()
+        try:
+            self.client.ping()
+            v = self.client.version()
+        except (docker.errors.DockerException, requests.RequestException, OSError) as e:
+            raise EngineUnavailableError(
+                f"the container engine at {self.base_url} does not answer ({_short(e)}); "
+                "start docker (systemctl start docker) or podman's socket, or pass --docker-host"
+            ) from e
+        comps = [c.get("Name", "") for c in v.get("Components") or []]
+        kind = "Podman" if any("Podman" in c for c in comps) else "Docker"
+        return f"{kind} {v.get('Version', '?')} (API {v.get('ApiVersion', '?')}) at {self.base_url}"
+
+    def gpu_runtime(self) -> bool:
+        try:
+            info = self.client.info()
+        except Exception:  # reachability is preflight's question, not this one
+            return False
+        runtimes = info.get("Runtimes") or {}
+        return "nvidia" in runtimes or info.get("DefaultRuntime") == "nvidia" or any(
+            "nvidia" in str(d) for d in info.get("CDISpecDirs") or [])
+
+    def load(self, manifest: Manifest, release: Release, store: ContentStore,
+             progress: ProgressFn = no_progress) -> None:
+        """Load images missing from the engine from the store; check every id.
+
+        Raises:
+            ImageLoadError: the engine refused the archive or holds a different id.
+        """
+        wanted = [manifest.image(n) for n in dict.fromkeys(s.image for s in manifest.services)]
+        missing = [img for img in wanted if self.image_id(img.reference) != img.config_digest]
+        if missing:
+            self._load_stream(missing, store, progress)
+        for img in wanted:
+            got = self.image_id(img.reference)
+            if got != img.config_digest:
+                raise ImageLoadError(
+                    f"image {img.reference} loaded as {str(got)[:19]}, but the signed manifest "
+                    f"pins {img.config_digest[:19]}; the engine's store may be corrupted: "
+                    f"remove the image (docker rmi {img.reference}) and install again")
+            progress(Progress("load", message=f"{img.reference} is {img.config_digest[:19]}"))
+
+    def start(self, manifest: Manifest, release: Release, placement: Placement, slot: int,
+              progress: ProgressFn = no_progress) -> dict[str, str]:
+        import docker.errors
+        self.stop(release.sequence)
+        urls = {}
+        for launch in launches(manifest, placement, slot):
+            try:
+                cfg = self.client.images.get(launch.image_ref).attrs.get("Config") or {}
+                self.client.containers.run(**self.container_spec(launch, cfg), detach=True)
+            except docker.errors.DockerException as e:
+                raise EngineError(f"cannot start service {launch.service!r} from "
+                                  f"{launch.image_ref}: {_short(e)}") from e
+            urls[launch.service] = f"http://127.0.0.1:{launch.port}"
+            progress(Progress("start", message=f"{launch.service} started on port {launch.port}"))
+        return urls
+
+    def container_spec(self, launch: Launch, image_config: dict[str, Any]) -> dict[str, Any]:
+        """The keyword arguments of `containers.run` for one service (pure; tested alone)."""
+        from docker.types import DeviceRequest
+        cmd = with_port(image_config.get("Cmd") or [], launch.port)
+        own = (image_config.get("Healthcheck") or {}).get("Test")
+        if self.health_test is None and own and own[0] in ("CMD", "CMD-SHELL"):
+            test = list(own)  # the image knows how to probe itself (it reads its own --port)
+        else:
+            test = [a.format(port=launch.port, path=launch.health_path)
+                    for a in (self.health_test or DEFAULT_HEALTH)]
+        spec: dict[str, Any] = {
+            "image": launch.image_ref,
+            "name": self.container_name(launch.release, launch.service),
+            "command": cmd,
+            "labels": {LABEL_SITE: self.tag, LABEL_RELEASE: str(launch.release),
+                       LABEL_SERVICE: launch.service},
+            "network_mode": "host",
+            "restart_policy": {"Name": "unless-stopped"},
+            "healthcheck": {"test": test, "interval": HEALTH_INTERVAL_S * NS,
+                            "timeout": HEALTH_TIMEOUT_S * NS, "retries": HEALTH_RETRIES,
+                            "start_period": HEALTH_START_PERIOD_S * NS},
+            "environment": {"APPLIANCE_RELEASE": str(launch.release),
+                            "APPLIANCE_SERVICE": launch.service,
+                            "RUNTIME_PORT": str(launch.port)},
+        }
+        if launch.gpu_index is not None:
+            spec["device_requests"] = [DeviceRequest(
+                device_ids=[launch.gpu_uuid or str(launch.gpu_index)], capabilities=[["gpu"]])]
+        else:
+            spec["environment"]["NVIDIA_VISIBLE_DEVICES"] = "void"
+        return spec
+
+    def container_name(self, sequence: int, service: str) -> str:
+        return f"appliance-{self.tag}-{sequence}-{service}"
+
+    def alive(self, sequence: int, service: str) -> bool:
+        c = self._container(sequence, service)
+        return c is not None and c.status == "running"
+
+    def logs_tail(self, sequence: int, service: str, lines: int = 20) -> str:
+        c = self._container(sequence, service)
+        if c is None:
+            return ""
+        try:
+            return bytes(c.logs(tail=lines)).decode(errors="replace")
+        except Exception:  # best effort, for an error message only
+            return ""
+
+    def stop(self, sequence: int) -> None:
+        import docker.errors
+        for c in self._containers({LABEL_RELEASE: str(sequence)}):
+            try:
+                c.stop(timeout=self.stop_timeout_s)
+                c.remove(force=True)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.DockerException as e:
+                raise EngineError(f"cannot stop container {c.name}: {_short(e)}") from e
+
+    def running(self) -> set[int]:
+        """Releases with a container in any state (a crash-looping one still needs stopping)."""
+        return {int(c.labels[LABEL_RELEASE]) for c in self._containers({})}
+
+    def enable(self, sequence: int) -> None:
+        """Containers carry `unless-stopped`; stopped releases are removed, so nothing to do."""
+
+    def image_id(self, reference: str) -> str | None:
+        """The id the engine holds for `reference`, or None."""
+        import docker.errors
+        try:
+            return str(self.client.images.get(reference).id)
+        except docker.errors.ImageNotFound:
+            return None
+        except docker.errors.DockerException as e:
+            raise EngineUnavailableError(f"cannot inspect image {reference}: {_short(e)}") from e
+
+    # -- helpers ----------------------------------------------------------------
+    def _check_socket(self) -> None:
+        """Refuse a unix socket that does not accept, before the SDK tries (and leaks)."""
+        if not self.base_url.startswith("unix://"):
+            return
+        path = self.base_url.removeprefix("unix://")
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(5)
+                s.connect(path)
+        except OSError as e:
+            raise EngineUnavailableError(
+                f"the container engine at {self.base_url} does not answer ({e.strerror or e}); "
+                "start docker (systemctl start docker) or podman's socket "
+                "(systemctl start podman.socket), or pass --docker-host") from e
+
+    def _containers(self, labels: dict[str, str]) -> list[Any]:
+        want = [f"{LABEL_SITE}={self.tag}", *(f"{k}={v}" for k, v in labels.items())]
+        return list(self.client.containers.list(all=True, filters={"label": want}))
+
+    def _container(self, sequence: int, service: str) -> Any:
+        found = self._containers({LABEL_RELEASE: str(sequence), LABEL_SERVICE: service})
+        if not found:
+            return None
+        found[0].reload()
+        return found[0]
+
+    def _load_stream(self, images: list[Image], store: ContentStore,
+                     progress: ProgressFn) -> None:
+        """Stream one archive of `images` from the store into the engine's image load."""
+        import docker.errors
+        import requests
+
+        # appliance.bundle first: importing appliance.imagearchive alone hits an import cycle
+        import appliance.bundle  # noqa: F401
+        from appliance.imagearchive import image_blobs, write_image_archive
+        total = sum(store.size(d) for d in image_blobs(images))
+        r_fd, w_fd = os.pipe()
+        failure: list[BaseException] = []
+
+        def writer() -> None:
+            try:
+                with os.fdopen(w_fd, "wb", buffering=PIPE_CHUNK) as w:
+                    write_image_archive(w, store, images)
+            except BaseException as e:  # handed to the reading thread
+                failure.append(e)
+
+        reader = os.fdopen(r_fd, "rb", buffering=0)
+
+        def chunks() -> Iterator[bytes]:
+            done = 0
+            while data := reader.read(PIPE_CHUNK):
+                done += len(data)
+                progress(Progress("load", min(done, total), total, "streaming images"))
+                yield data
+
+        t = threading.Thread(target=writer, name="image-archive", daemon=True)
+        t.start()
+        try:
+            out = self.client.api.load_image(chunks(), quiet=True)
+            messages = [json.dumps(m) if not isinstance(m, str) else m for m in out]
+        except (docker.errors.DockerException, requests.RequestException) as e:
+            raise ImageLoadError(f"the engine refused the images: {_short(e)}") from e
+        finally:
+            reader.close()  # a writer still blocked on the pipe gets EPIPE and ends
+            t.join(timeout=60)
+        if failure:
+            raise ImageLoadError(f"cannot read the images from the store: {failure[0]}") \
+                from failure[0]
+        errors = [m for m in messages if '"error' in m]
+        if errors:
+            raise ImageLoadError(f"the engine refused the images: {errors[0][:300]}")
+
+
+def _short(e: BaseException) -> str:
+    return " ".join(str(e).split())[:300]

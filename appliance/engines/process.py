@@ -1,0 +1,254 @@
+"""The process engine: the runtime as supervised local processes, no container engine.
+
+Model files come out of the verified weights layers in the content store
+(`appliance.layers`), one directory per service under the release. Each
+service gets a systemd unit (written to `unit_dir`, enabled for the serving
+release only, so a reboot brings back `current`); while the installer runs,
+or where systemd is not PID 1, `appliance.engines.supervise` keeps it running.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from appliance.engines.base import Launch, launches, site_id
+from appliance.errors import EngineError, ImageLoadError, StoreError
+from appliance.fsutil import atomic_write
+from appliance.layers import extract_model
+from appliance.manifest import Manifest
+from appliance.placement import Placement
+from appliance.progress import Progress, ProgressFn, no_progress
+from appliance.site import Release, Site
+from appliance.store import ContentStore
+
+DEFAULT_COMMAND = (sys.executable, "-m", "runtime", "--models", "{models}", "--port", "{port}",
+                   "--data-dir", "{data}")
+DEFAULT_UNIT_DIR = Path("/etc/systemd/system")
+STOP_TIMEOUT_S = 15.0
+CRASH_LOOP = 3  # quick exits in a row after which a service counts as dead
+
+
+class ProcessEngine:
+    """Runs each service as `command` over its model directory, supervised."""
+
+    name = "process"
+
+    def __init__(self, site: Site, *, command: Sequence[str] = DEFAULT_COMMAND,
+                 env: Mapping[str, str] | None = None, unit_dir: Path = DEFAULT_UNIT_DIR,
+                 use_systemd: bool | None = None, python: str = sys.executable) -> None:
+        self.site = site
+        self.command = list(command)
+        self.env = dict(env or {})
+        self.unit_dir = Path(unit_dir)
+        self.use_systemd = (Path("/run/systemd/system").is_dir() and
+                            self.unit_dir == DEFAULT_UNIT_DIR) if use_systemd is None \
+            else use_systemd
+        self.python = python
+        self.tag = site_id(site.root)
+
+    # -- engine protocol ------------------------------------------------------
+    def ping(self) -> str:
+        return f"process supervisor ({'systemd' if self.use_systemd else 'appliance'})"
+
+    def gpu_runtime(self) -> bool:
+        return True  # local processes see the driver directly
+
+    def load(self, manifest: Manifest, release: Release, store: ContentStore,
+             progress: ProgressFn = no_progress) -> None:
+        """Take each service's model files out of their verified weights layers."""
+        total = sum(manifest.model(m).weights_size for s in manifest.services for m in s.models)
+        done = 0
+        for svc in manifest.services:
+            for name in svc.models:
+                model = manifest.model(name)
+                dest = self._models_dir(release, svc.name) / model.name / model.version
+                if not dest.is_dir():
+                    try:
+                        extract_model(store, model.weights_digest, model.path, dest)
+                    except StoreError as e:
+                        raise ImageLoadError(f"model {name!r}: {e}") from e
+                done += model.weights_size
+                progress(Progress("load", done, total, f"model files of {name} ready"))
+
+    def start(self, manifest: Manifest, release: Release, placement: Placement, slot: int,
+              progress: ProgressFn = no_progress) -> dict[str, str]:
+        """Write each service's unit and start it under supervision."""
+        self.stop(release.sequence)
+        urls = {}
+        for launch in launches(manifest, placement, slot):
+            cmd, env = self._command(release, launch)
+            self._write_unit(manifest, release, launch, cmd, env)
+            run = self._run_dir(release)
+            run.mkdir(parents=True, exist_ok=True)
+            if self.use_systemd:
+                _systemctl("daemon-reload")
+                _systemctl("start", self.unit_name(launch.release, launch.service))
+            else:
+                sup = [self.python, "-m", "appliance.engines.supervise",
+                       "--pidfile", str(run / f"{launch.service}.pid"),
+                       "--log", str(run / f"{launch.service}.log"), "--", *cmd]
+                r = subprocess.run(sup, env={**os.environ, **env}, capture_output=True,
+                                   timeout=60, check=False)
+                if r.returncode != 0:
+                    raise EngineError(f"cannot start service {launch.service!r}: "
+                                      f"{r.stderr.decode(errors='replace').strip()[-300:]}")
+            urls[launch.service] = f"http://127.0.0.1:{launch.port}"
+            progress(Progress("start", message=f"{launch.service} started on port {launch.port}"))
+        return urls
+
+    def alive(self, sequence: int, service: str) -> bool:
+        if self.use_systemd:
+            r = subprocess.run(["systemctl", "is-active", "--quiet",
+                                self.unit_name(sequence, service)], check=False)
+            return r.returncode == 0
+        if self._supervisor_pid(sequence, service) is None:
+            return False
+        crashes = self.site.releases_dir / str(sequence) / "run" / f"{service}.crashes"
+        try:
+            return int(crashes.read_text()) < CRASH_LOOP
+        except (OSError, ValueError):
+            return True
+
+    def logs_tail(self, sequence: int, service: str, lines: int = 20) -> str:
+        p = self.site.releases_dir / str(sequence) / "run" / f"{service}.log"
+        try:
+            return "\n".join(p.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, sequence: int) -> None:
+        """Stop every supervised service of the release and wait until they are gone."""
+        run = self.site.releases_dir / str(sequence) / "run"
+        if self.use_systemd:
+            for unit in self.unit_dir.glob(f"appliance-{sequence}-*.service"):
+                _systemctl("stop", unit.name)
+        if not run.is_dir():
+            return
+        pids = []
+        for pidfile in run.glob("*.pid"):
+            pid = self._supervisor_pid(sequence, pidfile.stem)
+            if pid is not None:
+                os.kill(pid, signal.SIGTERM)
+                pids.append(pid)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while pids and time.monotonic() < deadline:
+            pids = [p for p in pids if _exists(p)]
+            time.sleep(0.05)
+        for p in pids:
+            os.kill(p, signal.SIGKILL)
+
+    def running(self) -> set[int]:
+        out = set()
+        if self.use_systemd:
+            for unit in self.unit_dir.glob("appliance-*-*.service"):
+                seq, _, svc = unit.name.removesuffix(".service").removeprefix(
+                    "appliance-").partition("-")
+                if seq.isdigit() and self.alive(int(seq), svc):
+                    out.add(int(seq))
+            return out
+        for rel in self.site.releases():
+            run = rel.path / "run"
+            names = [p.stem for p in run.glob("*.pid")] if run.is_dir() else []
+            if any(self.alive(rel.sequence, n) for n in names):
+                out.add(rel.sequence)
+        return out
+
+    def enable(self, sequence: int) -> None:
+        """Enable `sequence`'s units for boot (multi-user.target.wants) and disable others."""
+        wants = self.unit_dir / "multi-user.target.wants"
+        wants.mkdir(parents=True, exist_ok=True)
+        for unit in self.unit_dir.glob("appliance-*.service"):
+            link = wants / unit.name
+            mine = unit.name.startswith(f"appliance-{sequence}-")
+            if mine and not link.is_symlink():
+                tmp = wants / f".{unit.name}.tmp"
+                tmp.unlink(missing_ok=True)
+                os.symlink(f"../{unit.name}", tmp)
+                os.replace(tmp, link)
+            elif not mine and link.is_symlink():
+                link.unlink()
+        if self.use_systemd:
+            _systemctl("daemon-reload")
+
+    # -- helpers ----------------------------------------------------------------
+    @staticmethod
+    def unit_name(sequence: int, service: str) -> str:
+        return f"appliance-{sequence}-{service}.service"
+
+    def _models_dir(self, release: Release, service: str) -> Path:
+        return release.models_dir / service
+
+    def _run_dir(self, release: Release) -> Path:
+        return release.path / "run"
+
+    def _command(self, release: Release, launch: Launch) -> tuple[list[str], dict[str, str]]:
+        models = str(self._models_dir(release, launch.service))
+        # logs and metrics history outlive releases: one directory per service, site-wide
+        data = self.site.root / "runtime" / launch.service
+        data.mkdir(parents=True, exist_ok=True)
+        cmd = [a.format(models=models, port=launch.port, data=data) for a in self.command]
+        gpu = "" if launch.gpu_index is None else (launch.gpu_uuid or str(launch.gpu_index))
+        env = {**self.env, "CUDA_VISIBLE_DEVICES": gpu, "APPLIANCE_RELEASE": str(launch.release),
+               "APPLIANCE_SERVICE": launch.service, "HF_HUB_OFFLINE": "1",
+               "TRANSFORMERS_OFFLINE": "1"}
+        return cmd, env
+
+    def _write_unit(self, manifest: Manifest, release: Release, launch: Launch,
+                    cmd: list[str], env: dict[str, str]) -> Path:
+        log = self._run_dir(release) / f"{launch.service}.log"
+        lines = [
+            "[Unit]",
+            f"Description=Offline appliance {manifest.name} {manifest.version} "
+            f"(release {launch.release}) service {launch.service}",
+            "After=network.target",
+            "",
+            "[Service]",
+            "Type=simple",
+            f"ExecStart={shlex.join(cmd)}",
+            *(f'Environment="{k}={v}"' for k, v in sorted(env.items())),
+            f"WorkingDirectory={release.path}",
+            "Restart=always",
+            "RestartSec=2",
+            f"StandardOutput=append:{log}",
+            f"StandardError=append:{log}",
+            "",
+            "[Install]",
+            "WantedBy=multi-user.target",
+            "",
+        ]
+        path = self.unit_dir / self.unit_name(launch.release, launch.service)
+        atomic_write(path, "\n".join(lines).encode())
+        return path
+
+    def _supervisor_pid(self, sequence: int, service: str) -> int | None:
+        """The pid of the release's supervisor for `service`, if it is really running."""
+        pidfile = self.site.releases_dir / str(sequence) / "run" / f"{service}.pid"
+        try:
+            pid = int(pidfile.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return None
+        # a recycled pid belongs to someone else: only ours names this pidfile
+        return pid if str(pidfile).encode() in cmdline and _exists(pid) else None
+
+
+def _exists(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _systemctl(*args: str) -> None:
+    r = subprocess.run(["systemctl", *args], capture_output=True, check=False, timeout=60)
+    if r.returncode != 0:
+        raise EngineError(f"systemctl {' '.join(args)} failed: "
+                          f"{r.stderr.decode(errors='replace').strip()}")

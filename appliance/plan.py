@@ -1,0 +1,472 @@
+"""The install plan: ordered steps from a bundle on the stick to a serving release.
+
+How a front end drives it (the headless CLI and the TUI do the same):
+
+    plan = InstallPlan(InstallOptions(bundle=path, site=Site(root), engine=engine,
+                                      gpu_probe=NvmlProbe(), trust=trust_file),
+                       progress=on_event)
+    result = plan.run()               # every step in order, under the site lock; or:
+    with plan.locked():               # one step at a time (e.g. pause for a confirm
+        for step in STEPS:            # after "placement"); same order, same checks
+            plan.run_step(step.name)
+        result = plan.result()
+
+`on_event` receives `appliance.progress.Progress` events, from the worker
+thread that runs the plan (a TUI posts them to its screen):
+  - `StepEvent` (a Progress) when a step begins (status "running") and ends
+    ("ok", "warn", "failed");
+  - `CheckEvent` (a Progress) for each preflight line (level pass/warn/fail);
+  - plain `Progress` for bytes (verify, load: done/total) and info lines.
+After each step the plan's attributes hold what a screen shows: `checks`,
+`manifest`, `verified` (signers), `gpus` (`gpus.table()` under
+`appliance.gpu.TABLE_HEADER`), `placement` (`placement.lines()`), `endpoints`.
+Rolling back later is `appliance.rollback.rollback(site, engine, seq)`.
+
+Errors are `ApplianceError`s with one-line messages; after the new release
+started, a failure stops it, restores the previous release and raises
+`ReleaseFailedError` (or `AcceptanceError`) saying why. Killing the process
+at any point leaves the previous release serving; running the same plan again
+completes the install. Exit codes for each error: `appliance.cli.site.exit_code`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from appliance.acceptance import check_samples, wait_ready
+from appliance.engines.base import Engine
+from appliance.errors import (
+    AcceptanceError,
+    ApplianceError,
+    InstallError,
+    InstallLockedError,
+    PreflightError,
+    ReleaseFailedError,
+    RestoreError,
+    SiteError,
+    TrustError,
+)
+from appliance.fsutil import atomic_write
+from appliance.gpu import GpuProbe, GpuReport
+from appliance.manifest import Manifest
+from appliance.placement import Placement, plan_placement
+from appliance.preflight import (
+    Check,
+    check_clock,
+    check_disk,
+    check_engine,
+    check_gpu_runtime,
+    check_gpus,
+    check_trust,
+)
+from appliance.progress import Progress, ProgressFn, no_progress
+from appliance.site import PLACEMENT_FILE, Release, Site
+from signing import SigningError, TrustRoot, rotate_root
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StepEvent(Progress):
+    """A step began ("running") or ended ("ok", "warn", "failed")."""
+
+    status: str = "running"
+
+
+@dataclass(frozen=True)
+class CheckEvent(Progress):
+    """One preflight line."""
+
+    level: str = "pass"
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    title: str
+
+
+STEPS = (
+    Step("preflight", "Preflight checks"),
+    Step("verify", "Verify signature and copy into the store"),
+    Step("placement", "Probe GPUs and place services"),
+    Step("load", "Load images into the engine"),
+    Step("start", "Start the new release"),
+    Step("health", "Wait until the new release is ready"),
+    Step("accept", "Check signed samples"),
+    Step("switch", "Switch current to the new release"),
+    Step("stop_old", "Stop the previous release"),
+)
+STARTED_STEPS = ("start", "health", "accept", "switch")  # a failure here rolls back
+
+
+@dataclass
+class InstallOptions:
+    """Everything the plan needs, passed in (so tests point it at temp dirs and sockets)."""
+
+    bundle: Path | list[Path]
+    site: Site
+    engine: Engine
+    gpu_probe: GpuProbe
+    trust: Path | None = None  # a root file to accept on first install
+    now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    allow_expired: bool = False
+    health_timeout_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class InstallResult:
+    sequence: int
+    previous: int | None
+    endpoints: dict[str, str]
+    placement: Placement
+
+
+class InstallPlan:
+    """One install of one bundle on one site; steps run in `STEPS` order."""
+
+    def __init__(self, options: InstallOptions, progress: ProgressFn = no_progress) -> None:
+        self.o = options
+        self.site = options.site
+        self.engine = options.engine
+        self._emit = progress
+        self.checks: list[Check] = []
+        self.manifest: Manifest | None = None  # unverified until `verify` has run
+        self.verified: Any = None  # appliance.bundle.VerifiedBundle
+        self.trust_root: TrustRoot | None = None
+        self.gpus: GpuReport | None = None
+        self.placement: Placement | None = None
+        self.release: Release | None = None
+        self.previous: Release | None = None
+        self.endpoints: dict[str, str] = {}
+        self.slot = 0
+        self._new_root: TrustRoot | None = None
+        self._warnings: list[str] = []
+        self._done: list[str] = []
+        self._pending_log: list[dict[str, Any]] = []
+
+    # -- driving ---------------------------------------------------------------
+    def run(self) -> InstallResult:
+        """Run every remaining step in order; return what now serves.
+
+        Raises:
+            ApplianceError: the first failure (see the module docstring).
+        """
+        with site_lock(self.site):
+            for step in STEPS:
+                if step.name not in self._done:
+                    self.run_step(step.name)
+        return self.result()
+
+    def result(self) -> InstallResult:
+        if self.release is None or self.placement is None:
+            raise InstallError("the install has not run yet")
+        prev = self.previous.sequence if self.previous else None
+        return InstallResult(self.release.sequence, prev, dict(self.endpoints), self.placement)
+
+    def run_step(self, name: str) -> None:
+        """Run one step (the ones before it must have run).
+
+        Raises:
+            ApplianceError: the step failed; after `start`, the previous release is restored.
+        """
+        order = [s.name for s in STEPS]
+        missing = [s for s in order[: order.index(name)] if s not in self._done]
+        if missing:
+            raise InstallError(f"step {name!r} needs {missing[0]!r} first")
+        title = dict((s.name, s.title) for s in STEPS)[name]
+        self._event(StepEvent(name, message=title, status="running"))
+        try:
+            getattr(self, f"_step_{name}")()
+        except ApplianceError as e:
+            if name in STARTED_STEPS:
+                e = self._roll_back(name, e)
+            self._event(StepEvent(name, message=str(e), status="failed"))
+            raise e from e.__cause__
+        self._done.append(name)
+        warned = (name == "preflight" and any(c.level == "warn" for c in self.checks)) or (
+            name == "stop_old" and bool(self._warnings))
+        self._event(StepEvent(name, message=title, status="warn" if warned else "ok"))
+
+    def locked(self) -> AbstractContextManager[None]:
+        """Hold the site's install lock for a front end that runs steps one by one."""
+        return site_lock(self.site)
+
+    # -- steps -------------------------------------------------------------------
+    def _step_preflight(self) -> None:
+        from appliance.bundle import read_manifest_unverified
+        self.site.ensure()
+        self._clear_partial_blobs()
+        trust_path = self.o.trust or self.site.trust_path
+        trust_check, self.trust_root = check_trust(trust_path)
+        checks = [trust_check]
+        if self.o.trust and self.site.trust_path.exists() and self.trust_root is not None:
+            checks.append(self._check_trust_matches(self.trust_root))
+        self.manifest, _ = read_manifest_unverified(self.o.bundle)
+        m = self.manifest
+        extract = sum(x.weights_size for x in m.models) if self.engine.name == "process" else 0
+        checks.append(check_disk(m, self.site.store, extract))
+        checks.append(check_engine(self.engine))
+        self.gpus = self.o.gpu_probe.probe()
+        checks.append(check_gpus(self.gpus, m))
+        checks.append(check_gpu_runtime(self.engine, self.gpus, m))
+        checks.append(check_clock(m, self.o.now(), self.o.allow_expired))
+        for c in checks:
+            self._event(CheckEvent("preflight", message=c.line(), level=c.level))
+        self.checks = checks
+        failed = [c for c in checks if c.level == "fail"]
+        if failed:
+            more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+            raise PreflightError(f"preflight failed: {failed[0].name}: {failed[0].message}{more}")
+
+    def _check_trust_matches(self, given: TrustRoot) -> Check:
+        try:
+            have = TrustRoot.from_json(self.site.trust_path.read_bytes())
+        except (OSError, SigningError) as e:
+            return Check("trust root", "fail", f"the site's trust root is unreadable: {e}")
+        if have.to_json() == given.to_json():
+            return Check("trust root", "pass", "same as the root this site already trusts")
+        return Check("trust root", "fail",
+                     f"this site already trusts root version {have.version}; a different root "
+                     "is accepted only inside a signed bundle (rotation), not with --trust")
+
+    def _step_verify(self) -> None:
+        from appliance.bundle import verify_bundle
+        assert self.manifest is not None and self.trust_root is not None
+        last = self.site.state().highest_sequence
+        seq = self.manifest.sequence
+        if last == seq and self.site.manifest_digest_of(seq) is not None:
+            last = seq - 1  # re-run of the installed bundle: stage_release checks the digest
+        self.verified = verify_bundle(self.o.bundle, self.trust_root, now=self.o.now(),
+                                      last_sequence=last, store=self.site.store,
+                                      allow_expired=self.o.allow_expired, progress=self._emit)
+        v = self.verified
+        self.manifest = v.manifest
+        self._new_root = self._rotated_root()  # a bad rotation refuses the bundle up front
+        if self.o.trust and not self.site.trust_path.exists():
+            atomic_write(self.site.trust_path, self.o.trust.read_bytes())
+        self.previous = self.site.current()
+        self.release = self.site.stage_release(v.manifest_bytes, v.envelope_bytes,
+                                               v.manifest.sequence, self.engine.name)
+        for line in self._pending_log:
+            self.release.log(**line)
+        self._pending_log.clear()
+        if self.o.allow_expired and self.o.now() > v.manifest.expires_at:
+            self.release.log("override", reason=f"installed expired bundle (expired "
+                                                f"{v.manifest.expires}) with --allow-expired")
+        self._info("verify", f"signed by {', '.join(k[:16] for k in v.signers)}; "
+                             f"release {v.manifest.sequence} ({v.manifest.version})")
+
+    def _step_placement(self) -> None:
+        assert self.manifest is not None and self.release is not None
+        recorded = self.release.path / PLACEMENT_FILE
+        if self._serving_already() and recorded.is_file():
+            self.placement = Placement.from_dict(json.loads(recorded.read_bytes()))
+            self._info("placement", "kept the placement of the release already serving")
+        else:
+            report = self.gpus or self.o.gpu_probe.probe()
+            if report.gpus and not self.engine.gpu_runtime():
+                report = GpuReport(unavailable=f"{self.engine.name} has no NVIDIA container "
+                                               "runtime", driver=report.driver, cuda=report.cuda)
+            for g in report.gpus:
+                self._info("placement", f"GPU {g.index} {g.name}: {g.memory_free_mib} of "
+                                        f"{g.memory_total_mib} MiB free, {g.utilization_pct}% "
+                                        f"busy (driver {report.driver}, CUDA {report.cuda})")
+            self.placement = plan_placement(self.manifest, report)
+            atomic_write(recorded, self.placement.to_json())
+        for line in self.placement.lines():
+            self._info("placement", line)
+
+    def _step_load(self) -> None:
+        assert self.manifest is not None and self.release is not None
+        self.engine.load(self.manifest, self.release, self.site.store, self._emit)
+        self._record(status="loaded")
+
+    def _step_start(self) -> None:
+        assert self.manifest is not None and self.release and self.placement
+        if self._serving_already():
+            rec = self.release.record
+            self.slot, self.endpoints = rec.slot, dict(rec.endpoints)
+            self._info("start", f"release {self.release.sequence} is already serving")
+            return
+        cur = self.previous
+        self.slot = 1 - cur.record.slot if cur is not None and cur.sequence != \
+            self.release.sequence else 0
+        self._record(status="starting", slot=self.slot, reason="")
+        self.endpoints = self.engine.start(self.manifest, self.release, self.placement,
+                                           self.slot, self._emit)
+        self._record(status="started", endpoints=self.endpoints)
+
+    def _step_health(self) -> None:
+        assert self.manifest is not None and self.release is not None
+        seq = self.release.sequence
+        health = {s.name: s.health for s in self.manifest.services}
+        wait_ready({s: u + health[s] for s, u in self.endpoints.items()},
+                   lambda s: self.engine.alive(seq, s), self.o.health_timeout_s,
+                   lambda s: self.engine.logs_tail(seq, s),
+                   lambda s, left: self._emit(Progress("health", message=f"waiting for {s}")))
+        self._record(status="ready")
+
+    def _step_accept(self) -> None:
+        assert self.manifest is not None
+        n = check_samples(self.manifest, self.endpoints,
+                          lambda m, i: self._emit(Progress("accept", message=f"{m} sample {i}")))
+        self._info("accept", f"{n} signed sample(s) answered within tolerance" if n
+                   else "the bundle carries no samples; nothing to check")
+
+    def _step_switch(self) -> None:
+        assert self.manifest is not None and self.release is not None
+        seq = self.release.sequence
+        new_root = self._new_root
+        self.site.switch_current(seq)
+        self.engine.enable(seq)
+        if new_root is not None:
+            atomic_write(self.site.trust_path, new_root.to_json())
+        self.site.accept_sequence(seq, new_root.version if new_root else
+                                  (self.trust_root.version if self.trust_root else None))
+        self._record(status="serving", reason="")
+        self._info("switch", f"current -> releases/{seq}")
+
+    def _step_stop_old(self) -> None:
+        assert self.release is not None
+        for seq in sorted(self.engine.running() - {self.release.sequence}):
+            try:
+                self.engine.stop(seq)
+            except ApplianceError as e:  # the new release serves; say so, do not undo it
+                self._warnings.append(f"release {seq} could not be stopped: {e}")
+                self._info("stop_old", self._warnings[-1])
+                continue
+            with suppress(SiteError):  # running but no longer installed: stopping is enough
+                self.site.update_record(self.site.release(seq), status="stopped")
+            self._info("stop_old", f"release {seq} stopped")
+
+    # -- failure after start -------------------------------------------------------
+    def _roll_back(self, step: str, error: ApplianceError) -> ApplianceError:
+        """Stop the new release, bring back the previous one; return the error to raise."""
+        assert self.release is not None
+        seq = self.release.sequence
+        why = f"release {seq} failed at {step}: {error}"
+        log.info(why)
+        if self._serving_already():
+            return ReleaseFailedError(f"{why}; it stays current (it was already serving)")
+        prev = self.previous
+        if step == "switch":
+            with suppress(ApplianceError, OSError):  # put `current` back before stopping
+                if prev is not None:
+                    self.site.switch_current(prev.sequence)
+                    self.engine.enable(prev.sequence)
+                else:
+                    self.site.current_link.unlink(missing_ok=True)
+        self.engine.stop(seq)
+        self._record(status="failed", reason=str(error))
+        self.release.log("rolled_back", step=step, reason=str(error))
+        if prev is None:
+            err = _failed(error, f"{why}; it was stopped; no earlier release exists, so "
+                                 "nothing is serving: fix the cause and install again")
+            err.previous_serving = False
+            return err
+        try:
+            self._ensure_serving(prev)
+        except ApplianceError as e:
+            return RestoreError(f"{why}; and release {prev.sequence} could not be restored "
+                                f"({e}): run `appliance rollback {prev.sequence}`")
+        return _failed(error, f"{why}; release {prev.sequence} keeps serving")
+
+    def _ensure_serving(self, rel: Release) -> None:
+        """Make sure `rel` runs and answers ready; restart it if it does not."""
+        m = rel.manifest()
+        rec = rel.record
+        urls = {s.name: rec.endpoints.get(s.name, "") + s.health for s in m.services}
+        if all(self.engine.alive(rel.sequence, s.name) for s in m.services) and all(
+                _ready_now(u) for u in urls.values()):
+            return
+        placement = Placement.from_dict(json.loads((rel.path / PLACEMENT_FILE).read_bytes()))
+        endpoints = self.engine.start(m, rel, placement, rec.slot, self._emit)
+        wait_ready({s.name: endpoints[s.name] + s.health for s in m.services},
+                   lambda s: self.engine.alive(rel.sequence, s), self.o.health_timeout_s,
+                   lambda s: self.engine.logs_tail(rel.sequence, s))
+
+    # -- helpers ---------------------------------------------------------------------
+    def _clear_partial_blobs(self) -> None:
+        """Remove temp files an installer killed mid-ingest left (we hold the site lock)."""
+        tmp = self.site.store.tmp
+        if tmp.is_dir():
+            for p in tmp.iterdir():
+                if p.is_file():
+                    p.unlink(missing_ok=True)
+
+    def _serving_already(self) -> bool:
+        """Whether the release being installed is `current` (a re-run after the switch)."""
+        return (self.release is not None and self.previous is not None
+                and self.previous.sequence == self.release.sequence)
+
+    def _rotated_root(self) -> TrustRoot | None:
+        assert self.manifest is not None
+        if not self.manifest.trust_root or self.trust_root is None:
+            return None
+        try:
+            new = rotate_root(self.trust_root, self.manifest.trust_root.encode())
+        except SigningError as e:
+            raise TrustError(f"the bundle's new trust root is not valid: {e}") from e
+        return new
+
+    def _record(self, **changes: Any) -> None:
+        assert self.release is not None
+        self.site.update_record(self.release, **changes)
+
+    def _info(self, step: str, message: str) -> None:
+        self._event(Progress(step, message=message))
+
+    def _event(self, ev: Progress) -> None:
+        line: dict[str, Any] = {"event": type(ev).__name__, "step": ev.step,
+                                "message": ev.message}
+        if isinstance(ev, StepEvent):
+            line["status"] = ev.status
+        if isinstance(ev, CheckEvent):
+            line["level"] = ev.level
+        if self.release is not None:
+            self.release.log(**line)
+        else:
+            self._pending_log.append(line)
+        self._emit(ev)
+
+
+def _failed(cause: ApplianceError, message: str) -> ReleaseFailedError:
+    cls = AcceptanceError if isinstance(cause, AcceptanceError) else ReleaseFailedError
+    err = cls(message)
+    err.__cause__ = cause
+    return err
+
+
+def _ready_now(url: str) -> bool:
+    from appliance.acceptance import is_ready
+    return is_ready(url)
+
+
+@contextmanager
+def site_lock(site: Site) -> Iterator[None]:
+    """Hold the site's install lock (the kernel drops it if this process dies).
+
+    Raises:
+        InstallLockedError: another installer or rollback holds it.
+    """
+    site.ensure()
+    fd = os.open(site.root / ".install.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as e:
+            raise InstallLockedError(f"another installer is working on {site.root}; "
+                                     "wait for it to finish") from e
+        yield
+    finally:
+        os.close(fd)

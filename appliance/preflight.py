@@ -1,0 +1,148 @@
+"""Preflight: pass/warn/fail lines before anything on the site changes.
+
+Each check is a small function over things passed in (the unverified
+manifest, the store, the engine, the GPU report, the clock), so the screens
+and the headless installer show the same lines and tests need no real
+hardware. A single `fail` stops the install before it touches the site.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Literal
+
+from appliance.engines.base import Engine
+from appliance.errors import ApplianceError
+from appliance.gpu import GpuReport
+from appliance.manifest import Manifest
+from appliance.store import ContentStore
+from signing import SigningError, TrustRoot
+
+Level = Literal["pass", "warn", "fail"]
+# Room left over after the install, so logs and metrics history keep working.
+DISK_MARGIN_BYTES = 512 * 1024 * 1024
+# A clock this far behind the bundle's creation time is wrong, not merely skewed.
+CLOCK_SKEW = timedelta(days=1)
+EARLIEST_PLAUSIBLE = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One preflight line."""
+
+    name: str
+    level: Level
+    message: str
+
+    def line(self) -> str:
+        return f"{self.level.upper():4}  {self.name}: {self.message}"
+
+
+def check_trust(trust_path: Path) -> tuple[Check, TrustRoot | None]:
+    """The site's trust root (or the one given with --trust) is present and parses."""
+    try:
+        root = TrustRoot.from_json(trust_path.read_bytes())
+    except FileNotFoundError:
+        return Check("trust root", "fail",
+                     f"no trust root at {trust_path}; pass --trust root.json from the vendor "
+                     "after comparing its fingerprint"), None
+    except (OSError, SigningError) as e:
+        return Check("trust root", "fail", f"{trust_path} is not a usable trust root: {e}"), None
+    return Check("trust root", "pass",
+                 f"version {root.version}, {root.threshold} of {len(root.keys)} key(s) must "
+                 "sign"), root
+
+
+def check_disk(manifest: Manifest, store: ContentStore, extract_bytes: int = 0) -> Check:
+    """Free space for the blobs not yet in the store (plus model files to extract)."""
+    need = sum(m.size for m in manifest.members
+               if m.path.startswith("blobs/sha256/")
+               and not store.has("sha256:" + m.path.rsplit("/", 1)[1]))
+    need += extract_bytes
+    probe = store.root
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    text = f"{_gib(need)} needed (blobs not yet stored), {_gib(free)} free on {probe}"
+    if need + DISK_MARGIN_BYTES > free:
+        return Check("disk", "fail", f"{text}; free {_gib(need + DISK_MARGIN_BYTES - free)} "
+                                     "more (e.g. remove old releases) and run again")
+    if need * 2 + DISK_MARGIN_BYTES > free:
+        return Check("disk", "warn", f"{text}; little room is left for the next update")
+    return Check("disk", "pass", text)
+
+
+def check_engine(engine: Engine) -> Check:
+    """The container engine (or process supervisor) answers."""
+    try:
+        return Check("engine", "pass", engine.ping())
+    except ApplianceError as e:
+        return Check("engine", "fail", str(e))
+
+
+def check_gpus(report: GpuReport, manifest: Manifest) -> Check:
+    """NVML and driver: GPUs found, or why not and what that means for placement."""
+    wants = [s for s in manifest.services if s.gpu != "none"]
+    required = [s.name for s in manifest.services if s.gpu == "required"]
+    if report.gpus:
+        names = ", ".join(sorted({g.name for g in report.gpus}))
+        return Check("gpu", "pass", f"{len(report.gpus)} GPU(s) ({names}), driver "
+                                    f"{report.driver}, CUDA {report.cuda}")
+    why = report.unavailable or "NVML found no GPU"
+    if required:
+        return Check("gpu", "fail", f"services {required} require a GPU but {why}; install "
+                                    "the NVIDIA driver and run again")
+    if wants:
+        return Check("gpu", "warn", f"{why}; services will run on the CPU")
+    return Check("gpu", "pass", f"no GPU wanted ({why})")
+
+
+def check_gpu_runtime(engine: Engine, report: GpuReport, manifest: Manifest) -> Check:
+    """The NVIDIA container runtime is present when GPUs are wanted and found."""
+    wants = [s for s in manifest.services if s.gpu != "none"]
+    if not wants or not report.gpus:
+        return Check("nvidia runtime", "pass", "not needed (no GPU in use)")
+    if engine.gpu_runtime():
+        return Check("nvidia runtime", "pass", f"{engine.name} can hand GPUs to services")
+    required = [s.name for s in wants if s.gpu == "required"]
+    if required:
+        return Check("nvidia runtime", "fail",
+                     f"services {required} require a GPU but {engine.name} has no NVIDIA "
+                     "container runtime; install nvidia-container-toolkit and restart the engine")
+    return Check("nvidia runtime", "warn",
+                 f"{engine.name} has no NVIDIA container runtime; services will run on the CPU "
+                 "(install nvidia-container-toolkit to use the GPUs)")
+
+
+def check_clock(manifest: Manifest, now: datetime, allow_expired: bool) -> Check:
+    """The site clock is plausible: not before 2024, not before the bundle was made."""
+    if now < EARLIEST_PLAUSIBLE:
+        return Check("clock", "fail", f"the site clock says {now:%Y-%m-%d %H:%M}; set the "
+                                      "correct time (date -s, or timedatectl) and run again")
+    if now + CLOCK_SKEW < manifest.created_at:
+        return Check("clock", "fail",
+                     f"the site clock ({now:%Y-%m-%d %H:%M}) is before the bundle was made "
+                     f"({manifest.created}); set the correct time and run again")
+    if now > manifest.expires_at:
+        if allow_expired:
+            return Check("clock", "warn", f"the bundle expired {manifest.expires}; installing "
+                                          "anyway as --allow-expired asks (logged)")
+        return Check("clock", "fail",
+                     f"the bundle expired {manifest.expires} by the site clock "
+                     f"({now:%Y-%m-%d %H:%M}); if the clock is wrong set it, else pass "
+                     "--allow-expired (logged)")
+    return Check("clock", "pass", f"{now:%Y-%m-%d %H:%M %Z}, bundle valid until "
+                                  f"{manifest.expires}")
+
+
+def run_checks(checks: list[Callable[[], Check]]) -> list[Check]:
+    """Run every check (one failing does not hide the others)."""
+    return [c() for c in checks]
+
+
+def _gib(n: int) -> str:
+    return f"{n / 1024**3:.2f} GiB" if n >= 1024**3 else f"{n / 1024**2:.1f} MiB"

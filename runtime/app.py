@@ -1,0 +1,292 @@
+"""The Open Inference Protocol (KServe V2) REST server as a plain ASGI application.
+
+No framework sits on the hot path: for a small model the HTTP handling is the cost, so
+routing is a split of the path and responses are two ASGI messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from runtime import __version__
+from runtime.codec import HEADER_LENGTH, decode_request, encode_response
+from runtime.errors import (
+    BadRequestError,
+    MethodNotAllowedError,
+    NotFoundError,
+    PayloadTooLargeError,
+    RequestError,
+    UnauthorizedError,
+    UnavailableError,
+)
+from runtime.state import LoadedModel, ModelRegistry
+
+log = logging.getLogger("runtime.app")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+JSON = b"application/json"
+TRITON_TYPES = {
+    "BOOL": "TYPE_BOOL", "UINT8": "TYPE_UINT8", "UINT16": "TYPE_UINT16",
+    "UINT32": "TYPE_UINT32", "UINT64": "TYPE_UINT64", "INT8": "TYPE_INT8",
+    "INT16": "TYPE_INT16", "INT32": "TYPE_INT32", "INT64": "TYPE_INT64",
+    "FP16": "TYPE_FP16", "FP32": "TYPE_FP32", "FP64": "TYPE_FP64",
+}
+PLATFORMS = {"onnx": "onnxruntime_onnx", "torchscript": "pytorch_libtorch",
+             "torch-export": "pytorch_libtorch"}
+
+
+@dataclass(slots=True)
+class Response:
+    """What a handler answers."""
+
+    status: int
+    body: bytes
+    content_type: bytes = JSON
+    headers: list[tuple[bytes, bytes]] | None = None
+
+
+def _json(doc: Any, status: int = 200) -> Response:
+    return Response(status, json.dumps(doc, separators=(",", ":")).encode())
+
+
+class V2App:
+    """ASGI callable serving the models of a `ModelRegistry`."""
+
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.registry = registry
+        self.settings = registry.settings
+        self.metrics = registry.metrics
+        self._token = (b"Bearer " + self.settings.token.encode()) if self.settings.token else None
+        self._max_body = self.settings.max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry point."""
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                try:
+                    await self.registry.start(asyncio.get_running_loop())
+                except Exception as e:
+                    await send({"type": "lifespan.startup.failed", "message": str(e)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif msg["type"] == "lifespan.shutdown":
+                await self.registry.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        start = time.perf_counter()
+        path: str = scope["path"]
+        method: str = scope["method"]
+        auth = length = header_length = request_id = None
+        for k, v in scope["headers"]:
+            if k == b"authorization":
+                auth = v
+            elif k == b"content-length":
+                length = v
+            elif k == b"inference-header-content-length":
+                header_length = v
+            elif k == b"x-request-id":
+                request_id = v
+        model: LoadedModel | None = None
+        rid: str | None = None
+        try:
+            if self._token is not None and not path.startswith("/v2/health/") and (
+                auth is None or not hmac.compare_digest(auth, self._token)
+            ):
+                raise UnauthorizedError("missing or wrong bearer token; send "
+                                        "'Authorization: Bearer <token>'")
+            parts = path.strip("/").split("/")
+            if len(parts) >= 3 and parts[0] == "v2" and parts[1] == "models":
+                model, action = self._resolve(parts)
+                if action == "infer":
+                    if method != "POST":
+                        raise MethodNotAllowedError(f"{path} takes POST")
+                    body = await self._body(receive, length)
+                    resp, rid = await self._infer(model, body, header_length,
+                                                  request_id.decode() if request_id else None)
+                else:
+                    resp = self._model_get(model, action, method, path)
+            else:
+                resp = await self._other(parts, method, path, receive, length)
+        except RequestError as e:
+            resp = _json({"error": str(e)}, e.status)
+        except Exception as e:  # a bug: answer 500, keep serving
+            log.exception("internal error on %s %s", method, path)
+            resp = _json({"error": f"internal error ({type(e).__name__}); see the runtime log"},
+                         500)
+        headers = [(b"content-type", resp.content_type),
+                   (b"content-length", str(len(resp.body)).encode())]
+        if resp.headers:
+            headers += resp.headers
+        if resp.status == 401:
+            headers.append((b"www-authenticate", b"Bearer"))
+        await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+        await send({"type": "http.response.body", "body": resp.body})
+        if model is not None or (resp.status >= 400 and not path.startswith("/v2/health/")):
+            self._account(model, path, method, resp.status, time.perf_counter() - start,
+                          rid or (request_id.decode(errors="replace") if request_id else None))
+
+    def _account(self, model: LoadedModel | None, path: str, method: str, status: int,
+                 elapsed: float, rid: str | None) -> None:
+        name = model.spec.name if model else "_none"
+        version = model.spec.version if model else ""
+        code = str(status)
+        self.metrics.requests.inc((name, version, code))
+        if status >= 400:
+            self.metrics.errors.inc((name, code))
+        if model is not None:
+            self.metrics.latency.observe((name,), elapsed)
+        sink = self.registry.log_sink
+        if sink is not None and self.settings.request_log:
+            sink.write({"event": "request", "id": rid or uuid.uuid4().hex, "method": method,
+                        "path": path[:200], "model": name, "version": version,
+                        "status": status, "latency_ms": round(elapsed * 1000, 3)})
+
+    async def _body(self, receive: Receive, length: bytes | None) -> bytes:
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError as e:
+                raise BadRequestError("Content-Length is not a number") from e
+            if declared > self._max_body:
+                raise PayloadTooLargeError(
+                    f"body of {declared} bytes is over the {self._max_body}-byte cap; send "
+                    "smaller batches or raise RUNTIME_MAX_BODY_BYTES")
+        chunks = []
+        size = 0
+        while True:
+            msg = await receive()
+            chunk = msg.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > self._max_body:
+                    raise PayloadTooLargeError(
+                        f"body is over the {self._max_body}-byte cap; send smaller batches")
+                chunks.append(chunk)
+            if not msg.get("more_body", False):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _resolve(self, parts: list[str]) -> tuple[LoadedModel, str]:
+        # parts: v2 models NAME [versions V] [ready|infer|config]
+        name, rest = parts[2], parts[3:]
+        version = None
+        if rest[:1] == ["versions"]:
+            if len(rest) < 2 or not rest[1]:
+                raise NotFoundError("missing version after /versions/")
+            version, rest = rest[1], rest[2:]
+        if len(rest) > 1 or (rest and rest[0] not in ("ready", "infer", "config")):
+            raise NotFoundError(f"no such endpoint /{'/'.join(parts)}")
+        return self.registry.get(name, version), (rest[0] if rest else "")
+
+    async def _infer(self, model: LoadedModel, body: bytes, header_length: bytes | None,
+                     header_id: str | None) -> tuple[Response, str | None]:
+        if not model.ready or model.batcher is None:
+            raise UnavailableError(f"model {model.spec.name} is not ready yet; retry shortly")
+        hlen = None
+        if header_length is not None:
+            try:
+                hlen = int(header_length)
+            except ValueError as e:
+                raise BadRequestError("Inference-Header-Content-Length is not a number") from e
+        req = decode_request(model.spec, body, hlen)
+        outputs = await model.batcher.submit(req.inputs)
+        payload, json_len = encode_response(model.spec, req, outputs)
+        if json_len is None:
+            return Response(200, payload), req.id or header_id
+        return (Response(200, payload, b"application/octet-stream",
+                         [(HEADER_LENGTH.encode(), str(json_len).encode())]),
+                req.id or header_id)
+
+    def _model_get(self, model: LoadedModel, action: str, method: str, path: str) -> Response:
+        if method != "GET":
+            raise MethodNotAllowedError(f"{path} takes GET")
+        spec = model.spec
+        if action == "ready":
+            if not model.ready:
+                raise UnavailableError(f"model {spec.name} is not ready")
+            return _json({"name": spec.name, "version": spec.version, "ready": True})
+        if action == "config":
+            return _json(triton_config(model))
+        return _json({
+            "name": spec.name, "versions": self.registry.versions(spec.name),
+            "platform": PLATFORMS.get(spec.framework, spec.framework),
+            "inputs": [t.metadata() for t in spec.inputs],
+            "outputs": [t.metadata() for t in spec.outputs],
+        })
+
+    async def _other(self, parts: list[str], method: str, path: str, receive: Receive,
+                     length: bytes | None) -> Response:
+        route = "/" + "/".join(parts)
+        if route == "/v2/health/live":
+            return _json({"live": True})
+        if route == "/v2/health/ready":
+            if not self.registry.ready:
+                raise UnavailableError(self.registry.not_ready_reason())
+            return _json({"ready": True})
+        if route == "/v2":
+            return _json({"name": "appliance-runtime", "version": __version__,
+                          "extensions": ["binary_tensor_data", "model_configuration",
+                                         "model_repository"]})
+        if route == "/metrics":
+            text = self.registry.render_metrics()
+            return Response(200, text.encode(), b"text/plain; version=0.0.4; charset=utf-8")
+        if route == "/v2/repository/index":
+            return _json([{"name": m.spec.name, "version": m.spec.version,
+                           "state": "READY" if m.ready else "LOADING"}
+                          for m in self.registry.models.values()])
+        if route == "/appliance/metrics/history":
+            return _json(self.registry.history_samples())
+        if route == "/appliance/logs/export":
+            if method != "POST":
+                raise MethodNotAllowedError(f"{path} takes POST")
+            data, filename = await self.registry.export_bytes()
+            return Response(200, data, b"application/gzip", [
+                (b"content-disposition", f'attachment; filename="{filename}"'.encode())])
+        raise NotFoundError(f"no such endpoint {path}")
+
+
+def triton_config(model: LoadedModel) -> dict[str, Any]:
+    """Triton's model configuration JSON, so Triton's tools (perf_analyzer) can drive us."""
+    spec = model.spec
+    batched = spec.batched
+
+    def dims(shape: tuple[int, ...]) -> list[int]:
+        return list(shape[1:] if batched else shape)
+
+    doc: dict[str, Any] = {
+        "name": spec.name, "platform": PLATFORMS.get(spec.framework, spec.framework),
+        "backend": "onnxruntime" if spec.framework == "onnx" else "pytorch",
+        "version_policy": {"specific": {"versions": [spec.version]}},
+        "max_batch_size": spec.max_batch_size if batched else 0,
+        "input": [{"name": t.name, "data_type": TRITON_TYPES[t.datatype], "dims": dims(t.shape)}
+                  for t in spec.inputs],
+        "output": [{"name": t.name, "data_type": TRITON_TYPES[t.datatype],
+                    "dims": dims(t.shape)} for t in spec.outputs],
+        "instance_group": [{"count": 1, "kind": "KIND_GPU" if model.device.startswith("cuda")
+                            else "KIND_CPU"}],
+    }
+    if batched:
+        doc["dynamic_batching"] = {
+            "max_queue_delay_microseconds": int(spec.max_queue_delay_ms * 1000)}
+    return doc

@@ -1,0 +1,194 @@
+"""Inference backends: ONNX Runtime and PyTorch (TorchScript, torch.export). Never unpickle."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol
+
+import numpy as np
+
+from runtime.errors import ModelLoadError
+from runtime.modelspec import DATATYPES, ModelSpec
+
+log = logging.getLogger("runtime.backends")
+
+Tensors = dict[str, np.ndarray]
+
+# ONNX Runtime type strings for the V2 datatypes we serve.
+_ORT_TYPES = {
+    "tensor(bool)": "BOOL", "tensor(uint8)": "UINT8", "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32", "tensor(uint64)": "UINT64", "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16", "tensor(int32)": "INT32", "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16", "tensor(float)": "FP32", "tensor(double)": "FP64",
+}
+
+
+class Backend(Protocol):
+    """A loaded model: named numpy inputs in, named numpy outputs out."""
+
+    device: str
+
+    def run(self, inputs: Tensors) -> Tensors:
+        """Run one (possibly merged) batch."""
+        ...
+
+
+class OnnxBackend:
+    """ONNX Runtime session; CUDA provider when a GPU is assigned."""
+
+    def __init__(self, spec: ModelSpec, device: str, threads: int) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Spinning worker threads would steal the core the HTTP loop needs.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.log_severity_level = 3
+        providers: list[Any] = ["CPUExecutionProvider"]
+        self.device = "cpu"
+        if device.startswith("cuda:"):
+            if "CUDAExecutionProvider" in ort.get_available_providers():
+                providers = [("CUDAExecutionProvider", {"device_id": int(device[5:])}),
+                             "CPUExecutionProvider"]
+                self.device = device
+            else:
+                log.warning("model %s: %s assigned but this onnxruntime has no CUDA provider; "
+                            "runs on CPU (install onnxruntime-gpu)", spec.name, device)
+        try:
+            self._session = ort.InferenceSession(str(spec.path), opts, providers=providers)
+        except Exception as e:  # ORT raises its own Fail/InvalidGraph types
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ModelLoadError(f"ONNX Runtime cannot load {spec.path}: {first}") from e
+        self._check_signature(spec)
+        self._outputs = [o.name for o in spec.outputs]
+
+    def _check_signature(self, spec: ModelSpec) -> None:
+        declared = {t.name: t for t in spec.inputs}
+        actual = {i.name: i for i in self._session.get_inputs()}
+        if set(declared) != set(actual):
+            raise ModelLoadError(
+                f"{spec.directory}/model.json declares inputs {sorted(declared)} but "
+                f"{spec.file} has {sorted(actual)}; fix model.json"
+            )
+        out_names = {o.name for o in self._session.get_outputs()}
+        missing = [o.name for o in spec.outputs if o.name not in out_names]
+        if missing:
+            raise ModelLoadError(
+                f"{spec.directory}/model.json declares outputs {missing} that {spec.file} lacks"
+            )
+        for name, t in declared.items():
+            got = _ORT_TYPES.get(actual[name].type)
+            if got != t.datatype:
+                raise ModelLoadError(
+                    f"{spec.directory}/model.json says input {name} is {t.datatype} but "
+                    f"{spec.file} wants {actual[name].type}; fix model.json"
+                )
+            dims = actual[name].shape
+            if len(dims) != len(t.shape) or any(
+                isinstance(d, int) and w != -1 and d != w
+                for d, w in zip(dims, t.shape, strict=True)
+            ):
+                raise ModelLoadError(
+                    f"{spec.directory}/model.json shape {list(t.shape)} for input {name} does "
+                    f"not match {spec.file}'s {dims}; fix model.json"
+                )
+
+    def run(self, inputs: Tensors) -> Tensors:
+        """Run one batch through the session."""
+        results = self._session.run(self._outputs, inputs)
+        return dict(zip(self._outputs, results, strict=True))
+
+
+class TorchBackend:
+    """A TorchScript (`torch.jit.load`) or torch.export (`torch.export.load`) archive."""
+
+    def __init__(self, spec: ModelSpec, device: str, threads: int) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+        self._torch = torch
+        self.device = device if device.startswith("cuda:") and torch.cuda.is_available() else "cpu"
+        if self.device != device:
+            log.warning("model %s: %s assigned but this torch has no CUDA; runs on CPU",
+                        spec.name, device)
+        try:
+            if spec.framework == "torchscript":
+                # TorchScript archives hold code and tensors, read by the JIT loader (no pickle
+                # of arbitrary classes); map_location keeps weights off a GPU we were not given.
+                self._module: Any = torch.jit.load(str(spec.path), map_location=self.device)
+                self._module.eval()
+            else:
+                program = torch.export.load(str(spec.path))
+                self._module = program.module().to(self.device)
+        except Exception as e:
+            raise ModelLoadError(f"torch cannot load {spec.path}: {e}".splitlines()[0]) from e
+        self._inputs = [t.name for t in spec.inputs]
+        self._outputs = [t.name for t in spec.outputs]
+
+    def run(self, inputs: Tensors) -> Tensors:
+        """Run one batch; positional inputs in model.json order."""
+        torch = self._torch
+        with torch.inference_mode():
+            args = [torch.from_numpy(np.ascontiguousarray(inputs[n])).to(self.device)
+                    for n in self._inputs]
+            result = self._module(*args)
+        if isinstance(result, dict):
+            result = [result[n] for n in self._outputs]
+        elif not isinstance(result, list | tuple):
+            result = [result]
+        if len(result) != len(self._outputs):
+            raise ModelLoadError(
+                f"model returned {len(result)} outputs, model.json declares {len(self._outputs)}"
+            )
+        return {n: r.detach().cpu().numpy() for n, r in zip(self._outputs, result, strict=True)}
+
+
+def load_backend(spec: ModelSpec, device: str, threads: int) -> Backend:
+    """Open the weights of `spec` on `device` ("cpu" or "cuda:N").
+
+    Raises:
+        ModelLoadError: the framework is not servable or the weights do not load.
+    """
+    if spec.framework == "onnx":
+        return OnnxBackend(spec, device, threads)
+    if spec.framework in ("torchscript", "torch-export"):
+        try:
+            import torch  # noqa: F401
+        except ImportError as e:
+            raise ModelLoadError(
+                f"model {spec.name} is {spec.framework} but torch is not installed in this image"
+            ) from e
+        return TorchBackend(spec, device, threads)
+    raise ModelLoadError(
+        f"model {spec.name}: framework {spec.framework} holds weights without a graph; "
+        "export it as onnx or torch-export to serve it"
+    )
+
+
+def warm_up(spec: ModelSpec, backend: Backend) -> None:
+    """Run one inference on zeros and check the outputs against model.json.
+
+    Raises:
+        ModelLoadError: the model fails, or answers with the wrong outputs.
+    """
+    inputs = {t.name: np.zeros(t.example_shape(1), DATATYPES[t.datatype]) for t in spec.inputs}
+    try:
+        outputs = backend.run(inputs)
+    except ModelLoadError:
+        raise
+    except Exception as e:
+        raise ModelLoadError(f"model {spec.name} fails its warm-up inference: {e}") from e
+    for t in spec.outputs:
+        out = outputs.get(t.name)
+        if out is None or not t.accepts(out.shape):
+            raise ModelLoadError(
+                f"model {spec.name}: output {t.name} has shape "
+                f"{None if out is None else list(out.shape)}, model.json says {list(t.shape)}"
+            )
+        if out.dtype != t.dtype:
+            raise ModelLoadError(
+                f"model {spec.name}: output {t.name} is {out.dtype}, model.json says {t.datatype}"
+            )

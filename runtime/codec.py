@@ -1,0 +1,196 @@
+"""V2 inference requests and responses: JSON tensors and the binary tensor data extension."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from runtime.backends import Tensors
+from runtime.errors import BadRequestError
+from runtime.modelspec import WIRE_DTYPES, ModelSpec
+
+HEADER_LENGTH = "inference-header-content-length"
+
+
+@dataclass(slots=True)
+class InferRequest:
+    """A decoded, checked request: what to run and how to answer."""
+
+    id: str | None
+    inputs: Tensors
+    outputs: list[tuple[str, bool]]  # (name, as binary)
+
+
+def _json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadRequestError(f"request body is not valid JSON: {e}") from e
+
+
+def _flag(params: Any, key: str) -> bool:
+    return isinstance(params, dict) and params.get(key) is True
+
+
+def decode_request(spec: ModelSpec, body: bytes, header_length: int | None) -> InferRequest:
+    """Check a request body against the model's signature and build its input arrays.
+
+    Raises:
+        BadRequestError: bad JSON, unknown or missing inputs, a wrong datatype or shape,
+            data that does not match the shape, a batch over max_batch_size.
+    """
+    binary: bytes | memoryview
+    if header_length is None:
+        header, binary = body, b""
+    else:
+        if not 0 < header_length <= len(body):
+            raise BadRequestError(
+                f"Inference-Header-Content-Length {header_length} is outside the body "
+                f"of {len(body)} bytes"
+            )
+        header, binary = body[:header_length], memoryview(body)[header_length:]
+    doc = _json(header)
+    if not isinstance(doc, dict):
+        raise BadRequestError("request body must be a JSON object with \"inputs\"")
+    raw_inputs = doc.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise BadRequestError("request needs a non-empty \"inputs\" list")
+    want = {t.name: t for t in spec.inputs}
+    inputs: Tensors = {}
+    offset = 0
+    for raw in raw_inputs:
+        if not isinstance(raw, dict):
+            raise BadRequestError("each input must be an object with name, datatype, shape, data")
+        name = raw.get("name")
+        t = want.get(name) if isinstance(name, str) else None
+        if t is None or not isinstance(name, str):
+            raise BadRequestError(
+                f"unknown input {name!r} for model {spec.name}; it takes {sorted(want)}"
+            )
+        if name in inputs:
+            raise BadRequestError(f"input {name!r} appears twice")
+        if raw.get("datatype") != t.datatype:
+            raise BadRequestError(
+                f"input {name!r} has datatype {raw.get('datatype')!r}; model {spec.name} "
+                f"wants {t.datatype}"
+            )
+        shape = raw.get("shape")
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        ) or not t.accepts(shape):
+            raise BadRequestError(
+                f"input {name!r} has shape {shape}; model {spec.name} wants {list(t.shape)} "
+                "(-1 is any size)"
+            )
+        if spec.batched and shape[0] > spec.max_batch_size:
+            raise BadRequestError(
+                f"input {name!r} has batch {shape[0]}; model {spec.name} takes at most "
+                f"{spec.max_batch_size} per request"
+            )
+        count = math.prod(shape)
+        wire = WIRE_DTYPES[t.datatype]
+        size = _binary_size(raw.get("parameters"))
+        if size is not None:
+            if size != count * wire.itemsize:
+                raise BadRequestError(
+                    f"input {name!r}: binary_data_size {size} != {count} x {wire.itemsize} bytes"
+                )
+            if offset + size > len(binary):
+                raise BadRequestError(f"input {name!r}: binary data ends before {size} bytes")
+            chunk = binary[offset:offset + size]
+            arr = np.frombuffer(chunk, dtype=wire).astype(t.dtype, copy=False)
+            offset += size
+        else:
+            data = raw.get("data")
+            if not isinstance(data, list):
+                raise BadRequestError(f"input {name!r} needs \"data\" (a list) or binary data")
+            try:
+                arr = np.asarray(data, dtype=t.dtype)
+            except (ValueError, TypeError, OverflowError) as e:
+                raise BadRequestError(f"input {name!r}: data is not {t.datatype}: {e}") from e
+            if arr.size != count:
+                raise BadRequestError(
+                    f"input {name!r}: {arr.size} values do not fill shape {shape}"
+                )
+        inputs[name] = arr.reshape(shape)
+    missing = sorted(set(want) - set(inputs))
+    if missing:
+        raise BadRequestError(f"model {spec.name} needs inputs {missing}")
+    if offset != len(binary):
+        raise BadRequestError(
+            f"body has {len(binary) - offset} bytes of binary data no input claims"
+        )
+    if spec.batched and len({a.shape[0] for a in inputs.values()}) > 1:
+        raise BadRequestError("all inputs must have the same batch size (first dimension)")
+    return InferRequest(_request_id(doc.get("id")), inputs, _outputs(spec, doc))
+
+
+def _binary_size(params: Any) -> int | None:
+    if not isinstance(params, dict) or "binary_data_size" not in params:
+        return None
+    size = params["binary_data_size"]
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise BadRequestError("binary_data_size must be a non-negative integer")
+    return size
+
+
+def _request_id(raw: Any) -> str | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, str):
+        raise BadRequestError("request \"id\" must be a string")
+    return raw
+
+
+def _outputs(spec: ModelSpec, doc: dict[str, Any]) -> list[tuple[str, bool]]:
+    binary_default = _flag(doc.get("parameters"), "binary_data_output")
+    raw = doc.get("outputs")
+    if raw is None:
+        return [(t.name, binary_default) for t in spec.outputs]
+    if not isinstance(raw, list):
+        raise BadRequestError("\"outputs\" must be a list of {\"name\": ...}")
+    names = {t.name for t in spec.outputs}
+    out = []
+    for o in raw:
+        if not isinstance(o, dict) or o.get("name") not in names:
+            got = o.get("name") if isinstance(o, dict) else o
+            raise BadRequestError(
+                f"unknown output {got!r} for model {spec.name}; it has {sorted(names)}"
+            )
+        params = o.get("parameters")
+        binary = params.get("binary_data", binary_default) if isinstance(params, dict) else (
+            binary_default)
+        out.append((o["name"], binary is True))
+    return out
+
+
+def encode_response(
+    spec: ModelSpec, req: InferRequest, results: Tensors
+) -> tuple[bytes, int | None]:
+    """The response body, and the JSON header's length when binary outputs follow it."""
+    outputs = []
+    blobs: list[bytes] = []
+    types = {t.name: t.datatype for t in spec.outputs}
+    for name, binary in req.outputs:
+        arr = results[name]
+        datatype = types[name]
+        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(arr.shape)}
+        if binary:
+            raw = np.ascontiguousarray(arr, dtype=WIRE_DTYPES[datatype]).tobytes()
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            blobs.append(raw)
+        else:
+            entry["data"] = arr.ravel().tolist()
+        outputs.append(entry)
+    doc: dict[str, Any] = {"model_name": spec.name, "model_version": spec.version}
+    if req.id is not None:
+        doc["id"] = req.id
+    doc["outputs"] = outputs
+    header = json.dumps(doc, separators=(",", ":")).encode()
+    if not blobs:
+        return header, None
+    return b"".join([header, *blobs]), len(header)

@@ -1,0 +1,186 @@
+"""Real container engines for tests: podman's Docker-compatible socket and dockerd 20.10.
+
+Each helper starts its own daemon on a socket in a temp directory and stops it
+afterwards; a test is skipped (with the reason) only when the binary is absent.
+`healthd_binary` builds a tiny static HTTP server from tests/site/data/healthd.c,
+and `tiny_image` puts an image holding it into a content store as three blobs
+(layer, config, OCI manifest), the way a bundle's images arrive there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from appliance.manifest import Image
+from appliance.store import ContentStore
+
+CACHE = Path(os.environ.get("APPLIANCE_TEST_CACHE", "/var/tmp/appliance-test"))
+HEALTHD_SRC = Path(__file__).parent / "site" / "data" / "healthd.c"
+START_TIMEOUT_S = 60.0
+T = TypeVar("T")
+
+
+def need(binary: str) -> str:
+    """The path of `binary`, or skip the test saying it is not installed."""
+    path = shutil.which(binary) or (f"/usr/sbin/{binary}" if Path(f"/usr/sbin/{binary}").exists()
+                                    else None)
+    if path is None:
+        pytest.skip(f"{binary} is not installed (.ci/setup-system installs it)")
+    return path
+
+
+def wait_for(cond: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
+    """Poll `cond()` until it returns a truthy value; fail naming `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            v = cond()
+            if v:
+                return v
+        except Exception as e:  # keep polling until the deadline
+            last = e
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last error: {last})")
+
+
+def _ping(sock: Path) -> bool:
+    """GET /_ping over the unix socket (plain sockets: nothing left open on failure)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(5)
+        s.connect(str(sock))
+        s.sendall(b"GET /_ping HTTP/1.0\r\nHost: engine\r\n\r\n")
+        return s.recv(64).split(b" ")[1:2] == [b"200"]
+
+
+@contextmanager
+def _daemon(cmd: Sequence[str], sock: Path, log: Path) -> Iterator[str]:
+    base_url = f"unix://{sock}"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        try:
+            wait_for(lambda: proc.poll() is None and sock.exists() and _ping(sock),
+                     START_TIMEOUT_S, f"{cmd[0]} on {sock}", interval=0.2)
+        except TimeoutError as e:
+            raise RuntimeError(f"{e}; daemon log:\n{log.read_text()[-2000:]}") from e
+        yield base_url
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+@contextmanager
+def podman_service() -> Iterator[str]:
+    """`podman system service` on a temp socket; yields its docker SDK base URL."""
+    podman = need("podman")
+    d = Path(tempfile.mkdtemp(prefix="pm", dir="/tmp"))
+    try:
+        sock = d / "podman.sock"
+        with _daemon([podman, "system", "service", "--time=0", f"unix://{sock}"],
+                     sock, d / "podman.log") as url:
+            yield url
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@contextmanager
+def dockerd() -> Iterator[str]:
+    """dockerd (20.10 here) on a temp socket with temp data-root and exec-root."""
+    binary = need("dockerd")
+    d = Path(tempfile.mkdtemp(prefix="dk", dir="/tmp"))  # short: exec-root holds sockets
+    try:
+        sock = d / "docker.sock"
+        cmd = [binary, "--iptables=false", "--ip6tables=false", "--bridge=none",
+               "-H", f"unix://{sock}", "--data-root", str(d / "data"),
+               "--exec-root", str(d / "x"), "--pidfile", str(d / "docker.pid")]
+        with _daemon(cmd, sock, d / "dockerd.log") as url:
+            yield url
+    finally:
+        # dockerd leaves its default netns bind-mounted under exec-root, and overlay mounts
+        for sub in ("x/netns/default", "x", "data"):
+            subprocess.run(["umount", "-R", "-l", str(d / sub)], capture_output=True,
+                           check=False)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def healthd_binary() -> Path:
+    """The static test server, compiled once and cached by source hash."""
+    src = HEALTHD_SRC.read_bytes()
+    out = CACHE / f"healthd-{hashlib.sha256(src).hexdigest()[:12]}"
+    if not out.exists():
+        gcc = need("gcc")
+        CACHE.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp")
+        subprocess.run([gcc, "-static", "-O2", "-o", str(tmp), str(HEALTHD_SRC)], check=True)
+        os.replace(tmp, out)
+    return out
+
+
+def _tar(entries: list[tuple[str, bytes, int]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data, mode in entries:
+            info = tarfile.TarInfo(name)
+            if data is None:
+                info.type = tarfile.DIRTYPE
+            else:
+                info.size = len(data)
+            info.mode = mode
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buf.getvalue()
+
+
+def _sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def layer_of(entries: list[tuple[str, bytes | None, int]]) -> bytes:
+    """An uncompressed layer tar of (path, bytes or None for a directory, mode)."""
+    return _tar(entries)  # type: ignore[arg-type]
+
+
+def tiny_image(store: ContentStore, name: str, reference: str, cmd: Sequence[str],
+               extra_layers: Sequence[bytes] = ()) -> Image:
+    """An image whose base layer holds /healthd, stored as blobs; returns its manifest entry."""
+    base = layer_of([("healthd", healthd_binary().read_bytes(), 0o755),
+                     ("models", None, 0o755), ("tmp", None, 0o1777)])
+    layers = [base, *extra_layers]
+    digests = [store.add_bytes(b) for b in layers]
+    config = json.dumps({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Cmd": list(cmd), "Env": ["PATH=/"]},
+        "rootfs": {"type": "layers", "diff_ids": digests},
+        "history": [{"created_by": "tests/enginekit.py"} for _ in layers],
+    }, sort_keys=True).encode()
+    config_digest = store.add_bytes(config)
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": config_digest, "size": len(config)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d,
+                    "size": len(b)} for d, b in zip(digests, layers, strict=True)],
+    }, sort_keys=True).encode()
+    return Image(name, reference, store.add_bytes(manifest), config_digest, digests)
