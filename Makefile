@@ -36,3 +36,7 @@ bench: venv
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache out
+
+.PHONY: bench-runtime
+bench-runtime: venv
+	$(PY) bench/runtime_bench.py --seconds 10 --soak 300
