@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import BinaryIO
 
 from appliance.bundle.tarfmt import END_OF_ARCHIVE, file_header, padding
-from appliance.manifest import Image
+from appliance.manifest import Image, image_blobs
 from appliance.store import CHUNK, ContentStore, hex_of
 
 OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}\n'
@@ -31,15 +31,6 @@ def blob_path(digest: str) -> str:
 def canonical_json(doc: object) -> bytes:
     """Deterministic JSON bytes: sorted keys, compact, trailing newline."""
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("utf-8") + b"\n"
-
-
-def image_blobs(images: Sequence[Image]) -> list[str]:
-    """Every blob the images use, each once: per image its layers, config, manifest."""
-    seen: dict[str, None] = {}
-    for img in images:
-        for d in (*img.layers, img.config_digest, img.manifest_digest):
-            seen.setdefault(d, None)
-    return list(seen)
 
 
 def oci_index(images: Sequence[Image], manifest_size: Callable[[str], int]) -> bytes:

@@ -37,7 +37,6 @@ from appliance.errors import (
     SignatureError,
     SplitPartError,
 )
-from appliance.imagearchive import image_blobs
 from appliance.manifest import (
     ENVELOPE_PATH,
     MANIFEST_PATH,
@@ -46,6 +45,7 @@ from appliance.manifest import (
     Manifest,
     Member,
     format_time,
+    image_blobs,
 )
 from appliance.progress import Progress, ProgressFn, no_progress
 from appliance.store import ContentStore

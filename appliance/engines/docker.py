@@ -27,7 +27,8 @@ from appliance.engines.base import (
     with_port,
 )
 from appliance.errors import EngineError, EngineUnavailableError, ImageLoadError
-from appliance.manifest import Image, Manifest
+from appliance.imagearchive import write_image_archive
+from appliance.manifest import Image, Manifest, image_blobs
 from appliance.placement import Placement
 from appliance.progress import Progress, ProgressFn, no_progress
 from appliance.site import Release, Site
@@ -241,9 +242,6 @@ class DockerEngine:
         import docker.errors
         import requests
 
-        # appliance.bundle first: importing appliance.imagearchive alone hits an import cycle
-        import appliance.bundle  # noqa: F401
-        from appliance.imagearchive import image_blobs, write_image_archive
         total = sum(store.size(d) for d in image_blobs(images))
         r_fd, w_fd = os.pipe()
         failure: list[BaseException] = []
