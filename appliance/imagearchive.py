@@ -3,18 +3,32 @@
 `oci-layout` + `index.json` serve podman, skopeo and containerd; Docker's
 `manifest.json` (Config, RepoTags, Layers) serves `docker load`. Both point
 at `blobs/sha256/<hex>`, so every blob is stored once. The bundle writer uses
-the same functions for its image part, and the installer streams a release's
-images out of the content store with `write_image_archive`.
+the same functions for its image part; the installer's docker engine and the
+k3s air-gap archive stream a release's images out of the content store with
+`write_image_archive`.
+
+Names: docker reads `RepoTags` and podman and skopeo read
+`org.opencontainers.image.ref.name`, both the plain reference
+(`appliance/demo-mlp:1.0.0`). containerd (`ctr images import`, k3s) names an
+image only from `io.containerd.image.name`, and the kubelet asks for the name
+its CRI normalised (`docker.io/appliance/demo-mlp:1.0.0`), so that annotation
+holds the normalised one. With `digest_names`, each image is listed once more
+as `docker.io/appliance/demo-mlp@sha256:<manifest>`, the name a digest-pinned
+pod asks for: CRI adds it itself only when it pulls, and k3s releases before
+late 2025 do not add it on import.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Sequence
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from appliance.bundle.tarfmt import END_OF_ARCHIVE, file_header, padding
-from appliance.manifest import Image
+from appliance.errors import StoreError
+from appliance.imageref import pinned_reference, tagged_reference
+from appliance.manifest import Image, image_blobs
 from appliance.store import CHUNK, ContentStore, hex_of
 
 OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}\n'
@@ -22,6 +36,8 @@ INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
 MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
 CONFIG_MEDIA_TYPE = "application/vnd.oci.image.config.v1+json"
 LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar"
+CONTAINERD_NAME = "io.containerd.image.name"
+REF_NAME = "org.opencontainers.image.ref.name"
 
 
 def blob_path(digest: str) -> str:
@@ -33,33 +49,24 @@ def canonical_json(doc: object) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("utf-8") + b"\n"
 
 
-def image_blobs(images: Sequence[Image]) -> list[str]:
-    """Every blob the images use, each once: per image its layers, config, manifest."""
-    seen: dict[str, None] = {}
+def oci_index(images: Sequence[Image], manifest_size: Callable[[str], int], *,
+              digest_names: bool = False) -> bytes:
+    """index.json naming each image manifest by its reference (and, asked, its digest).
+
+    Raises:
+        ManifestError: an image reference is not a valid reference.
+    """
+    manifests: list[dict[str, Any]] = []
     for img in images:
-        for d in (*img.layers, img.config_digest, img.manifest_digest):
-            seen.setdefault(d, None)
-    return list(seen)
-
-
-def oci_index(images: Sequence[Image], manifest_size: Callable[[str], int]) -> bytes:
-    """index.json naming each image manifest with its full reference."""
-    return canonical_json({
-        "schemaVersion": 2,
-        "mediaType": INDEX_MEDIA_TYPE,
-        "manifests": [
-            {
-                "mediaType": MANIFEST_MEDIA_TYPE,
-                "digest": img.manifest_digest,
-                "size": manifest_size(img.manifest_digest),
-                "annotations": {
-                    "io.containerd.image.name": img.reference,
-                    "org.opencontainers.image.ref.name": img.reference,
-                },
-            }
-            for img in images
-        ],
-    })
+        desc = {"mediaType": MANIFEST_MEDIA_TYPE, "digest": img.manifest_digest,
+                "size": manifest_size(img.manifest_digest)}
+        manifests.append({**desc, "annotations": {
+            CONTAINERD_NAME: tagged_reference(img.reference), REF_NAME: img.reference}})
+        if digest_names:
+            manifests.append({**desc, "annotations": {
+                CONTAINERD_NAME: pinned_reference(img.reference, img.manifest_digest)}})
+    return canonical_json({"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE,
+                           "manifests": manifests})
 
 
 def docker_manifest(images: Sequence[Image]) -> bytes:
@@ -75,36 +82,58 @@ def docker_manifest(images: Sequence[Image]) -> bytes:
 
 
 def layout_members(
-    images: Sequence[Image], manifest_size: Callable[[str], int]
+    images: Sequence[Image], manifest_size: Callable[[str], int], *, digest_names: bool = False
 ) -> list[tuple[str, bytes]]:
     """The small index members, in bundle order: oci-layout, index.json, manifest.json."""
     return [
         ("oci-layout", OCI_LAYOUT),
-        ("index.json", oci_index(images, manifest_size)),
+        ("index.json", oci_index(images, manifest_size, digest_names=digest_names)),
         ("manifest.json", docker_manifest(images)),
     ]
 
 
-def write_image_archive(out: BinaryIO, store: ContentStore, images: Sequence[Image]) -> None:
+def write_image_archive(out: BinaryIO, store: ContentStore, images: Sequence[Image], *,
+                        digest_names: bool = False) -> None:
     """Stream one OCI-layout + docker-archive tar of `images` from verified store blobs.
 
+    Every blob is hashed again on the way out, so one damaged on disk since it
+    was verified stops the write; `digest_names` adds the `repo@digest` names
+    containerd needs (see the module docstring).
+
     Raises:
-        StoreError: a blob the images need is not in the store.
+        StoreError: a blob the images need is not in the store (before anything is
+            written), or no longer matches its digest.
+        ManifestError: an image reference is not a valid reference.
     """
-    for name, data in layout_members(images, store.size):
+    blobs = image_blobs(images)
+    for digest in blobs:
+        if not store.has(digest):
+            raise StoreError(f"blob {digest[:19]} is not in the store {store.root}; "
+                             "verify the bundle (and its delta base) into it first")
+    for name, data in layout_members(images, store.size, digest_names=digest_names):
         out.write(file_header(name, len(data)))
         out.write(data)
         out.write(b"\0" * padding(len(data)))
-    for digest in image_blobs(images):
-        with store.open(digest) as f:
-            size = store.size(digest)
-            out.write(file_header(blob_path(digest), size))
-            left = size
-            while left:
-                chunk = f.read(min(CHUNK, left))
-                if not chunk:
-                    raise OSError(f"blob {digest[:19]} shrank while it was read")
-                out.write(chunk)
-                left -= len(chunk)
-            out.write(b"\0" * padding(size))
+    for digest in blobs:
+        _write_blob(out, store, digest)
     out.write(END_OF_ARCHIVE)
+
+
+def _write_blob(out: BinaryIO, store: ContentStore, digest: str) -> None:
+    h = hashlib.sha256()
+    with store.open(digest) as f:
+        size = store.size(digest)
+        out.write(file_header(blob_path(digest), size))
+        left = size
+        while left:
+            chunk = f.read(min(CHUNK, left))
+            if not chunk:
+                raise StoreError(f"stored blob {digest[:19]} shrank while it was read; "
+                                 "verify the bundle into the store again")
+            h.update(chunk)
+            out.write(chunk)
+            left -= len(chunk)
+    if h.hexdigest() != hex_of(digest):
+        raise StoreError(f"stored blob {digest[:19]} no longer matches its digest; "
+                         "verify the bundle into the store again")
+    out.write(b"\0" * padding(size))

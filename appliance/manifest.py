@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -102,6 +103,15 @@ class Image:
     manifest_digest: str
     config_digest: str
     layers: list[str]  # layer blob digests, bottom first
+
+
+def image_blobs(images: Sequence[Image]) -> list[str]:
+    """Every blob the images use, each once: per image its layers, config, manifest."""
+    seen: dict[str, None] = {}
+    for img in images:
+        for d in (*img.layers, img.config_digest, img.manifest_digest):
+            seen.setdefault(d, None)
+    return list(seen)
 
 
 @dataclass(frozen=True)

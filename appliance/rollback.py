@@ -32,7 +32,7 @@ def rollback(site: Site, engine: Engine, sequence: int | None = None, *,
     """
     with site_lock(site):
         cur = site.current()
-        target = _rollback_target(site, cur, sequence)
+        target = rollback_target(site, sequence)
         seq = target.sequence
         m = target.manifest()
         placement = Placement.from_dict(json.loads((target.path / PLACEMENT_FILE).read_bytes()))
@@ -64,10 +64,18 @@ def rollback(site: Site, engine: Engine, sequence: int | None = None, *,
         return seq
 
 
-def _rollback_target(site: Site, cur: Release | None, sequence: int | None) -> Release:
+def rollback_target(site: Site, sequence: int | None = None) -> Release:
+    """The release `appliance rollback` would serve: `sequence` when given, else the newest
+    release earlier than current that has served.
+
+    Raises:
+        SiteError: no such release, no earlier one that has served, or it never got as
+            far as placement.
+    """
     if sequence is not None:
         rel = site.release(sequence)
     else:
+        cur = site.current()
         earlier = [r for r in site.releases()
                    if (cur is None or r.sequence < cur.sequence)
                    and r.record.status in ("serving", "stopped")]

@@ -60,7 +60,15 @@ class ContentStore:
         return self.path(digest).is_file()
 
     def size(self, digest: str) -> int:
-        return self.path(digest).stat().st_size
+        """The stored blob's size in bytes.
+
+        Raises:
+            StoreError: the blob is not in the store.
+        """
+        try:
+            return self.path(digest).stat().st_size
+        except FileNotFoundError as e:
+            raise StoreError(f"blob {digest[:19]} is not in the store {self.root}") from e
 
     def open(self, digest: str) -> BinaryIO:
         """Open a stored blob for reading.

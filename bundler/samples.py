@@ -28,6 +28,30 @@ def _model_json(
     return directory
 
 
+def _save_onnx(directory: Path, name: str, version: str, nodes: list[Any], inits: list[Any],
+               x_dims: list[int], y_dims: list[int]) -> Path:
+    """Check and save the FP32 graph x [batch, *x_dims] -> y [batch, *y_dims] as
+    model.onnx (opset 17) beside its model.json."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        nodes, name,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", *x_dims])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", *y_dims])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save_model(model, str(directory / "model.onnx"))
+    return _model_json(
+        directory, name, version, "onnx", "model.onnx",
+        [{"name": "x", "datatype": "FP32", "shape": [-1, *x_dims]}],
+        [{"name": "y", "datatype": "FP32", "shape": [-1, *y_dims]}],
+    )
+
+
 def mlp_weights(sizes: tuple[int, ...], seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Deterministic (W, b) pairs for an MLP with layer widths `sizes`."""
     rng = np.random.default_rng(seed)
@@ -56,8 +80,7 @@ def make_mlp_onnx(
     sizes: tuple[int, ...] = (64, 256, 10), seed: int = 0,
 ) -> Path:
     """An ONNX MLP (Gemm + Relu) with input `x` [-1, sizes[0]] and output `y`."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     directory.mkdir(parents=True, exist_ok=True)
     nodes, inits = [], []
@@ -71,27 +94,12 @@ def make_mlp_onnx(
         if i < len(weights) - 1:
             nodes.append(helper.make_node("Relu", [gemm_out], [out]))
         prev = out
-    graph = helper.make_graph(
-        nodes, name,
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", sizes[0]])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", sizes[-1]])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save_model(model, str(directory / "model.onnx"))
-    return _model_json(
-        directory, name, version, "onnx", "model.onnx",
-        [{"name": "x", "datatype": "FP32", "shape": [-1, sizes[0]]}],
-        [{"name": "y", "datatype": "FP32", "shape": [-1, sizes[-1]]}],
-    )
+    return _save_onnx(directory, name, version, nodes, inits, [sizes[0]], [sizes[-1]])
 
 
 def make_cnn_onnx(directory: Path, name: str = "cnn", version: str = "1", seed: int = 0) -> Path:
     """A small ONNX CNN: [-1,3,32,32] -> conv 16 -> relu -> conv 32 -> relu -> GAP -> 10."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -116,21 +124,7 @@ def make_cnn_onnx(directory: Path, name: str = "cnn", version: str = "1", seed: 
         helper.make_node("Flatten", ["p"], ["f"]),
         helper.make_node("Gemm", ["f", "fw", "fb"], ["y"]),
     ]
-    graph = helper.make_graph(
-        nodes, name,
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 32, 32])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 10])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save_model(model, str(directory / "model.onnx"))
-    return _model_json(
-        directory, name, version, "onnx", "model.onnx",
-        [{"name": "x", "datatype": "FP32", "shape": [-1, 3, 32, 32]}],
-        [{"name": "y", "datatype": "FP32", "shape": [-1, 10]}],
-    )
+    return _save_onnx(directory, name, version, nodes, inits, [3, 32, 32], [10])
 
 
 def make_torch_model(

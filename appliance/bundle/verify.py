@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -37,7 +37,6 @@ from appliance.errors import (
     SignatureError,
     SplitPartError,
 )
-from appliance.imagearchive import image_blobs
 from appliance.manifest import (
     ENVELOPE_PATH,
     MANIFEST_PATH,
@@ -46,6 +45,7 @@ from appliance.manifest import (
     Manifest,
     Member,
     format_time,
+    image_blobs,
 )
 from appliance.progress import Progress, ProgressFn, no_progress
 from appliance.store import ContentStore
@@ -206,9 +206,12 @@ def check_delta_base(manifest: Manifest, store: ContentStore) -> None:
 def verify_bundle(
     paths: Path | Sequence[Path], root: TrustRoot, *, now: datetime, last_sequence: int = 0,
     store: ContentStore | None = None, allow_expired: bool = False,
-    progress: ProgressFn = no_progress,
+    progress: ProgressFn = no_progress, progress_every: int = PROGRESS_EVERY,
 ) -> VerifiedBundle:
     """Check a bundle's signature, freshness and every member; copy blobs into `store`.
+
+    `progress` hears bytes done of the whole file after each member and every
+    `progress_every` bytes within one, and last once at the end, with done == total.
 
     Raises:
         BundleError: one of its subclasses, naming the member and the problem; the
@@ -227,22 +230,51 @@ def verify_bundle(
         if store is not None:
             check_delta_base(manifest, store)
         total = stream.offset + sum(member_span(m.size) for m in manifest.members) + 2 * BLOCK
+        ticker = _Ticker(progress, total, progress_every)
         for member in manifest.members:
-            _verify_member(reader, member, manifest, store)
-            progress(Progress("verify", stream.offset, total, member.path))
+            _verify_member(reader, member, manifest, store, ticker)
+            ticker(stream.offset, member.path, force=True)
         header = reader.next_header("the end-of-archive marker")
         if header is not None:
             raise MemberError(f"member {header.name!r} at {reader.where()} is not listed in "
                               "the signed manifest")
         reader.expect_end()
+        ticker(stream.offset, "end of the bundle", force=True)
     finally:
         stream.close()
     return VerifiedBundle(manifest, manifest_bytes, envelope_bytes,
                           "sha256:" + hashlib.sha256(manifest_bytes).hexdigest(), signers)
 
 
+class _Ticker:
+    """Verify's progress events: when asked to (between members), and otherwise at most
+    one per `every` bytes, so a multi-GB layer moves the bar while it is hashed."""
+
+    def __init__(self, progress: ProgressFn, total: int, every: int) -> None:
+        self.progress, self.total, self.every = progress, total, max(1, every)
+        self.last = 0
+
+    def __call__(self, done: int, message: str, *, force: bool = False) -> None:
+        if force or done - self.last >= self.every:
+            self.last = done
+            self.progress(Progress("verify", done, self.total, message))
+
+    def counting(self, sink: Callable[[memoryview], object], start: int,
+                 what: str) -> Callable[[memoryview], None]:
+        """`sink`, reporting the byte position (`start` + bytes passed) as data flows."""
+        passed = 0
+
+        def counted(view: memoryview) -> None:
+            nonlocal passed
+            sink(view)
+            passed += len(view)
+            self(start + passed, what)
+
+        return counted
+
+
 def _verify_member(reader: TarReader, member: Member, manifest: Manifest,
-                   store: ContentStore | None) -> None:
+                   store: ContentStore | None, ticker: _Ticker) -> None:
     at = reader.s.offset
     header = reader.next_header(member.path)
     if header is None:
@@ -266,13 +298,14 @@ def _verify_member(reader: TarReader, member: Member, manifest: Manifest,
     span = reader.s.parts_between(at, at + member_span(member.size)) if reader.s.split else ""
     digest = "sha256:" + member.sha256
     blob = member.path.startswith("blobs/")
+    data_at = at + BLOCK
     if store is None or not blob or store.has(digest):
         h = hashlib.sha256()
-        reader.stream(member.size, h.update, member.path)
+        reader.stream(member.size, ticker.counting(h.update, data_at, member.path), member.path)
         _check(h.hexdigest(), member, span)
         return
     with store.ingest(digest, member.size) as w:
-        reader.stream(member.size, w.write, member.path)
+        reader.stream(member.size, ticker.counting(w.write, data_at, member.path), member.path)
         _check(w.hasher.hexdigest(), member, span)
 
 

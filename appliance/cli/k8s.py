@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 from appliance.cli.keys import load_trust_root
 from appliance.errors import RollbackError, SiteError
 from appliance.fsutil import atomic_write, fsync_dir
-from appliance.k8s.archive import archive_name, write_k3s_archive
+from appliance.imagearchive import write_image_archive
+from appliance.k8s.names import archive_name
 from appliance.k8s.render import RenderOptions, render
 from appliance.state import SiteState
 from appliance.store import ContentStore
@@ -124,7 +125,7 @@ def _images(args: argparse.Namespace) -> int:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=out)
         try:
             with os.fdopen(fd, "wb") as f:
-                write_k3s_archive(f, store, manifest.images, manifest.platform)
+                write_image_archive(f, store, manifest.images, digest_names=True)
                 f.flush()
                 os.fsync(f.fileno())
             os.chmod(tmp, 0o644)

@@ -26,8 +26,9 @@ from appliance.engines.base import (
     site_id,
     with_port,
 )
-from appliance.errors import EngineError, EngineUnavailableError, ImageLoadError
-from appliance.manifest import Image, Manifest
+from appliance.errors import EngineError, EngineUnavailableError, ImageLoadError, StoreError
+from appliance.imagearchive import write_image_archive
+from appliance.manifest import Image, Manifest, image_blobs
 from appliance.placement import Placement
 from appliance.progress import Progress, ProgressFn, no_progress
 from appliance.site import Release, Site
@@ -241,10 +242,10 @@ class DockerEngine:
         import docker.errors
         import requests
 
-        # appliance.bundle first: importing appliance.imagearchive alone hits an import cycle
-        import appliance.bundle  # noqa: F401
-        from appliance.imagearchive import image_blobs, write_image_archive
-        total = sum(store.size(d) for d in image_blobs(images))
+        try:
+            total = sum(store.size(d) for d in image_blobs(images))
+        except StoreError as e:
+            raise ImageLoadError(f"cannot read the images from the store: {e}") from e
         r_fd, w_fd = os.pipe()
         failure: list[BaseException] = []
 
@@ -266,17 +267,22 @@ class DockerEngine:
 
         t = threading.Thread(target=writer, name="image-archive", daemon=True)
         t.start()
+        refused: Exception | None = None
+        messages: list[str] = []
         try:
             out = self.client.api.load_image(chunks(), quiet=True)
             messages = [json.dumps(m) if not isinstance(m, str) else m for m in out]
         except (docker.errors.DockerException, requests.RequestException) as e:
-            raise ImageLoadError(f"the engine refused the images: {_short(e)}") from e
+            refused = e
         finally:
             reader.close()  # a writer still blocked on the pipe gets EPIPE and ends
             t.join(timeout=60)
-        if failure:
+        if failure:  # the cause when the store failed: the engine saw a cut-short archive
             raise ImageLoadError(f"cannot read the images from the store: {failure[0]}") \
                 from failure[0]
+        if refused is not None:
+            raise ImageLoadError(f"the engine refused the images: {_short(refused)}") \
+                from refused
         errors = [m for m in messages if '"error' in m]
         if errors:
             raise ImageLoadError(f"the engine refused the images: {errors[0][:300]}")

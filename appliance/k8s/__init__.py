@@ -1,6 +1,9 @@
-"""Kubernetes for a site that outgrew one server: manifests and the k3s image archive."""
+"""Kubernetes for a site that outgrew one server: rendered manifests and the k3s archive's name.
 
-from appliance.k8s.archive import archive_name, write_k3s_archive
+The archive itself is `appliance.imagearchive.write_image_archive(..., digest_names=True)`.
+"""
+
+from appliance.k8s.names import archive_name
 from appliance.k8s.render import RenderOptions, check_fit, render
 
-__all__ = ["RenderOptions", "archive_name", "check_fit", "render", "write_k3s_archive"]
+__all__ = ["RenderOptions", "archive_name", "check_fit", "render"]

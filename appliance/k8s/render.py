@@ -13,7 +13,8 @@ from typing import Any
 import yaml
 
 from appliance.errors import ManifestError, NodeCapacityError, PlacementError
-from appliance.k8s.names import dns_label, label_value, pinned_reference
+from appliance.imageref import pinned_reference
+from appliance.k8s.names import dns_label, label_value
 from appliance.manifest import DIGEST_RE, Manifest, Service
 
 MIB = 1024 * 1024

@@ -106,7 +106,8 @@ class InstallScreen(InstallerScreen):
 
     # -- the worker side -----------------------------------------------------------------
     def _relay(self, event: Progress) -> None:
-        # Raising here stops verify between blobs; the store keeps only whole, checked ones.
+        # Raising here stops verify at its next event, mid-blob too; the store keeps only
+        # whole, checked blobs.
         if self._cancel.is_set() and self.state == "preparing":
             raise InstallCancelledError("the install was stopped before it changed what "
                                         "serves; choose the bundle again to start over")
@@ -172,8 +173,6 @@ class InstallScreen(InstallerScreen):
                 if ev.step in BAR_TITLES:
                     self.query_one(TransferBar).reset(BAR_TITLES[ev.step])
                 log.write(Text(f"{ev.message}", style="bold"))
-            elif ev.status in ("ok", "warn") and ev.step in BAR_TITLES:
-                self.query_one(TransferBar).complete()
             elif ev.status == "failed":
                 log.write(Text(f"  failed: {ev.message}", style="bold red"))
         elif isinstance(ev, CheckEvent):

@@ -15,9 +15,10 @@ from textual.timer import Timer
 from textual.widgets import Footer, Header, Input, Label, Static
 
 from appliance.acceptance import is_ready
+from appliance.errors import SiteError
 from appliance.plan import StepEvent
 from appliance.progress import Progress
-from appliance.rollback import rollback
+from appliance.rollback import rollback, rollback_target
 from appliance.site import Site
 from installer_tui.figures import FiguresSource, export_logs
 from installer_tui.format import human
@@ -43,12 +44,12 @@ MEANINGS = {
 }
 
 
-def rollback_candidate(site: Site, current: int | None) -> int | None:
-    """The release `appliance rollback` would go back to: the newest earlier one that served."""
-    earlier = [r.sequence for r in site.releases()
-               if (current is None or r.sequence < current)
-               and r.record.status in ("serving", "stopped")]
-    return earlier[-1] if earlier else None
+def rollback_to(site: Site) -> int | None:
+    """The release `appliance rollback` would go back to, or None when there is none."""
+    try:
+        return rollback_target(site).sequence
+    except SiteError:
+        return None
 
 
 class StatusScreen(InstallerScreen):
@@ -117,7 +118,7 @@ class StatusScreen(InstallerScreen):
                       for svc, url in rec.endpoints.items()}
             self.post_message(StatusRead(cur.sequence, f"{m.name} {m.version}", rec.engine,
                                          dict(rec.endpoints), health,
-                                         rollback_candidate(site, cur.sequence)))
+                                         rollback_to(site)))
         except Exception as e:  # shown on the screen
             self.post_message(Failed(e, "status"))
 

@@ -64,14 +64,6 @@ class TransferBar(Vertical):
             text += f"  {human(rate)}/s  about {duration((total - done) / rate)} left"
         self.query_one(".transfer-rate", Label).update(text)
 
-    def complete(self) -> None:
-        """The transfer ended well: show it whole (the last event may precede the tar trailer)."""
-        bar = self.query_one(ProgressBar)
-        if bar.total:
-            total = int(bar.total)
-            bar.update(progress=total)
-            self.query_one(".transfer-rate", Label).update(f"{human(total)} done")
-
     @property
     def text(self) -> str:
         """The rate line as shown (for tests)."""

@@ -15,7 +15,8 @@ from appliance.errors import (
     SplitPartError,
     TruncatedBundleError,
 )
-from appliance.imagearchive import image_blobs, write_image_archive
+from appliance.imagearchive import write_image_archive
+from appliance.manifest import image_blobs
 from appliance.store import ContentStore
 from bundler.build import build_bundle
 from bundler.spec import load_spec

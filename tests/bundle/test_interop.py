@@ -73,12 +73,13 @@ def test_podman_load_accepts_the_bundle(built: Built, podman_store: Path):
         assert img.config_digest[7:].startswith(line.split()[1])
 
 
-def _archive_from_store(built: Built, root: TrustRoot, tmp_path: Path) -> Path:
+def _archive_from_store(built: Built, root: TrustRoot, tmp_path: Path,
+                        digest_names: bool = False) -> Path:
     store = ContentStore(tmp_path / "site")
     verify_bundle(built.path, root, now=NOW, store=store)
     out = tmp_path / "images.tar"
     with open(out, "wb") as f:
-        write_image_archive(f, store, built.manifest.images)
+        write_image_archive(f, store, built.manifest.images, digest_names=digest_names)
     return out
 
 
@@ -91,15 +92,21 @@ def test_image_archive_from_store_has_the_bundle_layout(built: Built, root: Trus
 
 
 @needs_skopeo
+@pytest.mark.parametrize("digest_names", [False, True])
 def test_skopeo_and_podman_accept_the_store_archive(built: Built, root: TrustRoot,
-                                                    tmp_path: Path, podman_store: Path):
-    out = _archive_from_store(built, root, tmp_path)
+                                                    tmp_path: Path, podman_store: Path,
+                                                    digest_names: bool):
+    # the extra repo@digest entries (for containerd) leave what podman loads and names alone
+    out = _archive_from_store(built, root, tmp_path, digest_names)
     for img in built.manifest.images:
         assert skopeo_inspect(f"oci-archive:{out}:{img.reference}")["Layers"] == img.layers
         assert skopeo_inspect(f"docker-archive:{out}:{img.reference}")["Layers"] == img.layers
     if shutil.which("podman"):
         loaded = podman(podman_store, "load", "-i", str(out))
         assert all(img.reference in loaded for img in built.manifest.images)
+        listed = podman(podman_store, "images", "--format", "{{.Repository}}:{{.Tag}}")
+        assert sorted(listed.split()) == sorted(f"localhost/{img.reference}"
+                                                for img in built.manifest.images)
 
 
 @contextlib.contextmanager
@@ -128,16 +135,21 @@ def dockerd(tmp: Path) -> Iterator[str]:
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("dockerd") is None or os.geteuid() != 0,
                     reason="needs dockerd and root")
-def test_docker_20_10_load_accepts_the_bundle(built: Built, tmp_path: Path):
+def test_docker_20_10_load_accepts_the_bundle(built: Built, root: TrustRoot, tmp_path: Path):
+    # and the store archive with containerd's digest names, which docker leaves aside
+    k3s = _archive_from_store(built, root, tmp_path, digest_names=True)
     with dockerd(tmp_path) as host:
-        out = subprocess.run(["docker", "-H", host, "load", "-i", str(built.path)],
-                             check=True, capture_output=True, text=True, timeout=120).stdout
-        for img in built.manifest.images:
-            assert f"Loaded image: {img.reference}" in out
-            got = subprocess.run(["docker", "-H", host, "image", "inspect", img.reference,
-                                  "--format", "{{.Id}}"], check=True, capture_output=True,
-                                 text=True).stdout.strip()
-            assert got == img.config_digest
+        for archive in (built.path, k3s):
+            out = subprocess.run(["docker", "-H", host, "load", "-i", str(archive)],
+                                 check=True, capture_output=True, text=True,
+                                 timeout=120).stdout
+            assert sorted(out.splitlines()) == sorted(f"Loaded image: {img.reference}"
+                                                      for img in built.manifest.images)
+            for img in built.manifest.images:
+                got = subprocess.run(["docker", "-H", host, "image", "inspect", img.reference,
+                                      "--format", "{{.Id}}"], check=True, capture_output=True,
+                                     text=True).stdout.strip()
+                assert got == img.config_digest
 
 
 @contextlib.contextmanager
@@ -222,4 +234,6 @@ def test_ctr_images_import_accepts_the_bundle(built: Built):
                        capture_output=True, timeout=120)
         listed = subprocess.run(["ctr", "-a", sock, "images", "ls", "-q"], check=True,
                                 capture_output=True, text=True).stdout.split()
-    assert sorted(listed) == sorted(img.reference for img in built.manifest.images)
+    # named as the kubelet's CRI asks for them, not as the plain reference
+    assert sorted(listed) == sorted(f"docker.io/{img.reference}"
+                                    for img in built.manifest.images)

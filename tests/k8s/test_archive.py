@@ -1,4 +1,5 @@
-"""The k3s image archive imports into a real containerd under the names rendered pods use."""
+"""The k3s image archive (write_image_archive with digest names) imports into a real containerd
+under the names rendered pods use."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from appliance.errors import StoreError
+from appliance.imagearchive import write_image_archive
 from appliance.k8s import RenderOptions, render
-from appliance.k8s.archive import archive_name, write_k3s_archive
+from appliance.k8s.names import archive_name
 from appliance.manifest import Image
 from appliance.store import ContentStore
 from tests.k8s.conftest import Containerd
@@ -40,7 +42,7 @@ def test_archive_imports_with_the_manifest_digests_under_tag_and_digest_names(
               stored(store, "cnn", hand_image("cnn weights"))]
     archive = tmp_path / archive_name("demo", 3)
     with open(archive, "wb") as f:
-        write_k3s_archive(f, store, images, "linux/amd64")
+        write_image_archive(f, store, images, digest_names=True)
     r = containerd.import_archive(archive)
     assert r.returncode == 0, r.stderr
     want = {}
@@ -58,7 +60,7 @@ def test_rendered_pods_ask_for_names_the_imported_archive_holds(
     manifest.validate()
     archive = tmp_path / "a.tar"
     with open(archive, "wb") as f:
-        write_k3s_archive(f, store, manifest.images, manifest.platform)
+        write_image_archive(f, store, manifest.images, digest_names=True)
     assert containerd.import_archive(archive).returncode == 0
     held = containerd.images()
     files = render(manifest, RenderOptions(MANIFEST_DIGEST))
@@ -74,14 +76,14 @@ def test_archive_is_deterministic_and_names_blobs_once(store: ContentStore) -> N
     shared = hand_image("same")
     images = [stored(store, "a", shared), stored(store, "b", shared)]
     one, two = io.BytesIO(), io.BytesIO()
-    write_k3s_archive(one, store, images, "linux/amd64")
-    write_k3s_archive(two, store, images, "linux/amd64")
+    write_image_archive(one, store, images, digest_names=True)
+    write_image_archive(two, store, images, digest_names=True)
     assert one.getvalue() == two.getvalue()
     with tarfile.open(fileobj=io.BytesIO(one.getvalue())) as t:
         names = t.getnames()
         assert all(m.mtime == 0 and m.uid == 0 and m.isfile() for m in t.getmembers())
-    assert names[:2] == ["oci-layout", "index.json"]
-    assert len(names) == len(set(names)) == 2 + 3
+    assert names[:3] == ["oci-layout", "index.json", "manifest.json"]
+    assert len(names) == len(set(names)) == 3 + 3
 
 
 def test_a_blob_corrupted_in_the_store_stops_the_write(store: ContentStore) -> None:
@@ -89,7 +91,7 @@ def test_a_blob_corrupted_in_the_store_stops_the_write(store: ContentStore) -> N
     layer = store.path(img.layers[0])
     layer.write_bytes(layer.read_bytes().replace(b"weights", b"WEIGHTS"))
     with pytest.raises(StoreError, match="no longer matches"):
-        write_k3s_archive(io.BytesIO(), store, [img], "linux/amd64")
+        write_image_archive(io.BytesIO(), store, [img], digest_names=True)
 
 
 def test_a_blob_missing_from_the_store_is_named_before_writing(store: ContentStore) -> None:
@@ -97,5 +99,5 @@ def test_a_blob_missing_from_the_store_is_named_before_writing(store: ContentSto
     store.path(img.config_digest).unlink()
     out = io.BytesIO()
     with pytest.raises(StoreError, match=f"blob {img.config_digest[:19]} is not in the store"):
-        write_k3s_archive(out, store, [img], "linux/amd64")
+        write_image_archive(out, store, [img], digest_names=True)
     assert out.getvalue() == b""

@@ -9,7 +9,7 @@ import pytest
 
 from appliance.engines.base import launches
 from appliance.engines.docker import DockerEngine
-from appliance.errors import EngineUnavailableError
+from appliance.errors import EngineUnavailableError, ImageLoadError
 from appliance.gpu import GpuInfo, GpuReport
 from appliance.placement import plan_placement
 from appliance.site import Site
@@ -74,6 +74,30 @@ def test_load_streams_images_from_store_and_checks_ids_then_runs(tmp_path, engin
     finally:
         eng.stop(1)
         eng.client.images.remove(img.reference, force=True)
+        eng.close()
+
+
+@pytest.mark.parametrize("damage", ["missing", "altered"])
+def test_a_damaged_store_blob_is_named_not_blamed_on_the_engine(tmp_path, engine_url, damage):
+    site = Site(tmp_path / "site")
+    site.ensure()
+    m = release_manifest(site.store, 1, free_port_pair(), tag=uuid.uuid4().hex[:12])
+    rel = site.stage_release(m.to_json(), b"{}", 1, "docker")
+    layer = site.store.path(m.images[0].layers[-1])
+    if damage == "missing":
+        layer.unlink()
+    else:
+        data = bytearray(layer.read_bytes())
+        data[len(data) // 2] ^= 1
+        layer.write_bytes(bytes(data))
+    eng = DockerEngine(site, base_url=engine_url, health_test=PROBE, stop_timeout_s=2)
+    try:
+        with pytest.raises(ImageLoadError, match=r"cannot read the images from the store: "
+                           r"(blob|stored blob) sha256:\w+ (is not in the store|no longer "
+                           r"matches)"):
+            eng.load(m, rel, site.store)
+        assert eng.image_id(m.images[0].reference) is None
+    finally:
         eng.close()
 
 

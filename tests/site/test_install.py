@@ -12,10 +12,12 @@ from appliance.errors import (
     PreflightError,
     ReleaseFailedError,
     RollbackError,
+    SiteError,
 )
 from appliance.gpu import GpuReport, RecordedProbe
 from appliance.plan import STEPS, CheckEvent, StepEvent
-from appliance.rollback import rollback
+from appliance.rollback import rollback, rollback_target
+from appliance.site import PLACEMENT_FILE
 from tests.site.bundlekit import make_bundle, sample, vendor
 from tests.site.installkit import process_site, ready
 from tests.site.releasekit import free_port_pair
@@ -149,11 +151,18 @@ def test_missing_trust_root_fails_preflight_and_changes_nothing(ps, port):
 def test_explicit_rollback_serves_the_earlier_release(ps, port):
     ps.install(make_bundle(ps.tmp, ps.vendor, 1, port=port))
     ps.install(make_bundle(ps.tmp, ps.vendor, 2, port=port))
+    assert rollback_target(ps.site).sequence == 1  # what the TUI offers before it asks
     assert rollback(ps.site, ps.engine, health_timeout_s=20) == 1
     assert ps.site.current().sequence == 1 and ps.engine.running() == {1}
     assert ready(f"http://127.0.0.1:{port}")
     assert ps.site.state().highest_sequence == 2  # anti-rollback record unchanged
     assert json.loads((ps.site.root / "state.json").read_text())["highest_sequence"] == 2
+    with pytest.raises(SiteError, match="no earlier release that has served"):
+        rollback_target(ps.site)
+    assert rollback_target(ps.site, 2).sequence == 2
+    (ps.site.release(2).path / PLACEMENT_FILE).unlink()
+    with pytest.raises(SiteError, match="release 2 never got as far as placement"):
+        rollback_target(ps.site, 2)
 
 
 def test_crash_looping_release_fails_fast_with_its_output(ps, port):

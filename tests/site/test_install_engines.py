@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-import appliance.bundle  # noqa: F401  (before imagearchive: it has an import cycle)
 from appliance.engines.docker import DockerEngine
 from appliance.errors import ReleaseFailedError
 from appliance.gpu import GpuReport, RecordedProbe

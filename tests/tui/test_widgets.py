@@ -39,7 +39,7 @@ async def test_transfer_bar_shows_rate_and_time_left_then_done():
         bar.advance(100 * 1024**2, 300 * 1024**2)
         assert bar.text == "100.0 MiB of 300.0 MiB  50.0 MiB/s  about 4 s left"
         clock.now += 2.0
-        bar.complete()
+        bar.advance(300 * 1024**2, 300 * 1024**2)
         assert bar.text == "300.0 MiB done"
         bar.reset("Loading images")
         assert bar.text == ""
