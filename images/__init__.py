@@ -1,0 +1,1 @@
+"""Builds the runtime container image offline: a debootstrap base, staged wheels, podman."""

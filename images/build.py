@@ -1,0 +1,303 @@
+"""Build the runtime image offline and save it as out/runtime-image.tar (docker-archive).
+
+`python -m images.build [--variant slim|torch]`: makes (or reuses) the debootstrap
+base, stages the wheels on the host, runs `podman build --network none`, and saves
+the image. Every result is keyed by a hash of its inputs, so a repeat is seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+from images.base import ensure_base
+from images.errors import ImageBuildError
+from images.podman import Podman
+from images.wheelhouse import (
+    Wheelhouse,
+    ensure_project_wheel,
+    ensure_runtime_wheels,
+    ensure_torch_wheels,
+)
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+BUILDER_VERSION = "1"
+VariantName = Literal["slim", "torch"]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One image the builder makes: its Containerfile, local repository and archive name."""
+
+    name: VariantName
+    containerfile: str
+    repo: str
+    archive: str
+
+
+VARIANTS: dict[str, Variant] = {
+    "slim": Variant("slim", "Containerfile", "localhost/appliance-runtime", "runtime-image.tar"),
+    "torch": Variant(
+        "torch", "Containerfile.torch", "localhost/appliance-runtime-torch",
+        "runtime-image-torch.tar",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    """A built and saved runtime image."""
+
+    variant: str
+    tag: str
+    image_id: str
+    input_hash: str
+    archive: Path
+    archive_bytes: int
+    image_bytes: int
+    built: bool
+    saved: bool
+    seconds: float
+
+
+def default_cache() -> Path:
+    """Where bases, wheels and build contexts are kept ($APPLIANCE_IMAGE_CACHE or .cache/images)."""
+    return Path(os.environ.get("APPLIANCE_IMAGE_CACHE", ROOT / ".cache" / "images"))
+
+
+def build_runtime_image(
+    variant: VariantName = "slim",
+    *,
+    root: Path = ROOT,
+    out_dir: Path | None = None,
+    cache: Path | None = None,
+    podman: Podman | None = None,
+    log: bool = False,
+) -> BuiltImage:
+    """Build (or reuse) a runtime image and save it as a docker-archive under out_dir.
+
+    Raises:
+        ImageBuildError: any step failed; the message says which and what to do.
+    """
+    started = time.monotonic()
+    out_dir = out_dir or root / "out"
+    cache = cache or default_cache()
+    podman = podman or Podman(verbose=log)
+    cache.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(cache / ".lock"):
+        return _build_locked(VARIANTS[variant], root, out_dir, cache, podman, log, started)
+
+
+def _build_locked(
+    v: Variant, root: Path, out_dir: Path, cache: Path, podman: Podman, log: bool, started: float
+) -> BuiltImage:
+    if v.name == "torch":
+        slim = _build_locked(VARIANTS["slim"], root, out_dir, cache, podman, log, started)
+        parent_tag, parent_key = slim.tag, slim.input_hash
+        wheels = [ensure_torch_wheels(cache, log=log)]
+    else:
+        parent_tag = ensure_base(podman, cache / "base", log=log)
+        parent_id = podman.image_id(parent_tag)
+        if parent_id is None:
+            raise ImageBuildError(f"base image {parent_tag} vanished during the build: run again")
+        parent_key = parent_id
+        wheels = [
+            ensure_runtime_wheels(root, cache, log=log),
+            ensure_project_wheel(root, cache, log=log),
+        ]
+    containerfile = HERE / v.containerfile
+    input_hash = _input_hash(v, containerfile, parent_key, wheels)
+    tag = f"{v.repo}:{input_hash[:16]}"
+
+    built = False
+    if podman.image_id(tag) is None:
+        _podman_build(podman, v, containerfile, parent_tag, wheels, tag, input_hash, cache)
+        built = True
+        _prune_older(podman, v.repo, keep=tag)
+    image_id = podman.image_id(tag) or ""
+    podman.run("tag", tag, f"{v.repo}:latest", what=f"podman tag {tag}")
+
+    archive = out_dir / v.archive
+    saved = _save_if_stale(podman, tag, image_id, input_hash, archive)
+    size = int(podman.run("image", "inspect", "--format", "{{.Size}}", tag, what="inspect"))
+    return BuiltImage(
+        variant=v.name,
+        tag=tag,
+        image_id=image_id,
+        input_hash=input_hash,
+        archive=archive,
+        archive_bytes=archive.stat().st_size,
+        image_bytes=size,
+        built=built,
+        saved=saved,
+        seconds=round(time.monotonic() - started, 1),
+    )
+
+
+def _input_hash(v: Variant, containerfile: Path, parent_key: str, wheels: list[Wheelhouse]) -> str:
+    """Everything that decides the image: builder, Containerfile, health check, parent, wheels."""
+    h = hashlib.sha256()
+    for part in (
+        f"builder {BUILDER_VERSION} {v.name}",
+        containerfile.read_text(),
+        (HERE / "healthcheck.py").read_text(),
+        parent_key,
+        *(w.digest for w in wheels),
+    ):
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _podman_build(
+    podman: Podman,
+    v: Variant,
+    containerfile: Path,
+    parent_tag: str,
+    wheels: list[Wheelhouse],
+    tag: str,
+    input_hash: str,
+    cache: Path,
+) -> None:
+    context = Path(tempfile.mkdtemp(prefix=".context-", dir=cache))
+    try:
+        staged = context / "wheels"
+        staged.mkdir()
+        for house in wheels:
+            for wheel in house.wheels():
+                _link_or_copy(wheel, staged / wheel.name)
+        shutil.copy2(containerfile, context / "Containerfile")
+        shutil.copy2(HERE / "healthcheck.py", context / "healthcheck.py")
+        arg = "SLIM" if v.name == "torch" else "BASE"
+        podman.stream(
+            "build",
+            "--network", "none",
+            "--pull=never",
+            "--format", "docker",
+            "--build-arg", f"{arg}={parent_tag}",
+            "--label", f"org.opencontainers.image.revision={input_hash}",
+            "--tag", tag,
+            "--file", context / "Containerfile",
+            context,
+            what=f"podman build of the {v.name} runtime image",
+        )
+    finally:
+        shutil.rmtree(context, ignore_errors=True)
+
+
+def _link_or_copy(src: Path, dest: Path) -> None:
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copy2(src, dest)
+
+
+def _prune_older(podman: Podman, repo: str, *, keep: str) -> None:
+    """Remove earlier builds of this repository so storage does not grow with every change."""
+    keep_id = podman.image_id(keep)
+    listed = podman.run(
+        "images", "--format", "{{.ID}} {{.Repository}}:{{.Tag}}", "--filter", f"reference={repo}",
+        what="podman images",
+    )
+    stale_ids = set()
+    for line in listed.splitlines():
+        image_id, ref = line.split()
+        if keep_id is not None and keep_id.startswith(image_id):
+            continue
+        stale_ids.add(image_id)
+        # Untag first: an image with several tags is only removed by ID once it has none.
+        with contextlib.suppress(ImageBuildError):
+            podman.run("untag", image_id, ref, what=f"podman untag {ref}")
+    for image_id in stale_ids:
+        # In use by a container or a child image: then it stays.
+        with contextlib.suppress(ImageBuildError):
+            podman.run("rmi", image_id, what=f"podman rmi {image_id}")
+
+
+def _save_if_stale(
+    podman: Podman, tag: str, image_id: str, input_hash: str, archive: Path
+) -> bool:
+    """Write the docker-archive unless the one on disk already holds this build."""
+    meta_path = archive.with_suffix(".json")
+    try:
+        meta = json.loads(meta_path.read_text())
+        if (
+            meta.get("input_hash") == input_hash
+            and meta.get("image_id") == image_id
+            and archive.stat().st_size == meta.get("archive_bytes")
+        ):
+            return False
+    except (OSError, ValueError):
+        pass
+    part = archive.with_name(f".{archive.name}.part")
+    part.unlink(missing_ok=True)
+    podman.run("save", "--format", "docker-archive", "-o", part, tag, what=f"podman save {tag}")
+    os.replace(part, archive)
+    meta = {
+        "tag": tag,
+        "image_id": image_id,
+        "input_hash": input_hash,
+        "archive_bytes": archive.stat().st_size,
+    }
+    tmp = meta_path.with_name(f".{meta_path.name}.part")
+    tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    os.replace(tmp, meta_path)
+    return True
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """One build at a time per cache (make and pytest may race for it)."""
+    with path.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: build the chosen variant and print where the archive is and its size."""
+    parser = argparse.ArgumentParser(prog="python -m images.build", description=__doc__)
+    parser.add_argument("--variant", choices=sorted(VARIANTS), default="slim")
+    parser.add_argument("--out-dir", type=Path, default=None)
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("-q", "--quiet", action="store_true", help="do not stream build output")
+    args = parser.parse_args(argv)
+    try:
+        result = build_runtime_image(args.variant, out_dir=args.out_dir, log=not args.quiet)
+    except ImageBuildError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({**asdict(result), "archive": str(result.archive)}, indent=2))
+        return 0
+    how = "built" if result.built else "cached"
+    print(
+        f"{result.archive}: {_mb(result.archive_bytes)} "
+        f"(image {result.tag}, {_mb(result.image_bytes)}; {how}, {result.seconds} s)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
