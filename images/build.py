@@ -35,7 +35,7 @@ from images.wheelhouse import (
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"  # 2: --no-cache (1 could reuse a stale RUN layer)
 VariantName = Literal["slim", "torch"]
 
 
@@ -188,6 +188,9 @@ def _podman_build(
             "build",
             "--network", "none",
             "--pull=never",
+            # The RUN step's cache key does not cover the bind-mounted wheels, so a
+            # cached layer could hold an older project wheel: never reuse one.
+            "--no-cache",
             "--format", "docker",
             "--build-arg", f"{arg}={parent_tag}",
             "--label", f"org.opencontainers.image.revision={input_hash}",
