@@ -61,6 +61,7 @@ def free_ports() -> int:
         try:
             for q in (p, p + 1, p + 100, p + 101):
                 with socket.socket() as s:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                     s.bind(("0.0.0.0", q))
         except OSError:
             continue
