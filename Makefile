@@ -36,3 +36,12 @@ bench: venv
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache out
+
+# The runtime container image, built with no registry (docs/runtime-image.md):
+# out/runtime-image.tar (ONNX only); the torch variant only when asked, it is big.
+.PHONY: runtime-image-torch
+runtime-image: venv
+	$(PY) -m images.build
+
+runtime-image-torch: venv
+	$(PY) -m images.build --variant torch

@@ -5,9 +5,11 @@ How a front end drives it (the headless CLI and the TUI do the same):
     plan = InstallPlan(InstallOptions(bundle=path, site=Site(root), engine=engine,
                                       gpu_probe=NvmlProbe(), trust=trust_file),
                        progress=on_event)
-    result = plan.run()               # every step in order, or:
-    for step in STEPS:                # one at a time (e.g. pause for a confirm
-        plan.run_step(step.name)      # after "placement"); same order, same checks
+    result = plan.run()               # every step in order, under the site lock; or:
+    with plan.locked():               # one step at a time (e.g. pause for a confirm
+        for step in STEPS:            # after "placement"); same order, same checks
+            plan.run_step(step.name)
+        result = plan.result()
 
 `on_event` receives `appliance.progress.Progress` events, from the worker
 thread that runs the plan (a TUI posts them to its screen):
@@ -16,12 +18,15 @@ thread that runs the plan (a TUI posts them to its screen):
   - `CheckEvent` (a Progress) for each preflight line (level pass/warn/fail);
   - plain `Progress` for bytes (verify, load: done/total) and info lines.
 After each step the plan's attributes hold what a screen shows: `checks`,
-`manifest`, `verified` (signers), `gpus` (the GPU table), `placement`,
-`endpoints`. Errors are `ApplianceError`s with one-line messages; after the
-new release started, a failure stops it, restores the previous release and
-raises `ReleaseFailedError` (or `AcceptanceError`) saying why. Killing the
-process at any point leaves the previous release serving; running the same
-plan again completes the install.
+`manifest`, `verified` (signers), `gpus` (`gpus.table()` under
+`appliance.gpu.TABLE_HEADER`), `placement` (`placement.lines()`), `endpoints`.
+Rolling back later is `appliance.rollback.rollback(site, engine, seq)`.
+
+Errors are `ApplianceError`s with one-line messages; after the new release
+started, a failure stops it, restores the previous release and raises
+`ReleaseFailedError` (or `AcceptanceError`) saying why. Killing the process
+at any point leaves the previous release serving; running the same plan again
+completes the install. Exit codes for each error: `appliance.cli.site.exit_code`.
 """
 
 from __future__ import annotations
@@ -197,6 +202,7 @@ class InstallPlan:
     def _step_preflight(self) -> None:
         from appliance.bundle import read_manifest_unverified
         self.site.ensure()
+        self._clear_partial_blobs()
         trust_path = self.o.trust or self.site.trust_path
         trust_check, self.trust_root = check_trust(trust_path)
         checks = [trust_check]
@@ -267,6 +273,10 @@ class InstallPlan:
             if report.gpus and not self.engine.gpu_runtime():
                 report = GpuReport(unavailable=f"{self.engine.name} has no NVIDIA container "
                                                "runtime", driver=report.driver, cuda=report.cuda)
+            for g in report.gpus:
+                self._info("placement", f"GPU {g.index} {g.name}: {g.memory_free_mib} of "
+                                        f"{g.memory_total_mib} MiB free, {g.utilization_pct}% "
+                                        f"busy (driver {report.driver}, CUDA {report.cuda})")
             self.placement = plan_placement(self.manifest, report)
             atomic_write(recorded, self.placement.to_json())
         for line in self.placement.lines():
@@ -336,7 +346,7 @@ class InstallPlan:
         assert self.release is not None
         seq = self.release.sequence
         why = f"release {seq} failed at {step}: {error}"
-        log.warning(why)
+        log.info(why)
         if self._serving_already():
             return ReleaseFailedError(f"{why}; it stays current (it was already serving)")
         self.engine.stop(seq)
@@ -370,6 +380,14 @@ class InstallPlan:
                    lambda s: self.engine.logs_tail(rel.sequence, s))
 
     # -- helpers ---------------------------------------------------------------------
+    def _clear_partial_blobs(self) -> None:
+        """Remove temp files an installer killed mid-ingest left (we hold the site lock)."""
+        tmp = self.site.store.tmp
+        if tmp.is_dir():
+            for p in tmp.iterdir():
+                if p.is_file():
+                    p.unlink(missing_ok=True)
+
     def _serving_already(self) -> bool:
         """Whether the release being installed is `current` (a re-run after the switch)."""
         return (self.release is not None and self.previous is not None

@@ -50,6 +50,7 @@ from signing import PrivateKey, sign
 
 CHUNK = 1024 * 1024
 PROGRESS_EVERY = 16 * 1024 * 1024
+MIN_SPLIT = 1024 * 1024
 _PARALLEL_MIN = 64 * 1024
 
 
@@ -128,7 +129,7 @@ def _front(spec: Spec, comp: Composition, blobs: Sequence[Blob], base: Manifest 
     manifest = Manifest(name=spec.name, version=spec.version, sequence=spec.sequence,
                         created=spec.created, expires=spec.expires, platform=spec.platform,
                         members=members, images=images, models=models, services=services,
-                        base=base_ref)
+                        base=base_ref, trust_root=spec.trust_root)
     manifest.validate()
     data = manifest.to_json()
     envelope = sign(data, PAYLOAD_TYPE, keys).to_json()
@@ -147,6 +148,8 @@ def build_bundle(
     """
     if not keys:
         raise SpecError("a bundle needs at least one signing key (--key)")
+    if split_bytes is not None and split_bytes < MIN_SPLIT:
+        raise SpecError(f"split size {split_bytes} is under the 1 MiB minimum; use e.g. 3900MiB")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:

@@ -78,6 +78,7 @@ class Spec:
     models: list[ModelSpec]
     services: list[ServiceSpec]
     source: Path  # the spec file
+    trust_root: str | None = None  # a signed successor root (JSON text) riding in the bundle
 
     def model(self, name: str) -> ModelSpec:
         for m in self.models:
@@ -154,8 +155,19 @@ def _spec(doc: dict[str, Any], path: Path) -> Spec:
         name=name, version=str(doc["version"]), sequence=sequence,
         created=format_time(created), expires=format_time(expires), platform=platform,
         runtime_image=_runtime(doc.get("runtime_image"), here), models=models,
-        services=services, source=path,
+        services=services, source=path, trust_root=_trust_root(doc.get("trust_root"), here),
     )
+
+
+def _trust_root(value: Any, here: Path) -> str | None:
+    """The signed successor root file named by `trust_root:`, as text for the manifest."""
+    if value is None:
+        return None
+    path = here / str(value)
+    try:
+        return path.read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(f"cannot read the new trust root {path}: {e}") from e
 
 
 def _name(value: Any, what: str) -> str:

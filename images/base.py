@@ -15,6 +15,7 @@ from images.podman import Podman, run_tool
 SUITE = "bookworm"
 PACKAGES = ("python3",)
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
+KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 BASE_REPO = "localhost/appliance-base"
 
 # Nothing in the image ever runs apt again (there is no network), so the package
@@ -80,6 +81,9 @@ def _debootstrap_to_tar(out: Path, mirror: str, *, log: bool) -> None:
     """Debootstrap a minbase rootfs, prune it, and write it as a tar (temp name, then rename)."""
     if os.geteuid() != 0:
         raise BaseImageError("debootstrap needs root: run `make runtime-image` as root")
+    if not KEYRING.exists():
+        # Without it debootstrap cannot check the Release signature of what it downloads.
+        raise BaseImageError(f"{KEYRING} is missing: install the debian-archive-keyring package")
     work = Path(tempfile.mkdtemp(prefix="appliance-base-", dir=out.parent))
     rootfs = work / "rootfs"
     try:

@@ -128,7 +128,6 @@ def _build_locked(
     if podman.image_id(tag) is None:
         _podman_build(podman, v, containerfile, parent_tag, wheels, tag, input_hash, cache)
         built = True
-        _prune_older(podman, v.repo, keep=tag)
     image_id = podman.image_id(tag) or ""
     podman.run("tag", tag, f"{v.repo}:latest", what=f"podman tag {tag}")
 
@@ -210,26 +209,28 @@ def _link_or_copy(src: Path, dest: Path) -> None:
         shutil.copy2(src, dest)
 
 
-def _prune_older(podman: Podman, repo: str, *, keep: str) -> None:
-    """Remove earlier builds of this repository so storage does not grow with every change."""
-    keep_id = podman.image_id(keep)
+def prune_older(podman: Podman, variant: VariantName, *, keep: str) -> list[str]:
+    """Remove this variant's images other than `keep`; return the tags removed.
+
+    Only on request (`--prune`): worktrees and CI jobs on one machine share podman's
+    storage, and a build must never untag an image another one is about to save or run.
+    """
+    repo = VARIANTS[variant].repo
     listed = podman.run(
         "images", "--format", "{{.ID}} {{.Repository}}:{{.Tag}}", "--filter", f"reference={repo}",
         what="podman images",
     )
-    stale_ids = set()
+    keep_id = podman.image_id(keep) or ""
+    removed = []
     for line in listed.splitlines():
         image_id, ref = line.split()
-        if keep_id is not None and keep_id.startswith(image_id):
+        if ref.rsplit(":", 1)[0] != repo or keep_id.startswith(image_id):
             continue
-        stale_ids.add(image_id)
-        # Untag first: an image with several tags is only removed by ID once it has none.
-        with contextlib.suppress(ImageBuildError):
-            podman.run("untag", image_id, ref, what=f"podman untag {ref}")
-    for image_id in stale_ids:
         # In use by a container or a child image: then it stays.
         with contextlib.suppress(ImageBuildError):
-            podman.run("rmi", image_id, what=f"podman rmi {image_id}")
+            podman.run("rmi", ref, what=f"podman rmi {ref}")
+            removed.append(ref)
+    return removed
 
 
 def _save_if_stale(
@@ -285,12 +286,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", type=Path, default=None)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("-q", "--quiet", action="store_true", help="do not stream build output")
+    parser.add_argument(
+        "--prune", action="store_true", help="then remove this variant's older images"
+    )
     args = parser.parse_args(argv)
     try:
         result = build_runtime_image(args.variant, out_dir=args.out_dir, log=not args.quiet)
     except ImageBuildError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if args.prune:
+        for ref in prune_older(Podman(), args.variant, keep=result.tag):
+            print(f"removed {ref}", file=sys.stderr)
     if args.json:
         print(json.dumps({**asdict(result), "archive": str(result.archive)}, indent=2))
         return 0

@@ -67,7 +67,13 @@ class Podman:
         return run_tool([self.binary, *args], what=what, cwd=cwd, verbose=self.verbose)
 
     def image_id(self, ref: str) -> str | None:
-        """The full ID of a local image, or None when it is not in local storage."""
+        """The full ID of a local image, or None when it is not in local storage.
+
+        Raises:
+            ToolMissingError: podman is not installed.
+        """
+        if shutil.which(self.binary) is None:
+            raise ToolMissingError(f"{self.binary} not found: install it (see .ci/setup-system)")
         proc = subprocess.run(
             [self.binary, "image", "inspect", "--format", "{{.Id}}", ref],
             capture_output=True,

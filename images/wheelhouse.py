@@ -115,6 +115,7 @@ def _ensure_downloaded(
             error=WheelhouseError,
         )
         _write_sums(tmp)
+        tmp.chmod(0o755)  # mkdtemp makes it 0700
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -185,6 +186,7 @@ def ensure_project_wheel(root: Path, cache: Path, *, log: bool = False) -> Wheel
             error=WheelhouseError,
         )
         _write_sums(out)
+        out.chmod(0o755)
         if final.exists():
             shutil.rmtree(final)
         os.replace(out, final)

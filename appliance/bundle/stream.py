@@ -96,9 +96,10 @@ class PartStream:
         return self.paths[-1]
 
     def parts_between(self, start: int, end: int) -> str:
-        """Names of the parts covering [start, end), e.g. 'b.tar.002' or 'b.tar.002-.003'."""
+        """Names of the parts covering [start, end): 'part b.tar.002' or 'parts b.tar.002 to
+        b.tar.003'."""
         a, b = self.part_at(start), self.part_at(max(start, end - 1))
-        return a.name if a == b else f"{a.name}-{b.suffix}"
+        return f"part {a.name}" if a == b else f"parts {a.name} to {b.name}"
 
     def readinto(self, view: memoryview) -> int:
         """Fill up to len(view) bytes; 0 only at the end of the last part."""

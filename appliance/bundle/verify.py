@@ -50,7 +50,7 @@ from appliance.manifest import (
 )
 from appliance.progress import Progress, ProgressFn, no_progress
 from appliance.store import ContentStore
-from signing import Envelope, SigningError, TrustRoot
+from signing import Envelope, SigningError, TrustRoot, rotate_root
 from signing import verify as verify_envelope
 from signing.dsse import MAX_ENVELOPE_BYTES
 
@@ -171,6 +171,23 @@ def check_members(manifest: Manifest) -> None:
                                 "bundle does not carry, and it is not a delta")
 
 
+def check_new_root(manifest: Manifest, root: TrustRoot) -> None:
+    """A successor trust root riding in the bundle must be a valid rotation of `root`.
+
+    The installer applies it (and records its version); verify refuses a bundle whose
+    rotation would fail, before any blob is read.
+
+    Raises:
+        SignatureError: the new root is not version N+1 signed by both thresholds.
+    """
+    if manifest.trust_root is None:
+        return
+    try:
+        rotate_root(root, manifest.trust_root.encode("utf-8"))
+    except SigningError as e:
+        raise SignatureError(f"bundle carries a trust root rotation that is refused: {e}") from e
+
+
 def check_delta_base(manifest: Manifest, store: ContentStore) -> None:
     """For a delta, every blob its images need but it omits is already in the store.
 
@@ -209,6 +226,7 @@ def verify_bundle(
         check_freshness(manifest, now=now, last_sequence=last_sequence,
                         allow_expired=allow_expired)
         check_members(manifest)
+        check_new_root(manifest, root)
         if store is not None:
             check_delta_base(manifest, store)
         total = stream.offset + sum(member_span(m.size) for m in manifest.members) + 2 * BLOCK
@@ -220,11 +238,6 @@ def verify_bundle(
             raise MemberError(f"member {header.name!r} at {reader.where()} is not listed in "
                               "the signed manifest")
         reader.expect_end()
-    except DigestMismatchError as e:
-        if stream.split:
-            raise SplitPartError(f"{e}; a part is out of order, corrupted, or from another "
-                                 "bundle") from e
-        raise
     finally:
         stream.close()
     return VerifiedBundle(manifest, manifest_bytes, envelope_bytes,
@@ -253,25 +266,29 @@ def _verify_member(reader: TarReader, member: Member, manifest: Manifest,
         kind = "oversized" if header.size > member.size else "short"
         raise MemberError(f"member {member.path} is {kind}: {header.size} bytes, the signed "
                           f"manifest pins {member.size}")
-    span = reader.s.parts_between(at, at + member_span(member.size))
-    where = f"{member.path} ({span})" if reader.s.split else member.path
+    span = reader.s.parts_between(at, at + member_span(member.size)) if reader.s.split else ""
     digest = "sha256:" + member.sha256
     blob = member.path.startswith("blobs/")
     if store is None or not blob or store.has(digest):
         h = hashlib.sha256()
         reader.stream(member.size, h.update, member.path)
-        _check(h.hexdigest(), member, where)
+        _check(h.hexdigest(), member, span)
         return
     with store.ingest(digest, member.size) as w:
         reader.stream(member.size, w.write, member.path)
-        _check(w.hasher.hexdigest(), member, where)
+        _check(w.hasher.hexdigest(), member, span)
 
 
-def _check(hexdigest: str, member: Member, where: str) -> None:
-    if hexdigest != member.sha256:
-        raise DigestMismatchError(f"member {where} does not match its signed sha256 "
-                                  f"(got {hexdigest[:12]}, pinned {member.sha256[:12]}): the "
-                                  "bundle was altered or damaged; get a fresh copy")
+def _check(hexdigest: str, member: Member, parts: str) -> None:
+    if hexdigest == member.sha256:
+        return
+    if parts:
+        raise SplitPartError(f"member {member.path} in {parts} does not match its signed "
+                             f"sha256: one of these parts is out of order, damaged, or from "
+                             "another bundle; copy the parts again")
+    raise DigestMismatchError(f"member {member.path} does not match its signed sha256 "
+                              f"(got {hexdigest[:12]}, pinned {member.sha256[:12]}): the "
+                              "bundle was altered or damaged; get a fresh copy")
 
 
 def read_manifest_unverified(paths: Path | Sequence[Path]) -> tuple[Manifest, Envelope]:

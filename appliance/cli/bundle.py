@@ -102,10 +102,10 @@ def _build(args: argparse.Namespace) -> int:
     from bundler.build import build_bundle
     from bundler.spec import load_spec
 
-    spec = load_spec(Path(args.file))
-    keys = [load_private_key(k, args.passphrase_file) for k in args.key]
-    base = load_base(args.base) if args.base else None
     split = parse_size(args.split) if args.split else None
+    spec = load_spec(Path(args.file))
+    base = load_base(args.base) if args.base else None
+    keys = [load_private_key(k, args.passphrase_file) for k in args.key]
     progress, bar = _progress(args)
     started = time.monotonic()
     try:

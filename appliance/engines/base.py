@@ -111,7 +111,7 @@ class Engine(Protocol):
         ...
 
     def running(self) -> set[int]:
-        """Sequences of this site's releases that have something running."""
+        """Sequences of this site's releases that have something running (or crash-looping)."""
         ...
 
     def enable(self, sequence: int) -> None:

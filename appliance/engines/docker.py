@@ -188,8 +188,8 @@ class DockerEngine:
                 raise EngineError(f"cannot stop container {c.name}: {_short(e)}") from e
 
     def running(self) -> set[int]:
-        return {int(c.labels[LABEL_RELEASE]) for c in self._containers({})
-                if c.status == "running"}
+        """Releases with a container in any state (a crash-looping one still needs stopping)."""
+        return {int(c.labels[LABEL_RELEASE]) for c in self._containers({})}
 
     def enable(self, sequence: int) -> None:
         """Containers carry `unless-stopped`; stopped releases are removed, so nothing to do."""
@@ -237,6 +237,8 @@ class DockerEngine:
         import docker.errors
         import requests
 
+        # appliance.bundle first: importing appliance.imagearchive alone hits an import cycle
+        import appliance.bundle  # noqa: F401
         from appliance.imagearchive import image_blobs, write_image_archive
         total = sum(store.size(d) for d in image_blobs(images))
         r_fd, w_fd = os.pipe()

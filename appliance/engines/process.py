@@ -28,9 +28,11 @@ from appliance.progress import Progress, ProgressFn, no_progress
 from appliance.site import Release, Site
 from appliance.store import ContentStore
 
-DEFAULT_COMMAND = (sys.executable, "-m", "runtime", "--models", "{models}", "--port", "{port}")
+DEFAULT_COMMAND = (sys.executable, "-m", "runtime", "--models", "{models}", "--port", "{port}",
+                   "--data-dir", "{data}")
 DEFAULT_UNIT_DIR = Path("/etc/systemd/system")
 STOP_TIMEOUT_S = 15.0
+CRASH_LOOP = 3  # quick exits in a row after which a service counts as dead
 
 
 class ProcessEngine:
@@ -106,7 +108,13 @@ class ProcessEngine:
             r = subprocess.run(["systemctl", "is-active", "--quiet",
                                 self.unit_name(sequence, service)], check=False)
             return r.returncode == 0
-        return self._supervisor_pid(sequence, service) is not None
+        if self._supervisor_pid(sequence, service) is None:
+            return False
+        crashes = self.site.releases_dir / str(sequence) / "run" / f"{service}.crashes"
+        try:
+            return int(crashes.read_text()) < CRASH_LOOP
+        except (OSError, ValueError):
+            return True
 
     def logs_tail(self, sequence: int, service: str, lines: int = 20) -> str:
         p = self.site.releases_dir / str(sequence) / "run" / f"{service}.log"
@@ -138,6 +146,13 @@ class ProcessEngine:
 
     def running(self) -> set[int]:
         out = set()
+        if self.use_systemd:
+            for unit in self.unit_dir.glob("appliance-*-*.service"):
+                seq, _, svc = unit.name.removesuffix(".service").removeprefix(
+                    "appliance-").partition("-")
+                if seq.isdigit() and self.alive(int(seq), svc):
+                    out.add(int(seq))
+            return out
         for rel in self.site.releases():
             run = rel.path / "run"
             names = [p.stem for p in run.glob("*.pid")] if run.is_dir() else []
@@ -175,7 +190,10 @@ class ProcessEngine:
 
     def _command(self, release: Release, launch: Launch) -> tuple[list[str], dict[str, str]]:
         models = str(self._models_dir(release, launch.service))
-        cmd = [a.format(models=models, port=launch.port) for a in self.command]
+        # logs and metrics history outlive releases: one directory per service, site-wide
+        data = self.site.root / "runtime" / launch.service
+        data.mkdir(parents=True, exist_ok=True)
+        cmd = [a.format(models=models, port=launch.port, data=data) for a in self.command]
         gpu = "" if launch.gpu_index is None else (launch.gpu_uuid or str(launch.gpu_index))
         env = {**self.env, "CUDA_VISIBLE_DEVICES": gpu, "APPLIANCE_RELEASE": str(launch.release),
                "APPLIANCE_SERVICE": launch.service, "HF_HUB_OFFLINE": "1",

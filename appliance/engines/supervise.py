@@ -41,6 +41,7 @@ def supervise(command: list[str], pidfile: Path, log: Path,
     atomic_write(pidfile, f"{os.getpid()}\n".encode())
     ready()
     backoff = 1.0
+    quick = 0
     try:
         while not stopping:
             started = time.monotonic()
@@ -58,14 +59,18 @@ def supervise(command: list[str], pidfile: Path, log: Path,
                 break
             with open(log, "ab") as out:
                 out.write(f"supervise: exited with {child.returncode}; restarting\n".encode())
+            # quick exits in a row tell the installer this is a crash loop, not a slow start
+            quick = 0 if time.monotonic() - started > HEALTHY_RUN_S else quick + 1
+            atomic_write(pidfile.with_suffix(".crashes"), f"{quick}\n".encode())
             backoff = 1.0 if time.monotonic() - started > HEALTHY_RUN_S else min(
                 backoff * 2, MAX_BACKOFF_S)
             deadline = time.monotonic() + backoff
             while not stopping and time.monotonic() < deadline:
                 time.sleep(0.1)  # woken early by SIGTERM via the stopping flag
     finally:
+        for suffix in (".child", ".crashes"):
+            pidfile.with_suffix(suffix).unlink(missing_ok=True)
         pidfile.unlink(missing_ok=True)
-        pidfile.with_suffix(".child").unlink(missing_ok=True)
     return 0
 
 

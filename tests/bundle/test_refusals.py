@@ -346,3 +346,37 @@ def test_envelope_roundtrip_in_bundle_names_signer(bundle, built, vendor):
 
 def test_keys_fixture_distinct(vendor: PrivateKey, other_key: PrivateKey) -> None:
     assert vendor.key_id != other_key.key_id
+
+
+# -- trust root rotation riding in a bundle ------------------------------------
+def _bundle_with_new_root(tmp_path: Path, signer: PrivateKey, root_doc: bytes) -> Path:
+    from bundler.build import build_bundle
+    from bundler.spec import load_spec
+    from tests.bundle.conftest import make_spec_dir
+
+    spec = make_spec_dir(tmp_path / "spec")
+    (tmp_path / "spec" / "root-v2.json").write_bytes(root_doc)
+    spec.write_text(spec.read_text() + "trust_root: root-v2.json\n")
+    build_bundle(load_spec(spec), tmp_path / "b.tar", [signer])
+    return tmp_path / "b.tar"
+
+
+def test_bundle_may_carry_a_valid_root_rotation(tmp_path, root, vendor, other_key):
+    from signing import rotate_root, sign_root
+
+    new = TrustRoot.create([other_key.public_key], version=2)
+    path = _bundle_with_new_root(tmp_path, vendor, sign_root(new, [vendor, other_key]))
+    v = verify_bundle(path, root, now=NOW.replace(year=2099), allow_expired=True)
+    assert v.manifest.trust_root is not None
+    assert rotate_root(root, v.manifest.trust_root.encode()) == new
+
+
+def test_verify_refuses_a_rotation_not_signed_by_the_current_root(tmp_path, root, vendor,
+                                                                  other_key, store):
+    from signing import sign_root
+
+    new = TrustRoot.create([other_key.public_key], version=2)
+    path = _bundle_with_new_root(tmp_path, vendor, sign_root(new, [other_key]))
+    with pytest.raises(SignatureError, match="rotation"):
+        verify_bundle(path, root, now=NOW.replace(year=2099), allow_expired=True, store=store)
+    assert not store.digests()

@@ -92,7 +92,8 @@ class Server:
 
 def start_server(models: Path, data_dir: Path, *, token: str | None = None,
                  extra_env: dict[str, str] | None = None, wait_ready: bool = True,
-                 prefix: list[str] | None = None) -> Server:
+                 prefix: list[str] | None = None, module: tuple[str, ...] = ("runtime",)
+                 ) -> Server:
     """Start the runtime on a free port and (by default) wait until it reports ready."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNTIME_")}
@@ -102,7 +103,7 @@ def start_server(models: Path, data_dir: Path, *, token: str | None = None,
     env.update(extra_env or {})
     data_dir.mkdir(parents=True, exist_ok=True)
     log = data_dir.parent / f"{data_dir.name}-stderr-{port}.log"
-    cmd = [*(prefix or []), sys.executable, "-m", "runtime", "--models", str(models),
+    cmd = [*(prefix or []), sys.executable, "-m", *module, "--models", str(models),
            "--port", str(port), "--host", "127.0.0.1", "--data-dir", str(data_dir)]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)

@@ -158,3 +158,23 @@ def test_a_failing_batch_fails_its_requests_only(mlp_dir: Path) -> None:
         finally:
             b.stop()
     asyncio.run(go())
+
+
+def test_small_merged_batch_is_not_held_for_the_delay(mlp_dir: Path) -> None:
+    async def go() -> tuple[float, GatedBackend]:
+        b, backend = _batcher(mlp_dir, asyncio.get_running_loop(), delay_ms=5000)
+        try:
+            backend.gate.clear()
+            first = b.submit({"x": _x(1, 0)})
+            await asyncio.to_thread(backend.started.wait, 30)
+            two = [b.submit({"x": _x(1, i)}) for i in range(2)]  # 2 of 32 rows: under half
+            backend.gate.set()
+            await first
+            t = time.perf_counter()
+            for f in two:
+                await f
+            return time.perf_counter() - t, backend
+        finally:
+            b.stop()
+    waited, backend = asyncio.run(go())
+    assert backend.batches == [1, 2] and waited < 2.5

@@ -94,3 +94,20 @@ def test_server_exits_nonzero_when_weights_do_not_match_model_json(tmp_path: Pat
     r = _run(tmp_path / "m", tmp_path / "data")
     assert r.returncode == 1
     assert "does not match" in r.stderr
+
+
+def test_appliance_serve_runs_the_runtime(tmp_path: Path) -> None:
+    from tests.runtime.conftest import http, start_server
+
+    make_mlp_onnx(tmp_path / "m" / "mlp" / "1")
+    token = tmp_path / "token"
+    token.write_text("t0k\n")
+    s = start_server(tmp_path / "m", tmp_path / "data", module=("appliance", "serve"),
+                     extra_env={"RUNTIME_TOKEN_FILE": str(token)})
+    try:
+        assert http("GET", f"{s.url}/v2/models/mlp")[0] == 401
+        code, _, raw = http("GET", f"{s.url}/v2/models/mlp", headers={"Authorization":
+                                                                       "Bearer t0k"})
+        assert code == 200 and json.loads(raw)["name"] == "mlp"
+    finally:
+        assert s.stop() == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import urllib.request
+import uuid
 
 import pytest
 
@@ -39,7 +40,7 @@ def test_load_streams_images_from_store_and_checks_ids_then_runs(tmp_path, engin
     site = Site(tmp_path / "site")
     site.ensure()
     port = free_port_pair()
-    m = release_manifest(site.store, 1, port, tag=tmp_path.name.replace("_", "-").lower())
+    m = release_manifest(site.store, 1, port, tag=uuid.uuid4().hex[:12])
     rel = site.stage_release(m.to_json(), b"{}", 1, "docker")
     eng = DockerEngine(site, base_url=engine_url, health_test=PROBE, stop_timeout_s=2)
     assert "API" in eng.ping()
@@ -67,11 +68,13 @@ def test_load_streams_images_from_store_and_checks_ids_then_runs(tmp_path, engin
             "CMD", "/healthd", "--probe", "/v2/health/ready", "--port", str(port + 100)]
         assert attrs["Config"]["Cmd"][-2:] == ["--port", str(port + 100)]
         assert attrs["Config"]["Labels"]["io.appliance.release"] == "1"
+        eng.stop(1)
+        assert eng.running() == set()
+        assert not eng.alive(1, "mlp")
     finally:
         eng.stop(1)
-    assert eng.running() == set()
-    assert not eng.alive(1, "mlp")
-    eng.close()
+        eng.client.images.remove(img.reference, force=True)
+        eng.close()
 
 
 def test_gpu_placement_asks_the_engine_for_that_device(tmp_path):

@@ -154,3 +154,38 @@ def test_explicit_rollback_serves_the_earlier_release(ps, port):
     assert ready(f"http://127.0.0.1:{port}")
     assert ps.site.state().highest_sequence == 2  # anti-rollback record unchanged
     assert json.loads((ps.site.root / "state.json").read_text())["highest_sequence"] == 2
+
+
+def test_crash_looping_release_fails_fast_with_its_output(ps, port):
+    import time
+    ps.install(make_bundle(ps.tmp, ps.vendor, 1, port=port))
+    started = time.monotonic()
+    with pytest.raises(ReleaseFailedError,
+                       match=r"stopped before it was ready; .*model asks to crash"):
+        ps.install(make_bundle(ps.tmp, ps.vendor, 2, port=port, extra={"crash": True}),
+                   health_timeout_s=120)
+    assert time.monotonic() - started < 60  # the crash loop, not the 120 s timeout
+    assert ps.site.current().sequence == 1 and ps.engine.running() == {1}
+
+
+def test_gpu_table_is_shown_in_the_placement_step(ps, port):
+    from pathlib import Path
+    report = RecordedProbe.from_file(Path(__file__).parent / "gpu_states" / "four_l4.json")
+    events = []
+    ps.install(make_bundle(ps.tmp, ps.vendor, 1, port=port, gpu_mib=5000), events,
+               probe=report.probe())
+    lines = [e.message for e in events if e.step == "placement" and type(e).__name__ ==
+             "Progress"]
+    assert "GPU 3 NVIDIA L4: 500 of 23034 MiB free, 99% busy (driver 535.161.08, CUDA 12.2)" \
+        in lines
+    assert any(x.startswith("mlp: GPU 0 (NVIDIA L4, needs 5000 MiB") for x in lines)
+    unit = (ps.tmp / "units" / "appliance-1-mlp.service").read_text()
+    assert 'Environment="CUDA_VISIBLE_DEVICES=GPU-l40"' in unit
+
+
+def test_partial_blob_left_by_a_killed_ingest_is_cleared(ps, port):
+    tmp = ps.site.root / "blobs" / "tmp"
+    tmp.mkdir(parents=True)
+    (tmp / "0123456789abcdef.partial").write_bytes(b"half a layer")
+    ps.install(make_bundle(ps.tmp, ps.vendor, 1, port=port))
+    assert list(tmp.iterdir()) == []

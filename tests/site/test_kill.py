@@ -69,5 +69,6 @@ def test_sigkill_at_each_step_keeps_previous_serving_and_rerun_completes(tmp_pat
         assert ps.engine.running() == {2}
         assert ps.site.state().highest_sequence == 2
         assert not list(ps.site.root.glob(".current.*"))
+        assert not list((ps.site.root / "blobs" / "tmp").iterdir())
     finally:
         ps.stop_all()

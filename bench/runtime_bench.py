@@ -1,0 +1,230 @@
+"""Runtime benchmark: raw ONNX Runtime, our server and MLServer 1.7 on the same ONNX files.
+
+    /work/main/.venv/bin/python bench/runtime_bench.py [--seconds 10] [--soak 300]
+        [--mlserver /work/mlserver-venv/bin/mlserver]
+
+Models are made by code (bundler.samples): an MLP 64-256-10 (the HTTP path is the cost)
+and a small CNN 3x32x32 (compute is the cost). In one run: raw ONNX Runtime in-process at
+batch 1/8/32 (the ceiling); each server under closed-loop concurrency 1/8/32 (wrk) and
+open-loop Poisson arrivals at several rates; MLServer with its batching on and off. The
+load generators share the machine's cores with the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.loadgen import LoadResult, poisson, wrk  # noqa: E402
+from bundler.samples import make_cnn_onnx, make_mlp_onnx  # noqa: E402
+
+MLSERVER_RUNTIME = '''
+import onnxruntime as ort
+from mlserver import MLModel
+from mlserver.codecs import NumpyCodec
+from mlserver.types import InferenceRequest, InferenceResponse
+
+
+class OnnxModel(MLModel):
+    async def load(self) -> bool:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(self.settings.parameters.uri, opts,
+                                            providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+        return True
+
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        x = NumpyCodec.decode_input(payload.inputs[0])
+        y = self.session.run(None, {self.input: x})[0]
+        return InferenceResponse(model_name=self.name,
+                                 outputs=[NumpyCodec.encode_output("y", y)])
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/v2/health/ready", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} not ready after {timeout}s")
+
+
+@contextmanager
+def running(cmd: list[str], url: str, cwd: Path, log: Path,
+            env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, **(env or {})})
+    try:
+        wait_ready(url, proc)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def raw_ort(path: Path, shape: tuple[int, ...], threads: int, seconds: float
+            ) -> dict[int, tuple[float, float]]:
+    """Rows/s and p50 ms per batch size, in-process, no HTTP."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    out = {}
+    for batch in (1, 8, 32):
+        x = np.random.default_rng(0).standard_normal((batch, *shape)).astype(np.float32)
+        for _ in range(20):
+            sess.run(None, {"x": x})
+        times = []
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            t = time.perf_counter()
+            sess.run(None, {"x": x})
+            times.append(time.perf_counter() - t)
+        out[batch] = (batch * len(times) / sum(times), float(np.median(times)) * 1000)
+    return out
+
+
+def body_for(shape: tuple[int, ...]) -> bytes:
+    x = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
+    return json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, *shape],
+                                   "data": [round(float(v), 6) for v in x.ravel()]}]}).encode()
+
+
+def load_suite(url: str, body: bytes, seconds: float, rates: list[float]
+               ) -> dict[str, LoadResult]:
+    results = {}
+    for c in (1, 8, 32):
+        results[f"closed c={c}"] = wrk(url, body, c, seconds)
+    for r in rates:
+        results[f"poisson {r:.0f}/s"] = poisson(url, body, r, seconds)
+    return results
+
+
+def mlserver_dir(root: Path, name: str, onnx: Path, batching: bool) -> Path:
+    d = root / f"mlserver-{name}-{'batch' if batching else 'nobatch'}"
+    (d / name).mkdir(parents=True)
+    (d / "onnx_model.py").write_text(MLSERVER_RUNTIME)
+    (d / name / "model.onnx").write_bytes(onnx.read_bytes())
+    settings: dict[str, object] = {"name": name, "implementation": "onnx_model.OnnxModel",
+                                   "parameters": {"uri": str(d / name / "model.onnx")}}
+    if batching:
+        settings.update({"max_batch_size": 32, "max_batch_time": 0.002})
+    (d / name / "model-settings.json").write_text(json.dumps(settings))
+    return d
+
+
+def row(server: str, load: str, r: LoadResult) -> str:
+    load1 = os.getloadavg()[0]
+    return (f"| {server} | {load} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
+            f"{r.errors} | {load1:.1f} |")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=float, default=10.0, help="per load run")
+    p.add_argument("--soak", type=float, default=0.0, help="MLP c=32 soak seconds (RSS check)")
+    p.add_argument("--mlserver", default="/work/mlserver-venv/bin/mlserver",
+                   help="mlserver executable (its own venv); '' to skip the peer")
+    p.add_argument("--models", default="mlp,cnn")
+    args = p.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="runtime-bench-"))
+    models = tmp / "models"
+    made = {
+        "mlp": (make_mlp_onnx(models / "mlp" / "1"), (64,), [250, 500, 1000, 2000]),
+        "cnn": (make_cnn_onnx(models / "cnn" / "1"), (3, 32, 32), [50, 100, 200, 400]),
+    }
+    wanted = args.models.split(",")
+    print(f"# cores: {os.cpu_count()}; load generators (wrk, Poisson client) share them; "
+          f"{args.seconds:.0f} s per run")
+    for name in wanted:
+        model_dir, shape, rates = made[name]
+        onnx = model_dir / "model.onnx"
+        print(f"\n## {name}\n\n| raw ONNX Runtime | batch | rows/s | p50 ms |\n|---|---|---|---|")
+        for threads in (1, 2):
+            for batch, (rows, p50) in raw_ort(onnx, shape, threads, 3.0).items():
+                print(f"| in-process, {threads} thread(s) | {batch} | {rows:,.0f} | {p50:.3f} |")
+        body = body_for(shape)
+        print("\n| server | load | req/s | p50 ms | p99 ms | errors | loadavg 1m |\n"
+              "|---|---|---|---|---|---|---|")
+        one = tmp / f"only-{name}"
+        (one / name).mkdir(parents=True)
+        (one / name / "1").symlink_to(model_dir)
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        cmd = [sys.executable, "-m", "runtime", "--models", str(one), "--port", str(port),
+               "--data-dir", str(tmp / f"data-{name}")]
+        with running(cmd, url, REPO, tmp / f"ours-{name}.log") as proc:
+            infer = f"{url}/v2/models/{name}/infer"
+            for load, r in load_suite(infer, body, args.seconds, rates).items():
+                print(row("ours", load, r), flush=True)
+            if args.soak and name == "mlp":
+                before = rss_mib(proc.pid)
+                r = wrk(infer, body, 32, args.soak)
+                after = rss_mib(proc.pid)
+                print(row(f"ours, {args.soak:.0f} s soak", "closed c=32", r))
+                print(f"\nRSS before soak {before:.1f} MiB, after {after:.1f} MiB")
+        if not args.mlserver:
+            continue
+        for batching in (True, False):
+            d = mlserver_dir(tmp, name, onnx, batching)
+            mport = free_port()
+            (d / "settings.json").write_text(json.dumps({
+                "parallel_workers": 0, "http_port": mport, "grpc_port": free_port(),
+                "metrics_port": free_port(), "debug": False, "metrics_endpoint": None,
+            }))
+            murl = f"http://127.0.0.1:{mport}"
+            label = f"MLServer 1.7 batching {'on' if batching else 'off'}"
+            with running([args.mlserver, "start", str(d)], murl, d, d / "server.log",
+                         env={"PYTHONPATH": str(d)}):
+                for load, r in load_suite(f"{murl}/v2/models/{name}/infer", body,
+                                          args.seconds, rates).items():
+                    print(row(label, load, r), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

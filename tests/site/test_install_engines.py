@@ -1,0 +1,73 @@
+"""Install and update through real engines: podman's socket and dockerd 20.10."""
+
+from __future__ import annotations
+
+import pytest
+
+import appliance.bundle  # noqa: F401  (before imagearchive: it has an import cycle)
+from appliance.engines.docker import DockerEngine
+from appliance.errors import ReleaseFailedError
+from appliance.gpu import GpuReport, RecordedProbe
+from appliance.imagearchive import write_image_archive
+from appliance.plan import InstallOptions, InstallPlan
+from appliance.site import Site
+from appliance.store import ContentStore
+from tests.enginekit import tiny_image
+from tests.site.bundlekit import make_bundle, vendor
+from tests.site.installkit import ready
+from tests.site.releasekit import free_port_pair
+
+pytestmark = [pytest.mark.engine, pytest.mark.slow]
+PROBE = ["CMD", "/healthd", "--probe", "{path}", "--port", "{port}"]
+HEALTHD = ["/healthd", "--models", "/models", "--port", "8000"]
+
+
+@pytest.fixture(scope="module")
+def runtime_archive(tmp_path_factory):
+    """A docker-archive/OCI tar of the healthd image, as `make runtime-image` would give."""
+    tmp = tmp_path_factory.mktemp("runtime")
+    store = ContentStore(tmp / "store")
+    img = tiny_image(store, "runtime", "localhost/healthd-runtime:test", HEALTHD)
+    out = tmp / "runtime.tar"
+    with open(out, "wb") as f:
+        write_image_archive(f, store, [img])
+    return out
+
+
+def test_install_update_and_failed_update_through_engine(tmp_path, engine_url, runtime_archive):
+    v = vendor(tmp_path)
+    port = free_port_pair()
+    site = Site(tmp_path / "site")
+    eng = DockerEngine(site, base_url=engine_url, health_test=PROBE, stop_timeout_s=2)
+
+    def install(bundle, timeout=20.0):
+        return InstallPlan(InstallOptions(
+            bundle=bundle, site=site, engine=eng, trust=v.root_path, health_timeout_s=timeout,
+            gpu_probe=RecordedProbe(GpuReport(unavailable="no GPU in tests")))).run()
+
+    try:
+        r1 = install(make_bundle(tmp_path, v, 1, port=port, runtime_archive=runtime_archive))
+        assert ready(r1.endpoints["mlp"])
+        m1 = site.release(1).manifest()
+        assert eng.image_id(m1.images[0].reference) == m1.images[0].config_digest
+        c = eng.client.containers.get(eng.container_name(1, "mlp"))
+        assert c.attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
+        assert c.attrs["Config"]["Healthcheck"]["Test"][1:3] == ["/healthd", "--probe"]
+
+        r2 = install(make_bundle(tmp_path, v, 2, port=port, runtime_archive=runtime_archive))
+        assert r2.endpoints == {"mlp": f"http://127.0.0.1:{port + 100}"}
+        assert ready(r2.endpoints["mlp"]) and eng.running() == {2}
+
+        never = make_bundle(tmp_path, v, 3, port=port, runtime_archive=runtime_archive,
+                            command=[*HEALTHD, "--never-ready"])
+        with pytest.raises(ReleaseFailedError, match="release 2 keeps serving"):
+            install(never, timeout=3)
+        assert site.current().sequence == 2 and eng.running() == {2}
+        assert ready(r2.endpoints["mlp"])
+    finally:
+        for rel in site.releases():
+            eng.stop(rel.sequence)
+        for rel in site.releases():
+            for img in rel.manifest().images:
+                eng.client.images.remove(img.reference, force=True)
+        eng.close()
