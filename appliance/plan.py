@@ -106,7 +106,7 @@ STEPS = (
     Step("switch", "Switch current to the new release"),
     Step("stop_old", "Stop the previous release"),
 )
-STARTED_STEPS = ("start", "health", "accept")  # a failure here rolls back
+STARTED_STEPS = ("start", "health", "accept", "switch")  # a failure here rolls back
 
 
 @dataclass
@@ -149,6 +149,8 @@ class InstallPlan:
         self.previous: Release | None = None
         self.endpoints: dict[str, str] = {}
         self.slot = 0
+        self._new_root: TrustRoot | None = None
+        self._warnings: list[str] = []
         self._done: list[str] = []
         self._pending_log: list[dict[str, Any]] = []
 
@@ -191,7 +193,8 @@ class InstallPlan:
             self._event(StepEvent(name, message=str(e), status="failed"))
             raise e from e.__cause__
         self._done.append(name)
-        warned = name == "preflight" and any(c.level == "warn" for c in self.checks)
+        warned = (name == "preflight" and any(c.level == "warn" for c in self.checks)) or (
+            name == "stop_old" and bool(self._warnings))
         self._event(StepEvent(name, message=title, status="warn" if warned else "ok"))
 
     def locked(self) -> AbstractContextManager[None]:
@@ -248,6 +251,7 @@ class InstallPlan:
                                       allow_expired=self.o.allow_expired, progress=self._emit)
         v = self.verified
         self.manifest = v.manifest
+        self._new_root = self._rotated_root()  # a bad rotation refuses the bundle up front
         if self.o.trust and not self.site.trust_path.exists():
             atomic_write(self.site.trust_path, self.o.trust.read_bytes())
         self.previous = self.site.current()
@@ -322,7 +326,7 @@ class InstallPlan:
     def _step_switch(self) -> None:
         assert self.manifest is not None and self.release is not None
         seq = self.release.sequence
-        new_root = self._rotated_root()
+        new_root = self._new_root
         self.site.switch_current(seq)
         self.engine.enable(seq)
         if new_root is not None:
@@ -335,7 +339,12 @@ class InstallPlan:
     def _step_stop_old(self) -> None:
         assert self.release is not None
         for seq in sorted(self.engine.running() - {self.release.sequence}):
-            self.engine.stop(seq)
+            try:
+                self.engine.stop(seq)
+            except ApplianceError as e:  # the new release serves; say so, do not undo it
+                self._warnings.append(f"release {seq} could not be stopped: {e}")
+                self._info("stop_old", self._warnings[-1])
+                continue
             with suppress(SiteError):  # running but no longer installed: stopping is enough
                 self.site.update_record(self.site.release(seq), status="stopped")
             self._info("stop_old", f"release {seq} stopped")
@@ -349,10 +358,17 @@ class InstallPlan:
         log.info(why)
         if self._serving_already():
             return ReleaseFailedError(f"{why}; it stays current (it was already serving)")
+        prev = self.previous
+        if step == "switch":
+            with suppress(ApplianceError, OSError):  # put `current` back before stopping
+                if prev is not None:
+                    self.site.switch_current(prev.sequence)
+                    self.engine.enable(prev.sequence)
+                else:
+                    self.site.current_link.unlink(missing_ok=True)
         self.engine.stop(seq)
         self._record(status="failed", reason=str(error))
         self.release.log("rolled_back", step=step, reason=str(error))
-        prev = self.previous
         if prev is None:
             err = _failed(error, f"{why}; it was stopped; no earlier release exists, so "
                                  "nothing is serving: fix the cause and install again")

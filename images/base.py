@@ -58,10 +58,14 @@ def ensure_base(
     """
     mirror = mirror or os.environ.get("DEBIAN_MIRROR", DEFAULT_MIRROR)
     tag = base_tag(mirror)
-    if podman.image_id(tag) is not None:
-        return tag
     cache.mkdir(parents=True, exist_ok=True)
     rootfs_tar = cache / f"base-{SUITE}-{recipe_digest(mirror)[:12]}.tar"
+    if podman.image_id(tag) is not None:
+        if not rootfs_tar.exists():
+            # Keep the staged rootfs with the cache even when the engine already has
+            # the base (another checkout built it): an offline rebuild needs the tar.
+            _export_rootfs(podman, tag, rootfs_tar)
+        return tag
     if not rootfs_tar.exists():
         _debootstrap_to_tar(rootfs_tar, mirror, log=log)
     podman.run(
@@ -75,6 +79,18 @@ def ensure_base(
         what=f"podman import {rootfs_tar.name}",
     )
     return tag
+
+
+def _export_rootfs(podman: Podman, tag: str, out: Path) -> None:
+    """Write the base image's filesystem as a rootfs tar (temp name, then rename)."""
+    cid = podman.run("create", tag, what=f"podman create {tag}").strip()
+    tmp = out.with_name(out.name + ".part")
+    try:
+        podman.run("export", "-o", tmp, cid, what=f"podman export {tag}")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+        podman.run("rm", cid, what=f"podman rm {cid[:12]}")
 
 
 def _debootstrap_to_tar(out: Path, mirror: str, *, log: bool) -> None:

@@ -35,7 +35,7 @@ from images.wheelhouse import (
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-BUILDER_VERSION = "2"  # 2: --no-cache (1 could reuse a stale RUN layer)
+BUILDER_VERSION = "2"
 VariantName = Literal["slim", "torch"]
 
 
@@ -112,10 +112,11 @@ def _build_locked(
         wheels = [ensure_torch_wheels(cache, log=log)]
     else:
         parent_tag = ensure_base(podman, cache / "base", log=log)
-        parent_id = podman.image_id(parent_tag)
-        if parent_id is None:
+        if podman.image_id(parent_tag) is None:
             raise ImageBuildError(f"base image {parent_tag} vanished during the build: run again")
-        parent_key = parent_id
+        # The base tag names its debootstrap recipe; the image id would not do as a
+        # key, since every `podman import` of the same rootfs gets a new id.
+        parent_key = parent_tag
         wheels = [
             ensure_runtime_wheels(root, cache, log=log),
             ensure_project_wheel(root, cache, log=log),
@@ -187,9 +188,11 @@ def _podman_build(
             "build",
             "--network", "none",
             "--pull=never",
-            # The RUN step's cache key does not cover the bind-mounted wheels, so a
-            # cached layer could hold an older project wheel: never reuse one.
+            # buildah keys its layer cache on the instruction text, not on what a
+            # RUN bind-mounts: a cached layer would keep stale wheels. Our own
+            # cache is the input hash, so build every layer afresh.
             "--no-cache",
+            "--layers=false",
             "--format", "docker",
             "--build-arg", f"{arg}={parent_tag}",
             "--label", f"org.opencontainers.image.revision={input_hash}",

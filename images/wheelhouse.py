@@ -19,7 +19,6 @@ PYTHON_VERSION = "3.11"
 ABI = "cp311"
 # Debian bookworm has glibc 2.36: every manylinux tag up to it runs there.
 PLATFORMS = ("manylinux2014_x86_64", *(f"manylinux_2_{n}_x86_64" for n in range(17, 37)))
-PROJECT_PACKAGES = ("appliance", "bundler", "installer_tui", "runtime", "signing")
 PROJECT_FILES = ("pyproject.toml", "README.md")
 TORCH_WHEEL_DIRS = (Path("/opt/wheels"),)
 TORCH_FALLBACK = "torch==2.13.0+cpu"
@@ -149,9 +148,23 @@ def source_digest(root: Path) -> str:
     return h.hexdigest()
 
 
+def project_packages(root: Path) -> list[str]:
+    """The top-level packages the project's wheel holds (setuptools' `packages.find` include).
+
+    Raises:
+        WheelhouseError: pyproject.toml cannot be read.
+    """
+    try:
+        doc = tomllib.loads((root / "pyproject.toml").read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise WheelhouseError(f"cannot read {root / 'pyproject.toml'}: {e}") from e
+    find = doc.get("tool", {}).get("setuptools", {}).get("packages", {}).get("find", {})
+    return sorted({pattern.split(".")[0].rstrip("*") for pattern in find.get("include", [])})
+
+
 def _project_sources(root: Path) -> list[Path]:
     files = [root / f for f in PROJECT_FILES if (root / f).is_file()]
-    for pkg in PROJECT_PACKAGES:
+    for pkg in project_packages(root):
         for path in (root / pkg).rglob("*"):
             if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
                 files.append(path)

@@ -1,1 +1,1 @@
-"""installer_tui package."""
+"""The Textual installer: screens over `appliance.plan.InstallPlan` (`appliance-installer`)."""

@@ -119,7 +119,10 @@ def dockerd() -> Iterator[str]:
         with _daemon(cmd, sock, d / "dockerd.log") as url:
             yield url
     finally:
-        subprocess.run(["umount", "-R", str(d / "data")], capture_output=True, check=False)
+        # dockerd leaves its default netns bind-mounted under exec-root, and overlay mounts
+        for sub in ("x/netns/default", "x", "data"):
+            subprocess.run(["umount", "-R", "-l", str(d / sub)], capture_output=True,
+                           check=False)
         shutil.rmtree(d, ignore_errors=True)
 
 

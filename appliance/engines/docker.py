@@ -136,8 +136,12 @@ class DockerEngine:
         """The keyword arguments of `containers.run` for one service (pure; tested alone)."""
         from docker.types import DeviceRequest
         cmd = with_port(image_config.get("Cmd") or [], launch.port)
-        test = [a.format(port=launch.port, path=launch.health_path)
-                for a in (self.health_test or DEFAULT_HEALTH)]
+        own = (image_config.get("Healthcheck") or {}).get("Test")
+        if self.health_test is None and own and own[0] in ("CMD", "CMD-SHELL"):
+            test = list(own)  # the image knows how to probe itself (it reads its own --port)
+        else:
+            test = [a.format(port=launch.port, path=launch.health_path)
+                    for a in (self.health_test or DEFAULT_HEALTH)]
         spec: dict[str, Any] = {
             "image": launch.image_ref,
             "name": self.container_name(launch.release, launch.service),

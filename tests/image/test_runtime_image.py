@@ -9,13 +9,18 @@ import subprocess
 import sys
 import tarfile
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from bundler.samples import make_mlp_onnx, mlp_reference
+from images.base import ensure_base
 from images.build import ROOT, BuiltImage, default_cache
+from images.podman import Podman
 from tests.image.fixtures import podman
 
 pytestmark = pytest.mark.slow
@@ -97,6 +102,7 @@ def test_holds_the_runtime_stack_and_no_torch_textual_or_docker(runtime_image: B
 def test_declares_healthcheck_offline_env_and_runtime_command(runtime_image: BuiltImage) -> None:
     config = _archived_config(runtime_image.archive)
     assert config["Healthcheck"]["Test"] == ["CMD", "python", "/opt/appliance/healthcheck.py"]
+    assert config["Healthcheck"]["StartPeriod"] >= 60e9  # ns: big models take a while to load
     env = dict(item.split("=", 1) for item in config["Env"])
     for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
         assert env[name] == "1"
@@ -178,6 +184,8 @@ def test_builds_with_no_network_at_all_from_the_staged_cache(
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("needs root and unshare(1) for a network namespace")
     # The staged inputs, hard-linked into a private cache: base rootfs tar, wheels, project wheel.
+    # Stage the rootfs tar even when another checkout built the base image.
+    ensure_base(Podman(), default_cache() / "base")
     private = tmp_path / "cache"
     shutil.copytree(
         default_cache(), private, copy_function=os.link, ignore=shutil.ignore_patterns(".*")
@@ -199,3 +207,46 @@ def test_builds_with_no_network_at_all_from_the_staged_cache(
             ["podman", "rmi", "--all", "--force"], env=env, capture_output=True, check=False,
             timeout=120,
         )
+
+
+def _infer(base_url: str, model: str, x: np.ndarray) -> np.ndarray:
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": list(x.shape),
+                        "data": x.ravel().tolist()}]}
+    request = urllib.request.Request(
+        f"{base_url}/v2/models/{model}/infer", json.dumps(body).encode(),
+        {"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        out = json.load(response)["outputs"][0]
+    return np.array(out["data"], dtype=np.float32).reshape(out["shape"])
+
+
+def test_serves_a_model_read_only_with_its_own_command(
+    runtime_image: BuiltImage, tmp_path: Path
+) -> None:
+    """The image's CMD and HEALTHCHECK with the real runtime: ready, then correct answers."""
+    make_mlp_onnx(tmp_path / "models" / "mlp" / "1")
+    name = f"rt-serve-{uuid.uuid4().hex[:8]}"
+    out = podman(
+        "run", "-d", "--name", name, "--read-only", "--read-only-tmpfs=false", "--tmpfs", "/tmp",
+        "-v", f"{tmp_path / 'models'}:/models:ro", "-p", "127.0.0.1::8000", runtime_image.tag,
+    )
+    assert out.returncode == 0, out.stderr
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            check = podman("healthcheck", "run", name)
+            state = podman("inspect", "--format", "{{.State.Status}}", name).stdout.strip()
+            if check.returncode == 0 or state != "running" or time.monotonic() > deadline:
+                break
+        logs = podman("logs", name)
+        assert check.returncode == 0, f"{state}: {(logs.stdout + logs.stderr)[-1500:]}"
+        port = podman("port", name, "8000").stdout.strip().rsplit(":", 1)[1]
+        x = np.random.default_rng(7).standard_normal((4, 64)).astype(np.float32)
+        y = _infer(f"http://127.0.0.1:{port}", "mlp", x)
+        np.testing.assert_allclose(y, mlp_reference(x), rtol=1e-4, atol=1e-4)
+        # Its logs went to the volume, the one writable place besides /tmp.
+        listing = podman("exec", name, "ls", "/var/lib/appliance-runtime/logs")
+        assert listing.returncode == 0 and listing.stdout.strip(), listing.stderr
+    finally:
+        podman("rm", "-f", "-v", "-t", "0", name)

@@ -74,3 +74,30 @@ def sample(x: list[float], y: list[float], tolerance: float = 1e-4) -> dict[str,
     return {"inputs": {"x": {"datatype": "FP32", "shape": [1, len(x)], "data": x}},
             "outputs": {"y": {"datatype": "FP32", "shape": [1, len(y)], "data": y}},
             "tolerance": tolerance}
+
+
+def resign(bundle: Path, out: Path, keys: list[PrivateKey], **manifest_fields: Any) -> Path:
+    """Copy `bundle` with manifest fields changed (e.g. a `trust_root`), signed by `keys`.
+
+    The bundler has no option for a root rotation yet; this writes the same
+    members after a new manifest and envelope, in the bundle's own tar format.
+    """
+    import tarfile
+
+    from appliance.bundle.tarfmt import END_OF_ARCHIVE, file_header, padding
+    from appliance.manifest import ENVELOPE_PATH, MANIFEST_PATH, PAYLOAD_TYPE, Manifest
+    from signing import sign
+
+    with tarfile.open(bundle, "r:") as src, open(out, "wb") as dst:
+        members = src.getmembers()
+        doc = json.loads(src.extractfile(members[0]).read())  # type: ignore[union-attr]
+        doc.update(manifest_fields)
+        data = Manifest.from_dict(doc).to_json()
+        env = sign(data, PAYLOAD_TYPE, keys).to_json()
+        for name, payload in ((MANIFEST_PATH, data), (ENVELOPE_PATH, env)):
+            dst.write(file_header(name, len(payload)) + payload + b"\0" * padding(len(payload)))
+        for m in members[2:]:
+            payload = src.extractfile(m).read()  # type: ignore[union-attr]
+            dst.write(file_header(m.name, m.size) + payload + b"\0" * padding(m.size))
+        dst.write(END_OF_ARCHIVE)
+    return out

@@ -102,3 +102,14 @@ def test_cpu_placement_hides_gpus_from_the_container(tmp_path):
     assert spec["command"] == ["serve", "--port", "8100"]
     assert spec["healthcheck"]["test"][-1].endswith("'http://127.0.0.1:8100/v2/health/ready', "
                                                     "timeout=4)")
+
+
+def test_image_own_health_check_is_kept_with_our_timings(tmp_path):
+    from tests.site.factory import manifest
+    m = manifest([("mlp", [("mlp", 0)], "preferred")])
+    launch = launches(m, plan_placement(m, GpuReport()), slot=0)[0]
+    own = ["CMD", "python", "/opt/appliance/healthcheck.py"]
+    spec = DockerEngine(Site(tmp_path)).container_spec(
+        launch, {"Cmd": ["serve"], "Healthcheck": {"Test": own, "Interval": 1}})
+    assert spec["healthcheck"]["test"] == own
+    assert spec["healthcheck"]["retries"] == 3

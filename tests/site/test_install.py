@@ -189,3 +189,68 @@ def test_partial_blob_left_by_a_killed_ingest_is_cleared(ps, port):
     (tmp / "0123456789abcdef.partial").write_bytes(b"half a layer")
     ps.install(make_bundle(ps.tmp, ps.vendor, 1, port=port))
     assert list(tmp.iterdir()) == []
+
+
+def test_failure_at_the_switch_puts_current_back(ps, port):
+    from appliance.errors import EngineError
+    ps.install(make_bundle(ps.tmp, ps.vendor, 1, port=port))
+    real_enable = ps.engine.enable
+
+    def enable(seq):
+        if seq == 2:
+            raise EngineError("systemctl enable failed: read-only /etc")
+        real_enable(seq)
+
+    ps.engine.enable = enable
+    with pytest.raises(ReleaseFailedError, match=r"failed at switch: .*read-only /etc.*"
+                                                 r"release 1 keeps serving"):
+        ps.install(make_bundle(ps.tmp, ps.vendor, 2, port=port))
+    assert ps.site.current().sequence == 1 and ps.engine.running() == {1}
+    assert ready(f"http://127.0.0.1:{port}")
+    wants = ps.tmp / "units" / "multi-user.target.wants"
+    assert [p.name for p in wants.iterdir()] == ["appliance-1-mlp.service"]
+
+
+def test_trust_root_rotation_in_a_bundle_is_adopted_at_the_switch(ps, port):
+    from signing import PrivateKey, TrustRoot, sign_root
+    from tests.site.bundlekit import resign
+
+    ps.install(make_bundle(ps.tmp, ps.vendor, 1, port=port))
+    new_key = PrivateKey.generate()
+    v2 = TrustRoot.create([new_key.public_key], version=2)
+    rotation = sign_root(v2, [ps.vendor.key, new_key]).decode()
+    b2 = resign(make_bundle(ps.tmp, ps.vendor, 2, port=port), ps.tmp / "rot-2.tar",
+                [ps.vendor.key], trust_root=rotation)
+    ps.install(b2)
+    assert TrustRoot.from_json(ps.site.trust_path.read_bytes()).version == 2
+    assert ps.site.state().trust_root_version == 2
+    # the next bundle is signed by the new key alone, and the old key no longer suffices
+    b3 = resign(make_bundle(ps.tmp, ps.vendor, 3, port=port), ps.tmp / "new-3.tar", [new_key])
+    old4 = resign(make_bundle(ps.tmp, ps.vendor, 4, port=port), ps.tmp / "old-4.tar",
+                  [ps.vendor.key])
+    from appliance.plan import InstallOptions, InstallPlan
+    opts = {"site": ps.site, "engine": ps.engine, "health_timeout_s": 20.0,
+            "gpu_probe": RecordedProbe(GpuReport())}
+    assert InstallPlan(InstallOptions(bundle=b3, **opts)).run().sequence == 3
+    from appliance.errors import SignatureError
+    with pytest.raises(SignatureError, match="signature refused"):
+        InstallPlan(InstallOptions(bundle=old4, **opts)).run()
+    assert ps.site.current().sequence == 3
+
+
+def test_bad_rotation_refuses_the_bundle_before_anything_starts(ps, port):
+    from appliance.errors import SignatureError, TrustError
+    from signing import PrivateKey, TrustRoot, sign_root
+    from tests.site.bundlekit import resign
+
+    ps.install(make_bundle(ps.tmp, ps.vendor, 1, port=port))
+    new_key = PrivateKey.generate()
+    skip = sign_root(TrustRoot.create([new_key.public_key], version=3),
+                     [ps.vendor.key, new_key]).decode()
+    b2 = resign(make_bundle(ps.tmp, ps.vendor, 2, port=port), ps.tmp / "bad-2.tar",
+                [ps.vendor.key], trust_root=skip)
+    # verify refuses it (and the plan checks the rotation again before anything starts)
+    with pytest.raises((SignatureError, TrustError), match="only 2 is accepted"):
+        ps.install(b2)
+    assert ps.site.current().sequence == 1 and ps.engine.running() == {1}
+    assert TrustRoot.from_json(ps.site.trust_path.read_bytes()).version == 1

@@ -71,3 +71,51 @@ def test_install_update_and_failed_update_through_engine(tmp_path, engine_url, r
             for img in rel.manifest().images:
                 eng.client.images.remove(img.reference, force=True)
         eng.close()
+
+
+def test_sigkill_while_new_containers_start_keeps_old_serving(tmp_path, engine_url,
+                                                             runtime_archive):
+    step = "health"  # the new release's container exists; process tests cover every step
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.site.installkit import REPO
+    v = vendor(tmp_path)
+    port = free_port_pair()
+    site = Site(tmp_path / "site")
+    b1 = make_bundle(tmp_path, v, 1, port=port, runtime_archive=runtime_archive)
+    b2 = make_bundle(tmp_path, v, 2, port=port, runtime_archive=runtime_archive)
+    none = tmp_path / "none.json"
+    none.write_text(json.dumps(GpuReport(unavailable="test").to_dict()))
+    cmd = [sys.executable, "-m", "appliance", "install", "--yes", "--json", "--trust",
+           str(v.root_path), "--root", str(site.root), "--engine", "docker", "--docker-host",
+           engine_url, "--gpu-state", str(none), "--health-timeout", "30"]
+    eng = DockerEngine(site, base_url=engine_url, stop_timeout_s=2)
+    try:
+        assert subprocess.run([*cmd, str(b1)], cwd=REPO, capture_output=True,
+                              timeout=120).returncode == 0
+        proc = subprocess.Popen([*cmd, str(b2)], cwd=REPO, stdout=subprocess.PIPE, text=True,
+                                stderr=subprocess.DEVNULL)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            ev = json.loads(line)
+            if ev["kind"] == "StepEvent" and ev["step"] == step:
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+        proc.wait(timeout=60)
+        proc.stdout.close()
+        assert site.current().sequence == 1 and ready(f"http://127.0.0.1:{port}")
+        again = subprocess.run([*cmd, str(b2)], cwd=REPO, capture_output=True, timeout=120)
+        assert again.returncode == 0, again.stderr
+        assert site.current().sequence == 2 and eng.running() == {2}
+        assert ready(f"http://127.0.0.1:{port + 100}")
+    finally:
+        for rel in site.releases():
+            eng.stop(rel.sequence)
+        for rel in site.releases():
+            for img in rel.manifest().images:
+                eng.client.images.remove(img.reference, force=True)
+        eng.close()

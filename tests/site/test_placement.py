@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from appliance.errors import PlacementError
-from appliance.gpu import GpuReport, NvmlProbe, RecordedProbe
+from appliance.gpu import GpuInfo, GpuReport, NvmlProbe, RecordedProbe
 from appliance.placement import Placement, plan_placement
 from tests.site.factory import manifest
 
@@ -96,3 +96,44 @@ def test_nvml_probe_on_a_server_without_driver_reports_why():
     r = NvmlProbe().probe()
     # This machine has no NVIDIA driver; on one that has, the probe must list GPUs.
     assert r.gpus or r.unavailable
+
+
+def test_nvml_probe_reads_devices_through_pynvml(monkeypatch):
+    """NVML itself cannot run here; its answers are stood in for at the pynvml calls."""
+    import types
+
+    import pynvml
+
+    mem = [types.SimpleNamespace(total=40960 * 2**20, free=6000 * 2**20),
+           types.SimpleNamespace(total=40960 * 2**20, free=38000 * 2**20)]
+
+    def util(h):
+        if h == 1:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return types.SimpleNamespace(gpu=87)
+
+    calls = {"nvmlInit": lambda: None, "nvmlShutdown": lambda: None,
+             "nvmlSystemGetDriverVersion": lambda: b"550.54.15",
+             "nvmlSystemGetCudaDriverVersion": lambda: 12040,
+             "nvmlDeviceGetCount": lambda: 2, "nvmlDeviceGetHandleByIndex": lambda i: i,
+             "nvmlDeviceGetMemoryInfo": lambda h: mem[h],
+             "nvmlDeviceGetUtilizationRates": util,
+             "nvmlDeviceGetName": lambda h: "NVIDIA A100-SXM4-40GB",
+             "nvmlDeviceGetUUID": lambda h: f"GPU-{h}"}
+    for name, fn in calls.items():
+        monkeypatch.setattr(pynvml, name, fn)
+    r = NvmlProbe().probe()
+    assert (r.driver, r.cuda, r.unavailable) == ("550.54.15", "12.4", "")
+    assert r.gpus == [GpuInfo(0, "NVIDIA A100-SXM4-40GB", "GPU-0", 40960, 6000, 87),
+                      GpuInfo(1, "NVIDIA A100-SXM4-40GB", "GPU-1", 40960, 38000, 0)]
+
+
+def test_nvml_that_does_not_start_gives_an_empty_report_saying_why(monkeypatch):
+    import pynvml
+
+    def fail():
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_DRIVER_NOT_LOADED)
+
+    monkeypatch.setattr(pynvml, "nvmlInit", fail)
+    r = NvmlProbe().probe()
+    assert r.gpus == [] and r.unavailable.startswith("NVML did not start (Driver Not Loaded)")

@@ -22,7 +22,7 @@ pytest.importorskip("onnxruntime")
 pytestmark = pytest.mark.slow
 
 
-def onnx_bundle(tmp, v, sequence: int, port: int, shift: float = 0.0):
+def onnx_bundle(tmp, v, sequence: int, port: int, shift: float = 0.0, runtime_archive=None):
     from bundler.build import build_bundle
     from bundler.samples import make_mlp_onnx, mlp_reference
     from bundler.spec import load_spec
@@ -39,6 +39,8 @@ def onnx_bundle(tmp, v, sequence: int, port: int, shift: float = 0.0):
                                                        "data": y.ravel().tolist()}},
                                      "tolerance": 1e-4}]}],
             "services": [{"name": "mlp", "models": ["mlp"], "port": port}]}
+    if runtime_archive is not None:
+        spec["runtime_image"] = {"archive": str(runtime_archive)}
     (work / "appliance.yaml").write_text(yaml.safe_dump(spec))
     out = tmp / f"onnx-{sequence}.tar"
     build_bundle(load_spec(work / "appliance.yaml"), out, [v.key])

@@ -1,0 +1,1 @@
+"""The installer's screens: find a bundle, trust its signer, install, status."""

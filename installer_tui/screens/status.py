@@ -1,0 +1,280 @@
+"""The serving release: health, live figures from its runtime, roll back, export logs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.timer import Timer
+from textual.widgets import Footer, Header, Input, Label, Static
+
+from appliance.acceptance import is_ready
+from appliance.plan import StepEvent
+from appliance.progress import Progress
+from appliance.rollback import rollback
+from appliance.site import Site
+from installer_tui.figures import FiguresSource, export_logs
+from installer_tui.format import human
+from installer_tui.messages import (
+    Failed,
+    FiguresHistory,
+    FiguresSampled,
+    LogsExported,
+    PlanProgress,
+    RolledBack,
+    StatusRead,
+)
+from installer_tui.screens.base import InstallerScreen
+from installer_tui.screens.confirm import ConfirmScreen
+from installer_tui.widgets import ErrorPanel, Figure
+
+MEANINGS = {
+    "rollback": ("The rollback did not complete: the release that was serving keeps serving.",
+                 "Read the message below, export the logs (e) for the vendor."),
+    "export": ("The logs were not exported.",
+               "Check that the stick is mounted and writable, then press e again."),
+    "status": ("The site could not be read.", "Read the message below; it says what to do."),
+}
+
+
+def rollback_candidate(site: Site, current: int | None) -> int | None:
+    """The release `appliance rollback` would go back to: the newest earlier one that served."""
+    earlier = [r.sequence for r in site.releases()
+               if (current is None or r.sequence < current)
+               and r.record.status in ("serving", "stopped")]
+    return earlier[-1] if earlier else None
+
+
+class StatusScreen(InstallerScreen):
+    """What serves now and how it is doing; r rolls back, e exports logs."""
+
+    BINDINGS = [
+        Binding("r", "rollback", "Roll back"),
+        Binding("e", "export", "Export logs"),
+        Binding("u", "refresh", "Refresh"),
+        Binding("escape", "back", "Back"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.status: StatusRead | None = None
+        self.figures: FiguresSource | None = None
+        self.busy = False
+        self._timer: Timer | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with VerticalScroll(id="status-body"):
+            yield Static("Reading the site...", id="release")
+            yield Figure("Requests", "req/s", id="fig-rps")
+            yield Figure("Latency p99", "ms", id="fig-latency")
+            yield Figure("GPU memory", "MiB", id="fig-gpu")
+            yield Static("", id="status-message")
+            with Horizontal(id="export-row"):
+                yield Label("Export logs to: ")
+                yield Input(id="export-dir")
+            yield ErrorPanel(id="status-error")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = "status"
+        self.query_one("#export-row").display = False
+        self.query_one("#status-error").display = False
+        self.read_status()
+
+    def on_unmount(self) -> None:
+        if self._timer is not None:
+            self._timer.stop()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "rollback":
+            return not self.busy and self.status is not None and \
+                self.status.rollback_to is not None
+        if action == "export":
+            return not self.busy and self.status is not None and bool(self.status.endpoints)
+        return True
+
+    # -- reading the site ------------------------------------------------------------
+    @work(thread=True, exclusive=True, group="status")
+    def read_status(self) -> None:
+        """The current release, its endpoints and whether each answers ready."""
+        site = self.config.site
+        try:
+            cur = site.current() if site.root.exists() else None
+            if cur is None:
+                self.post_message(StatusRead(None, "No release is installed on this server.",
+                                             "", {}, {}, None))
+                return
+            m, rec = cur.manifest(), cur.record
+            paths = {s.name: s.health for s in m.services}
+            health = {svc: is_ready(url + paths.get(svc, "/v2/health/ready"))
+                      for svc, url in rec.endpoints.items()}
+            self.post_message(StatusRead(cur.sequence, f"{m.name} {m.version}", rec.engine,
+                                         dict(rec.endpoints), health,
+                                         rollback_candidate(site, cur.sequence)))
+        except Exception as e:  # shown on the screen
+            self.post_message(Failed(e, "status"))
+
+    @on(StatusRead)
+    def status_read(self, message: StatusRead) -> None:
+        first = self.status is None or self.status.endpoints != message.endpoints
+        self.status = message
+        self.query_one("#release", Static).update(self._describe(message))
+        self.refresh_bindings()
+        if first and message.endpoints:
+            self.figures = self.config.figures(
+                [message.endpoints[s] for s in sorted(message.endpoints)])
+            self.load_history()
+            if self._timer is not None:
+                self._timer.stop()
+            self._timer = self.set_interval(self.config.poll_interval_s, self.poll)
+
+    def _describe(self, s: StatusRead) -> RenderableType:
+        if s.sequence is None:
+            return Text(s.title + " Press Esc and install a bundle.", style="bold yellow")
+        all_ok = all(s.health.values()) and bool(s.health)
+        head = Text.assemble(("Serving: ", "bold"), (s.title, "bold cyan"),
+                             f", release {s.sequence}, engine {s.engine or '?'}  ",
+                             ("healthy", "bold green") if all_ok else ("NOT HEALTHY", "bold red"))
+        t = Table(expand=True, box=None, padding=(0, 1), show_header=False)
+        t.add_column("Service")
+        t.add_column("URL", no_wrap=True)
+        t.add_column("Health")
+        for svc in sorted(s.endpoints):
+            ok = s.health.get(svc, False)
+            t.add_row(svc, s.endpoints[svc], Text("ready", style="green") if ok
+                      else Text("NOT READY", style="bold red"))
+        back = Text(f"Roll back (r) to release {s.rollback_to}" if s.rollback_to is not None
+                    else "No earlier release is installed to roll back to.", style="dim")
+        return Group(head, t, back)
+
+    # -- live figures --------------------------------------------------------------------
+    @work(thread=True, exclusive=True, group="figures")
+    def load_history(self) -> None:
+        assert self.figures is not None
+        self.post_message(FiguresHistory(self.figures.history()))
+
+    @work(thread=True, exclusive=True, group="figures-poll")
+    def poll(self) -> None:
+        if self.figures is not None:
+            self.post_message(FiguresSampled(self.figures.sample()))
+
+    @on(FiguresHistory)
+    def figures_history(self, message: FiguresHistory) -> None:
+        for s in message.samples:
+            self._push(s.rps, s.p99_ms, s.gpu_memory_mib)
+
+    @on(FiguresSampled)
+    def figures_sampled(self, message: FiguresSampled) -> None:
+        s = message.sample
+        if s is not None:
+            self._push(s.rps, s.p99_ms, s.gpu_memory_mib)
+
+    def _push(self, rps: float, p99: float | None, gpu: float | None) -> None:
+        self.query_one("#fig-rps", Figure).push(rps)
+        self.query_one("#fig-latency", Figure).push(p99)
+        fig_gpu = self.query_one("#fig-gpu", Figure)
+        if gpu is None and fig_gpu.latest is None:
+            fig_gpu.set_empty("no GPU in use")
+        fig_gpu.push(gpu)
+
+    # -- actions -------------------------------------------------------------------------
+    def action_refresh(self) -> None:
+        self.read_status()
+
+    def action_back(self) -> None:
+        if len(self.app.screen_stack) > 2:
+            self.app.pop_screen()
+        else:
+            from installer_tui.screens.find import FindBundleScreen
+            self.app.switch_screen(FindBundleScreen())
+
+    def action_rollback(self) -> None:
+        s = self.status
+        if s is None or s.rollback_to is None or self.busy:
+            return
+        question = f"Roll back from release {s.sequence} to release {s.rollback_to}?"
+
+        def answered(yes: bool | None) -> None:
+            if yes and s.rollback_to is not None:
+                self._busy(True, f"Rolling back to release {s.rollback_to}...")
+                self.do_rollback(s.rollback_to)
+        self.app.push_screen(ConfirmScreen(question), answered)
+
+    @work(thread=True, exclusive=True, group="rollback")
+    def do_rollback(self, sequence: int) -> None:
+        c = self.config
+        try:
+            seq = rollback(c.site, c.get_engine(), sequence, progress=self._relay,
+                           health_timeout_s=c.health_timeout_s)
+        except Exception as e:  # shown on the screen
+            self.post_message(Failed(e, "rollback"))
+            return
+        self.post_message(RolledBack(seq))
+
+    def _relay(self, event: Progress) -> None:
+        self.post_message(PlanProgress(event))
+
+    @on(PlanProgress)
+    def rollback_progress(self, message: PlanProgress) -> None:
+        ev = message.event
+        if isinstance(ev, StepEvent) or (ev.message and not ev.total):
+            self.query_one("#status-message", Static).update(ev.message)
+
+    @on(RolledBack)
+    def rolled_back(self, message: RolledBack) -> None:
+        self._busy(False, f"Release {message.sequence} is serving again.")
+        self.read_status()
+
+    def action_export(self) -> None:
+        if self.busy or self.status is None or not self.status.endpoints:
+            return
+        row = self.query_one("#export-row")
+        row.display = True
+        field = self.query_one("#export-dir", Input)
+        if not field.value:
+            field.value = str(self.config.default_export_dir())
+        field.focus()
+
+    @on(Input.Submitted, "#export-dir")
+    def export_dir_chosen(self, event: Input.Submitted) -> None:
+        if self.status is None or not event.value.strip():
+            return
+        self._busy(True, "Exporting logs...")
+        self.do_export(dict(self.status.endpoints), Path(event.value.strip()).expanduser())
+
+    @work(thread=True, exclusive=True, group="export")
+    def do_export(self, endpoints: dict[str, str], directory: Path) -> None:
+        try:
+            paths = [export_logs(endpoints[svc], directory, prefix=f"{svc}-")
+                     for svc in sorted(endpoints)]
+        except Exception as e:  # shown on the screen
+            self.post_message(Failed(e, "export"))
+            return
+        self.post_message(LogsExported(paths))
+
+    @on(LogsExported)
+    def logs_exported(self, message: LogsExported) -> None:
+        self.query_one("#export-row").display = False
+        self._busy(False, "Wrote " + ", ".join(f"{p} ({human(p.stat().st_size)})"
+                                               for p in message.paths))
+
+    @on(Failed)
+    def failed(self, message: Failed) -> None:
+        self._busy(False, "")
+        panel = self.query_one("#status-error", ErrorPanel)
+        panel.show_error(message.error, message.where, MEANINGS.get(message.where))
+        panel.display = True
+
+    def _busy(self, busy: bool, text: str) -> None:
+        self.busy = busy
+        if busy:
+            self.query_one("#status-error").display = False
+        self.query_one("#status-message", Static).update(text)
+        self.refresh_bindings()
