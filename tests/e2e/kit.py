@@ -8,6 +8,7 @@ both services share every runtime layer and differ only in their weights layer.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -256,3 +257,15 @@ def check_sha256_list(archive: Path) -> list[str]:
         listed.append(name)
     assert set(listed) == set(files), "SHA256SUMS must list every file of the export"
     return listed
+
+
+def vendor_images(engine: Any, name: str) -> set[tuple[str, str]]:
+    """(id, tag) of every image in the engine whose tag belongs to this vendor's appliance."""
+    return {(str(img.id), t) for img in engine.client.images.list() for t in img.tags
+            if f"/{name}-" in t}
+
+
+def remove_vendor_images(engine: Any, name: str) -> None:
+    for _, tag in vendor_images(engine, name):
+        with contextlib.suppress(Exception):  # best effort: a shared image may stay
+            engine.client.images.remove(tag)

@@ -7,7 +7,6 @@ tampered), log export onto the stick, and a runtime that needs no network at all
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import subprocess
@@ -35,8 +34,10 @@ from tests.e2e.kit import (
     flip_byte_in_largest_blob,
     infer,
     member_names,
+    remove_vendor_images,
     sample_input,
     to_stick,
+    vendor_images,
 )
 from tests.enginekit import wait_for
 
@@ -72,7 +73,7 @@ def test_lifecycle(tmp_path: Path, engine_url: str, vendor: Vendor,
     finally:
         for rel in SiteDir(site.root).releases():
             engine.stop(rel.sequence)
-        _remove_images(engine, vendor.name)
+        remove_vendor_images(engine, vendor.name)
         engine.close()
 
 
@@ -115,14 +116,14 @@ def _story(site: Site, engine: DockerEngine, stick: Path, bundles: dict[int, Rel
     assert r.returncode == 4, r.stderr
     assert "sequence" in r.stderr and "1" in r.stderr, r.stderr
     # ... and a tampered one before any image reaches the engine
-    before = _images(engine, site.vendor.name)
+    before = vendor_images(engine, site.vendor.name)
     tampered = to_stick(bundles[4].path, stick)
     flip_byte_in_largest_blob(tampered)
     r = site.install(tampered, "--json")
     assert r.returncode == 4, r.stderr
     steps = {json.loads(line)["step"] for line in r.stdout.splitlines() if line.startswith("{")}
     assert "verify" in steps and "load" not in steps, steps
-    assert _images(engine, site.vendor.name) == before
+    assert vendor_images(engine, site.vendor.name) == before
     ids = {img.config_digest for img in bundles[4].manifest.images}
     assert not ids & {i for i, _ in before}
     assert site.status()["current"] == 2
@@ -161,18 +162,6 @@ def _install_while_polling(site: Site, bundle: Path, serving: Release,
     assert proc.returncode == 7, f"exit {proc.returncode}: {err}{out}"
     assert "keeps serving" in err and "release 2" in err, err
     return answered
-
-
-def _images(engine: DockerEngine, name: str) -> set[tuple[str, str]]:
-    """(id, tag) of every image in the engine whose tag belongs to this vendor's appliance."""
-    return {(str(img.id), t) for img in engine.client.images.list() for t in img.tags
-            if f"/{name}-" in t}
-
-
-def _remove_images(engine: DockerEngine, name: str) -> None:
-    for _, tag in _images(engine, name):
-        with contextlib.suppress(Exception):  # best effort: a shared image may stay
-            engine.client.images.remove(tag)
 
 
 OFFLINE_CLIENT = textwrap.dedent("""
