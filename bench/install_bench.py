@@ -16,6 +16,7 @@ the stick cold. Runs alternate (hand, ours, hand, ours, ...); the table shows ea
 run's steps and the medians.
 
     python bench/install_bench.py [--rounds 2] [--work /var/tmp/appliance-bench]
+                                  [--service-tmpdir /dev/shm]
 """
 
 from __future__ import annotations
@@ -176,12 +177,15 @@ class Storage:
 
 
 @contextlib.contextmanager
-def podman_service(storage: Storage) -> Iterator[str]:
+def podman_service(storage: Storage, tmpdir: Path | None) -> Iterator[str]:
+    """podman's Docker-compatible socket over `storage`; it spools image uploads under
+    $TMPDIR (`tmpdir` when given) before loading them."""
     sock = Path(f"/tmp/bench-pm-{os.getpid()}.sock")
     sock.unlink(missing_ok=True)
+    env = {**os.environ, **({"TMPDIR": str(tmpdir)} if tmpdir else {})}
     proc = subprocess.Popen(["podman", *storage.flags, "system", "service", "--time=0",
                              f"unix://{sock}"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+                            stderr=subprocess.DEVNULL, start_new_session=True, env=env)
     try:
         deadline = time.monotonic() + 30
         while not _accepts(sock):
@@ -253,12 +257,12 @@ def by_hand(stick_bundle: Path, reference_name: str, port: int, want: np.ndarray
 
 
 def ours(stick_bundle: Path, root_json: Path, work: Path, want: np.ndarray,
-         storage: Storage) -> Run:
+         storage: Storage, service_tmpdir: Path | None = None) -> Run:
     run = Run("appliance install")
     site = work / "site"
     shutil.rmtree(site, ignore_errors=True)
     (work / "no-gpu.json").write_text(json.dumps({"gpus": [], "unavailable": "bench"}))
-    with podman_service(storage) as url:
+    with podman_service(storage, service_tmpdir) as url:
         t0 = time.monotonic()
         proc = subprocess.Popen(
             [sys.executable, "-m", "appliance", "install", str(stick_bundle), "--yes", "--json",
@@ -310,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--work", type=Path, default=Path("/var/tmp/appliance-bench"))
     p.add_argument("--keep-cache", action="store_true", help="do not drop the page cache")
+    p.add_argument("--service-tmpdir", type=Path, default=None,
+                   help="TMPDIR of podman's socket service, where it spools an uploaded "
+                        "archive before loading it (e.g. /dev/shm); default: podman's own")
     args = p.parse_args(argv)
     if shutil.which("podman") is None:
         print("error: podman is not installed (.ci/setup-system installs it)", file=sys.stderr)
@@ -332,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     weights = sum(m.weights_size for m in manifest.models)
     print(f"bundle {on_stick.stat().st_size / 2**30:.2f} GiB ({weights / 2**30:.2f} GiB "
           f"weights), built in {build_s:.1f} s; page cache "
-          f"{'dropped before each run' if drop else 'kept'}; {os.cpu_count()} cores", flush=True)
+          f"{'dropped before each run' if drop else 'kept'}; {os.cpu_count()} cores; podman "
+          f"service TMPDIR {args.service_tmpdir or 'default'}", flush=True)
 
     runs: list[Run] = []
     for i in range(args.rounds):
@@ -341,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 drop_caches(drop)
                 r = (by_hand(on_stick, ref, port, want, storage) if path == "hand"
-                     else ours(on_stick, root_json, work, want, storage))
+                     else ours(on_stick, root_json, work, want, storage,
+                               args.service_tmpdir))
             finally:
                 storage.close()
             runs.append(r)
