@@ -160,16 +160,23 @@ def make_engine(choice: EngineChoice, site: Site, work: Path) -> Engine:
 
 
 def stop_previous(work: Path, site: Site, url: str | None) -> None:
-    """Stop whatever an earlier demo run left serving from this site, then forget it."""
+    """Stop whatever an earlier demo run left serving from this site, then forget it.
+
+    `url` is the engine socket this run uses; when the earlier run used a container
+    engine and this one does not, its socket is looked for (or podman's started) again.
+    """
     recorded = work / ENGINE_FILE
     if site.root.exists() and recorded.is_file():
-        doc = json.loads(recorded.read_text())
-        kind = doc.get("kind", "process")
-        if kind == "process" or url is not None:
-            eng = make_engine(EngineChoice(kind, url, ""), site, work)
-            for rel in site.releases():
-                with suppress(ApplianceError, OSError):
-                    eng.stop(rel.sequence)
+        kind = json.loads(recorded.read_text()).get("kind", "process")
+        with ExitStack() as stack:
+            if kind == "docker" and url is None:
+                found = answering_socket(site)
+                url = found[0] if found else stack.enter_context(podman_socket(work))
+            if kind == "process" or url is not None:
+                eng = make_engine(EngineChoice(kind, url, ""), site, work)
+                for rel in site.releases():
+                    with suppress(ApplianceError, OSError):
+                        eng.stop(rel.sequence)
     shutil.rmtree(site.root, ignore_errors=True)
     recorded.unlink(missing_ok=True)
 
@@ -277,14 +284,8 @@ def run_demo(work: Path, *, engine: str, port: int, clean: bool, started: float)
 
 def stop_demo(work: Path) -> int:
     """Stop what an earlier demo run left serving and remove its site."""
-    site = Site(work / "site")
-    recorded = work / ENGINE_FILE
-    kind = json.loads(recorded.read_text()).get("kind") if recorded.is_file() else "process"
     try:
-        with ExitStack() as stack:
-            choice = choose_engine("docker" if kind == "docker" else "process", site, work,
-                                   stack)
-            stop_previous(work, site, choice.url)
+        stop_previous(work, Site(work / "site"), None)
     except (ApplianceError, OSError) as e:
         print(f"error: {e}", flush=True)
         return 1

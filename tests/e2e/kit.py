@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -224,20 +223,6 @@ def flip_byte_in_largest_blob(bundle: Path) -> str:
         f.seek(-1, os.SEEK_CUR)
         f.write(bytes([b[0] ^ 0xFF]))
     return blob.name
-
-
-def export_logs(url: str, stick: Path) -> Path:
-    """Ask the runtime for its log export and write it onto the stick (temp name, rename)."""
-    req = urllib.request.Request(url + "/appliance/logs/export", method="POST")
-    with urllib.request.urlopen(req, timeout=60) as r:
-        data = r.read()
-        disposition = r.headers["content-disposition"]
-    name = disposition.split('filename="', 1)[1].rstrip('"')
-    assert "/" not in name and name.endswith(".tar.gz"), name
-    tmp = stick / f".{name}.partial"
-    tmp.write_bytes(data)
-    os.replace(tmp, stick / name)
-    return stick / name
 
 
 def check_sha256_list(archive: Path) -> list[str]:

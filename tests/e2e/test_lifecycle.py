@@ -20,9 +20,11 @@ import pytest
 
 from appliance.engines.docker import DockerEngine
 from appliance.site import Site as SiteDir
+from installer_tui.figures import export_logs
 from tests.e2e.kit import (
     MLP_SIZES,
     REPO,
+    TORCH_SIZES,
     Release,
     Site,
     Vendor,
@@ -30,7 +32,6 @@ from tests.e2e.kit import (
     check_sha256_list,
     cli_env,
     expected,
-    export_logs,
     flip_byte_in_largest_blob,
     infer,
     member_names,
@@ -69,7 +70,7 @@ def test_lifecycle(tmp_path: Path, engine_url: str, vendor: Vendor,
     site = Site(tmp_path / "site", engine_url, vendor)
     engine = DockerEngine(SiteDir(site.root), base_url=engine_url)
     try:
-        _story(site, engine, stick, bundles, engine_url)
+        _story(site, engine, stick, bundles)
     finally:
         for rel in SiteDir(site.root).releases():
             engine.stop(rel.sequence)
@@ -77,8 +78,7 @@ def test_lifecycle(tmp_path: Path, engine_url: str, vendor: Vendor,
         engine.close()
 
 
-def _story(site: Site, engine: DockerEngine, stick: Path, bundles: dict[int, Release],
-           engine_url: str) -> None:
+def _story(site: Site, engine: DockerEngine, stick: Path, bundles: dict[int, Release]) -> None:
     # 1-2: the full bundle from the stick, headless
     r = site.install(to_stick(bundles[1].path, stick))
     assert r.returncode == 0, r.stderr + r.stdout
@@ -87,7 +87,7 @@ def _story(site: Site, engine: DockerEngine, stick: Path, bundles: dict[int, Rel
     # 3: both models answer what they compute in-process
     assert_serves(status["endpoints"], bundles[1])
     # 8: the same image serves with no network at all; nothing gets out
-    _assert_runs_offline(engine, bundles[1], engine_url)
+    _assert_runs_offline(engine, bundles[1])
 
     # 4: a delta that changes the MLP only
     r = site.install(to_stick(bundles[2].path, stick))
@@ -121,6 +121,7 @@ def _story(site: Site, engine: DockerEngine, stick: Path, bundles: dict[int, Rel
     flip_byte_in_largest_blob(tampered)
     r = site.install(tampered, "--json")
     assert r.returncode == 4, r.stderr
+    assert "sha256" in r.stderr or "digest" in r.stderr, r.stderr
     steps = {json.loads(line)["step"] for line in r.stdout.splitlines() if line.startswith("{")}
     assert "verify" in steps and "load" not in steps, steps
     assert vendor_images(engine, site.vendor.name) == before
@@ -128,12 +129,16 @@ def _story(site: Site, engine: DockerEngine, stick: Path, bundles: dict[int, Rel
     assert not ids & {i for i, _ in before}
     assert site.status()["current"] == 2
 
-    # 7: log export onto the stick, and its sha256 list holds
-    archive = export_logs(status["endpoints"]["mlp"], stick)
-    assert archive.parent == stick and not list(stick.glob(".*partial"))
-    listed = check_sha256_list(archive)
-    assert "system.json" in listed and "release.json" in listed
-    assert any(n.startswith("logs/") for n in listed), listed
+    # 7: log export of every service onto the stick (the installer's export), and each
+    # archive's sha256 list holds
+    archives = [export_logs(url, stick, prefix=f"{svc}-")
+                for svc, url in sorted(status["endpoints"].items())]
+    assert [a.parent for a in archives] == [stick, stick]
+    assert sorted(p.name for p in stick.glob("*.tar.gz")) == sorted(a.name for a in archives)
+    for archive in archives:
+        listed = check_sha256_list(archive)
+        assert "system.json" in listed and "release.json" in listed
+        assert any(n.startswith("logs/") for n in listed), listed
 
 
 def _install_while_polling(site: Site, bundle: Path, serving: Release,
@@ -144,7 +149,7 @@ def _install_while_polling(site: Site, bundle: Path, serving: Release,
     answered = 0
     try:
         while True:
-            for model, width in (("mlp", MLP_SIZES[0]), ("tmlp", 16)):
+            for model, width in (("mlp", MLP_SIZES[0]), ("tmlp", TORCH_SIZES[0])):
                 x = sample_input(width, rows=1)
                 np.testing.assert_allclose(infer(endpoints[model], model, x),
                                            expected(serving, model, x), rtol=1e-4, atol=1e-5)
@@ -195,7 +200,7 @@ OFFLINE_CLIENT = textwrap.dedent("""
 """)
 
 
-def _assert_runs_offline(engine: DockerEngine, rel: Release, engine_url: str) -> None:
+def _assert_runs_offline(engine: DockerEngine, rel: Release) -> None:
     """Run the release's MLP image with no network (loopback only): it loads, answers
     tritonclient from inside its namespace, and a connect to the outside fails."""
     if shutil.which("nsenter") is None:

@@ -14,8 +14,16 @@ from installer_tui.app import make_app
 from installer_tui.config import InstallerConfig
 from installer_tui.screens.find import FindBundleScreen
 from installer_tui.screens.install import InstallScreen
+from installer_tui.screens.status import StatusScreen
 from installer_tui.screens.trust import TrustScreen
-from tests.e2e.kit import Release, Vendor, assert_serves, remove_vendor_images, to_stick
+from tests.e2e.kit import (
+    Release,
+    Vendor,
+    assert_serves,
+    check_sha256_list,
+    remove_vendor_images,
+    to_stick,
+)
 from tests.tui.kit import wait_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.engine, pytest.mark.slow]
@@ -61,9 +69,23 @@ async def test_first_install_through_the_installer_screens(
             await wait_for(pilot, lambda: state("done", "failed"), timeout=400,
                            what="load, start and ready")
             assert install.state == "done", install.error
-        cur = site.current()
-        assert cur is not None and cur.sequence == 1 and cur.record.engine == "docker"
-        assert_serves(cur.record.endpoints, bundles[1])
+            cur = site.current()
+            assert cur is not None and cur.sequence == 1 and cur.record.engine == "docker"
+            assert_serves(cur.record.endpoints, bundles[1])
+
+            # the status screen exports every service's logs onto the stick
+            await pilot.press("s")
+            await wait_for(pilot, lambda: isinstance(app.screen, StatusScreen)
+                           and app.screen.status is not None, what="the status")
+            status = app.screen
+            assert isinstance(status, StatusScreen) and status.status is not None
+            assert status.status.health == {"mlp": True, "tmlp": True}
+            await pilot.press("e")
+            await pilot.press("enter")  # the field starts at the stick
+            await wait_for(pilot, lambda: len(list(stick.glob("*.tar.gz"))) == 2
+                           and not status.busy, timeout=120, what="the log export")
+        for archive in stick.glob("*.tar.gz"):
+            assert "system.json" in check_sha256_list(archive)
     finally:
         for rel in site.releases():
             engine.stop(rel.sequence)
