@@ -45,3 +45,7 @@ runtime-image: venv
 
 runtime-image-torch: venv
 	$(PY) -m images.build --variant torch
+
+.PHONY: bench-runtime
+bench-runtime: venv
+	$(PY) bench/runtime_bench.py --seconds 10 --soak 300

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -134,6 +135,14 @@ def body_for(shape: tuple[int, ...]) -> bytes:
                                    "data": [round(float(v), 6) for v in x.ravel()]}]}).encode()
 
 
+def binary_body_for(shape: tuple[int, ...]) -> tuple[bytes, dict[str, str]]:
+    """The same tensor with the binary tensor data extension (our server only)."""
+    x = np.random.default_rng(0).standard_normal((1, *shape)).astype("<f4")
+    header = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, *shape],
+                                     "parameters": {"binary_data_size": x.nbytes}}]}).encode()
+    return header + x.tobytes(), {"Inference-Header-Content-Length": str(len(header))}
+
+
 def load_suite(url: str, body: bytes, seconds: float, rates: list[float]
                ) -> dict[str, LoadResult]:
     results = {}
@@ -142,6 +151,11 @@ def load_suite(url: str, body: bytes, seconds: float, rates: list[float]
     for r in rates:
         results[f"poisson {r:.0f}/s"] = poisson(url, body, r, seconds)
     return results
+
+
+def binary_suite(url: str, shape: tuple[int, ...], seconds: float) -> dict[str, LoadResult]:
+    body, headers = binary_body_for(shape)
+    return {f"closed c={c}, binary": wrk(url, body, c, seconds, headers) for c in (1, 8, 32)}
 
 
 def mlserver_dir(root: Path, name: str, onnx: Path, batching: bool) -> Path:
@@ -159,8 +173,9 @@ def mlserver_dir(root: Path, name: str, onnx: Path, batching: bool) -> Path:
 
 def row(server: str, load: str, r: LoadResult) -> str:
     load1 = os.getloadavg()[0]
+    late = f"{r.client_late_p99_ms:.1f}" if load.startswith("poisson") else ""
     return (f"| {server} | {load} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
-            f"{r.errors} | {load1:.1f} |")
+            f"{r.errors} | {late} | {load1:.1f} |")
 
 
 def main() -> int:
@@ -170,8 +185,18 @@ def main() -> int:
     p.add_argument("--mlserver", default="/work/mlserver-venv/bin/mlserver",
                    help="mlserver executable (its own venv); '' to skip the peer")
     p.add_argument("--models", default="mlp,cnn")
+    p.add_argument("--no-peer-batching-off", action="store_true",
+                   help="run MLServer only with its batching on")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="runtime-bench-"))
+    try:
+        return run(args, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, tmp: Path) -> int:
+    """Every measurement, printed as markdown tables as it comes."""
     models = tmp / "models"
     made = {
         "mlp": (make_mlp_onnx(models / "mlp" / "1"), (64,), [250, 500, 1000, 2000]),
@@ -188,8 +213,8 @@ def main() -> int:
             for batch, (rows, p50) in raw_ort(onnx, shape, threads, 3.0).items():
                 print(f"| in-process, {threads} thread(s) | {batch} | {rows:,.0f} | {p50:.3f} |")
         body = body_for(shape)
-        print("\n| server | load | req/s | p50 ms | p99 ms | errors | loadavg 1m |\n"
-              "|---|---|---|---|---|---|---|")
+        print("\n| server | load | req/s | p50 ms | p99 ms | errors | client late p99 ms "
+              "| loadavg 1m |\n|---|---|---|---|---|---|---|---|")
         one = tmp / f"only-{name}"
         (one / name).mkdir(parents=True)
         (one / name / "1").symlink_to(model_dir)
@@ -199,7 +224,9 @@ def main() -> int:
                "--data-dir", str(tmp / f"data-{name}")]
         with running(cmd, url, REPO, tmp / f"ours-{name}.log") as proc:
             infer = f"{url}/v2/models/{name}/infer"
-            for load, r in load_suite(infer, body, args.seconds, rates).items():
+            results = load_suite(infer, body, args.seconds, rates)
+            results.update(binary_suite(infer, shape, args.seconds))
+            for load, r in results.items():
                 print(row("ours", load, r), flush=True)
             if args.soak and name == "mlp":
                 before = rss_mib(proc.pid)
@@ -209,7 +236,7 @@ def main() -> int:
                 print(f"\nRSS before soak {before:.1f} MiB, after {after:.1f} MiB")
         if not args.mlserver:
             continue
-        for batching in (True, False):
+        for batching in (True,) if args.no_peer_batching_off else (True, False):
             d = mlserver_dir(tmp, name, onnx, batching)
             mport = free_port()
             (d / "settings.json").write_text(json.dumps({

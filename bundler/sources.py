@@ -27,8 +27,8 @@ DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
 INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
                "application/vnd.docker.distribution.manifest.list.v2+json")
 _UNCOMPRESSED = {DOCKER_LAYER: LAYER_MEDIA_TYPE, LAYER_MEDIA_TYPE: LAYER_MEDIA_TYPE}
-_GZIP = {"application/vnd.docker.image.rootfs.diff.tar.gzip":
-         "application/vnd.oci.image.layer.v1.tar+gzip"}
+GZIP_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+_GZIP = {"application/vnd.docker.image.rootfs.diff.tar.gzip": GZIP_LAYER}
 
 
 @dataclass(frozen=True)
@@ -119,10 +119,16 @@ def _from_docker_archive(r: _Reader, where: str) -> BaseImage:
         raise SpecError(f"runtime image {where}: config and manifest.json disagree on layers")
     layers = []
     for path, diff_id in zip(entry["Layers"], diff_ids, strict=True):
-        # docker save writes uncompressed layers, so their digest is the diff id;
-        # the writer re-hashes and refuses a layer that is not.
-        layers.append(LayerSource(r.size(path), LAYER_MEDIA_TYPE, diff_id, diff_id,
-                                  r.opener(path)))
+        opener = r.opener(path)
+        with opener() as f:
+            magic = f.read(4)
+        if magic[:2] == b"\x1f\x8b":  # some tools save gzip'd layers: digest unknown yet
+            layers.append(LayerSource(r.size(path), GZIP_LAYER, diff_id, None, opener))
+        else:
+            # docker save writes uncompressed layers, so their digest is the diff id;
+            # the writer re-hashes and refuses a layer that is not.
+            layers.append(LayerSource(r.size(path), LAYER_MEDIA_TYPE, diff_id, diff_id,
+                                      opener))
     return BaseImage(config, layers)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from appliance.errors import SpecError
+from appliance.errors import ManifestError, SpecError
 from appliance.manifest import (
     FRAMEWORKS,
     GPU_POLICIES,
@@ -28,6 +29,7 @@ from appliance.manifest import (
 )
 
 MAX_SPEC_BYTES = 4 * 1024 * 1024
+TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")  # an image tag
 MODEL_JSON = "model.json"
 
 
@@ -130,7 +132,11 @@ def _spec(doc: dict[str, Any], path: Path) -> Spec:
     created = build_time()
     if "expires" in doc:
         exp = doc["expires"]
-        expires = exp if isinstance(exp, datetime) else parse_time(str(exp), "expires")
+        try:
+            expires = exp if isinstance(exp, datetime) else parse_time(str(exp), "expires")
+        except ManifestError as e:
+            raise SpecError(f"spec {path}: expires {exp!r} is not a time with a zone, e.g. "
+                            "2027-01-01T00:00:00Z") from e
         if expires.tzinfo is None:
             expires = expires.replace(tzinfo=UTC)
     else:
@@ -151,8 +157,12 @@ def _spec(doc: dict[str, Any], path: Path) -> Spec:
     if len(set(names)) != len(names):
         raise SpecError(f"spec {path}: model names repeat: {names}")
     services = _services(doc.get("services"), names, path)
+    version = str(doc["version"])
+    if not TAG_RE.match(version):
+        raise SpecError(f"spec {path}: version {version!r} must be usable as an image tag "
+                        "(letters, digits, '_', '.', '-')")
     return Spec(
-        name=name, version=str(doc["version"]), sequence=sequence,
+        name=name, version=version, sequence=sequence,
         created=format_time(created), expires=format_time(expires), platform=platform,
         runtime_image=_runtime(doc.get("runtime_image"), here), models=models,
         services=services, source=path, trust_root=_trust_root(doc.get("trust_root"), here),

@@ -11,6 +11,7 @@ import hmac
 import json
 import logging
 import time
+import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -127,7 +128,7 @@ class V2App:
                 else:
                     resp = self._model_get(model, action, method, path)
             else:
-                resp = await self._other(parts, method, path, receive, length)
+                resp = await self._other(parts, method, path, scope.get("query_string", b""))
         except RequestError as e:
             resp = _json({"error": str(e)}, e.status)
         except Exception as e:  # a bug: answer 500, keep serving
@@ -235,8 +236,7 @@ class V2App:
             "outputs": [t.metadata() for t in spec.outputs],
         })
 
-    async def _other(self, parts: list[str], method: str, path: str, receive: Receive,
-                     length: bytes | None) -> Response:
+    async def _other(self, parts: list[str], method: str, path: str, query: bytes) -> Response:
         route = "/" + "/".join(parts)
         if route == "/v2/health/live":
             return _json({"live": True})
@@ -256,7 +256,8 @@ class V2App:
                            "state": "READY" if m.ready else "LOADING"}
                           for m in self.registry.models.values()])
         if route == "/appliance/metrics/history":
-            return _json(self.registry.history_samples())
+            since, limit = _history_query(query)
+            return _json(self.registry.history_samples(since, limit))
         if route == "/appliance/logs/export":
             if method != "POST":
                 raise MethodNotAllowedError(f"{path} takes POST")
@@ -264,6 +265,21 @@ class V2App:
             return Response(200, data, b"application/gzip", [
                 (b"content-disposition", f'attachment; filename="{filename}"'.encode())])
         raise NotFoundError(f"no such endpoint {path}")
+
+
+def _history_query(query: bytes) -> tuple[float, int]:
+    """`since` (epoch seconds) and `limit` (samples) from a query string.
+
+    Raises:
+        BadRequestError: a value that is not a number.
+    """
+    params = urllib.parse.parse_qs(query.decode("latin-1"))
+    try:
+        since = float(params.get("since", ["0"])[-1])
+        limit = int(params.get("limit", ["10000"])[-1])
+    except ValueError as e:
+        raise BadRequestError("history takes ?since=<epoch seconds>&limit=<count>") from e
+    return since, max(0, min(limit, 100_000))
 
 
 def triton_config(model: LoadedModel) -> dict[str, Any]:

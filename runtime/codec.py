@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,23 @@ from runtime.errors import BadRequestError
 from runtime.modelspec import WIRE_DTYPES, ModelSpec
 
 HEADER_LENGTH = "inference-header-content-length"
+
+try:  # orjson parses a large tensor's JSON several times faster than the standard library
+    import orjson
+
+    _loads: Callable[[bytes], Any] = orjson.loads
+
+    def _dumps(doc: Any) -> bytes:
+        return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+
+    _FAST = True
+except ImportError:  # pragma: no cover - the runtime extra installs orjson
+    _loads = json.loads
+
+    def _dumps(doc: Any) -> bytes:
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+    _FAST = False
 
 
 @dataclass(slots=True)
@@ -27,7 +45,7 @@ class InferRequest:
 
 def _json(raw: bytes) -> Any:
     try:
-        return json.loads(raw)
+        return _loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise BadRequestError(f"request body is not valid JSON: {e}") from e
 
@@ -184,13 +202,14 @@ def encode_response(
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
         else:
-            entry["data"] = arr.ravel().tolist()
+            flat = arr.ravel()
+            entry["data"] = np.ascontiguousarray(flat) if _FAST else flat.tolist()
         outputs.append(entry)
     doc: dict[str, Any] = {"model_name": spec.name, "model_version": spec.version}
     if req.id is not None:
         doc["id"] = req.id
     doc["outputs"] = outputs
-    header = json.dumps(doc, separators=(",", ":")).encode()
+    header = _dumps(doc)
     if not blobs:
         return header, None
     return b"".join([header, *blobs]), len(header)

@@ -39,6 +39,7 @@ class Settings:
     history_max_bytes: int = 50 * 1024 * 1024
     history_days: float = 14.0
     request_log: bool = True
+    switch_interval_ms: float = 0.5  # how long one thread may hold the GIL
 
     @property
     def threads(self) -> int:
@@ -56,6 +57,8 @@ class Settings:
         for name in ("max_body_bytes", "max_queue", "log_max_bytes", "history_max_bytes"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0 < self.switch_interval_ms <= 100:
+            raise SettingsError("switch_interval_ms must be in (0, 100]")
         if self.history_interval_s <= 0 or self.history_days <= 0:
             raise SettingsError("history_interval_s and history_days must be positive")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda:"):
@@ -81,7 +84,7 @@ _KINDS: dict[str, type] = {
     "models": Path, "host": str, "port": int, "data_dir": Path, "token": str, "device": str,
     "max_body_bytes": int, "max_queue": int, "ort_threads": int, "log_max_bytes": int,
     "log_backups": int, "history_interval_s": float, "history_max_bytes": int,
-    "history_days": float, "request_log": bool,
+    "history_days": float, "request_log": bool, "switch_interval_ms": float,
 }
 
 

@@ -27,7 +27,6 @@ from pathlib import Path
 from appliance.bundle.stream import PartStream, TarReader, find_bundle_parts
 from appliance.bundle.tarfmt import BLOCK, check_name, member_span
 from appliance.errors import (
-    BundleError,
     BundleFormatError,
     DeltaBaseError,
     DigestMismatchError,
@@ -52,7 +51,7 @@ from appliance.progress import Progress, ProgressFn, no_progress
 from appliance.store import ContentStore
 from signing import Envelope, SigningError, TrustRoot, rotate_root
 from signing import verify as verify_envelope
-from signing.dsse import MAX_ENVELOPE_BYTES
+from signing.dsse import MAX_ENVELOPE_BYTES, verified_key_ids
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY = 16 * 1024 * 1024
@@ -118,8 +117,6 @@ def check_signature(manifest_bytes: bytes, envelope_bytes: bytes,
     if payload != manifest_bytes:
         raise SignatureError(f"the signed payload differs from {MANIFEST_PATH}: the manifest "
                              "was replaced after signing")
-    from signing.dsse import verified_key_ids
-
     return sorted(verified_key_ids(env, root))
 
 
@@ -308,5 +305,3 @@ def read_manifest_unverified(paths: Path | Sequence[Path]) -> tuple[Manifest, En
         raise SignatureError(f"bundle signature envelope is malformed: {e}") from e
     return Manifest.from_json(manifest_bytes), env
 
-
-__all__ = ["BundleError", "VerifiedBundle", "read_manifest_unverified", "verify_bundle"]

@@ -88,3 +88,24 @@ def oci_tar(directory: Path, path: Path) -> Path:
             if p.is_file():
                 tar.add(p, p.relative_to(layout).as_posix())
     return path
+
+
+def gzip_docker_archive(path: Path) -> Path:
+    """A docker-archive whose layers are gzip'd (as some tools save them)."""
+    import gzip
+
+    layers, config = runtime_parts()
+    with tarfile.open(path, "w") as tar:
+        def add(name: str, data: bytes) -> None:
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tar.addfile(ti, io.BytesIO(data))
+
+        add("config.json", config)
+        names = []
+        for i, data in enumerate(layers):
+            add(f"layer{i}.tar.gz", gzip.compress(data, mtime=0))
+            names.append(f"layer{i}.tar.gz")
+        add("manifest.json", json.dumps([{"Config": "config.json", "RepoTags": ["rt:1"],
+                                          "Layers": names}]).encode())
+    return path

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -15,11 +17,18 @@ from appliance.errors import SpecError
 from appliance.imagearchive import LAYER_MEDIA_TYPE
 from appliance.store import ContentStore
 from bundler.build import build_bundle
+from bundler.sources import GZIP_LAYER
 from bundler.spec import load_spec
 from signing import PrivateKey, TrustRoot
 from tests.bundle.conftest import Built, make_spec_dir
-from tests.bundle.kit import read_entries, source_date_epoch, write_spec
-from tests.bundle.runtimes import docker_archive, oci_layout, oci_tar, runtime_parts
+from tests.bundle.kit import NOW, read_entries, source_date_epoch, write_spec
+from tests.bundle.runtimes import (
+    docker_archive,
+    gzip_docker_archive,
+    oci_layout,
+    oci_tar,
+    runtime_parts,
+)
 
 
 def _json_member(path: Path, name: str) -> object:
@@ -102,13 +111,15 @@ def test_docker_manifest_and_oci_index_name_the_same_blobs(built: Built):
         assert entry["Layers"] == ["blobs/sha256/" + d[7:] for d in img.layers]
 
 
-@pytest.mark.parametrize("kind", ["docker-archive", "oci-layout", "oci-tar"])
+@pytest.mark.parametrize("kind", ["docker-archive", "oci-layout", "oci-tar", "gzip-archive"])
 def test_runtime_image_layers_come_first_with_the_command_override(
         tmp_path: Path, vendor: PrivateKey, root: TrustRoot, kind: str):
     spec_dir = tmp_path / "spec"
     make_spec_dir(spec_dir)
     if kind == "docker-archive":
         ref = "archive: " + str(docker_archive(tmp_path / "rt.tar"))
+    elif kind == "gzip-archive":
+        ref = "archive: " + str(gzip_docker_archive(tmp_path / "rt.tar"))
     elif kind == "oci-layout":
         ref = "oci_layout: " + str(oci_layout(tmp_path / "layout"))
     else:
@@ -122,16 +133,23 @@ def test_runtime_image_layers_come_first_with_the_command_override(
     verify_bundle(out, root, now=manifest.created_at, store=ContentStore(tmp_path / "s"))
     layers, _ = runtime_parts()
     img = manifest.image("svc-b")
-    base_digests = ["sha256:" + hashlib.sha256(x).hexdigest() for x in layers]
-    assert img.layers[:2] == base_digests
+    diff_ids = ["sha256:" + hashlib.sha256(x).hexdigest() for x in layers]
     config = json.loads(_blob(out, img.config_digest))
+    assert config["rootfs"]["diff_ids"][:2] == diff_ids
+    if kind != "gzip-archive":
+        assert img.layers[:2] == diff_ids
     assert config["config"]["Cmd"] == ["python", "-m", "runtime", "--models", "/models"]
     assert config["config"]["Labels"]["vendor"] == "test"
     assert config["config"]["Env"] == ["PATH=/usr/bin"]
-    assert config["rootfs"]["diff_ids"] == img.layers
+    assert config["rootfs"]["diff_ids"][2:] == img.layers[2:]
     assert len(config["history"]) == 4
     oci = json.loads(_blob(out, img.manifest_digest))
-    assert {x["mediaType"] for x in oci["layers"]} == {LAYER_MEDIA_TYPE}
+    assert {x["mediaType"] for x in oci["layers"][2:]} == {LAYER_MEDIA_TYPE}
+    if kind == "gzip-archive":
+        assert {x["mediaType"] for x in oci["layers"][:2]} == {GZIP_LAYER}
+        if shutil.which("skopeo"):  # the composed image is still a valid one
+            subprocess.run(["skopeo", "inspect", f"oci-archive:{out}:{img.reference}"],
+                           check=True, capture_output=True)
     # Two services share the runtime layers: each blob is stored once.
     names = [e.name for e in read_entries(out)]
     assert len(names) == len(set(names))
@@ -159,10 +177,12 @@ def test_runtime_layer_that_does_not_match_its_digest_is_refused(tmp_path: Path,
 @pytest.mark.parametrize(("edit", "message"), [
     (lambda s: s.replace("name: test", "name: Bad Name"), "lowercase"),
     (lambda s: s.replace("sequence: 1", "sequence: 0"), "sequence"),
+    (lambda s: s.replace("version: 1.0.0", "version: 1.0.0+git"), "image tag"),
     (lambda s: s.replace("path: models/beta", "path: models/nowhere"), "cannot read"),
     (lambda s: s.replace("models: [alpha, beta]", "models: [alpha, gamma]"), "unknown models"),
     (lambda s: s.replace("gpu: none", "gpu: maybe"), "gpu"),
     (lambda s: s.replace("expires_days: 30", "expires: 2001-01-01T00:00:00Z"), "not after"),
+    (lambda s: s.replace("expires_days: 30", "expires: 2030-01-01"), "with a zone"),
     (lambda s: s + "runtime_image: {archive: missing.tar}\n", "does not exist"),
     (lambda s: s + "runtime_image: {archive: a.tar, engine: x}\n", "exactly one"),
     (lambda s: ": : :\n" + s, "YAML"),
@@ -210,3 +230,18 @@ def test_real_onnx_model_from_samples_bundles_and_verifies(tmp_path: Path, vendo
     v = verify_bundle(tmp_path / "b.tar", root, now=m.created_at)
     assert v.manifest.model("mlp").inputs[0].shape == [-1, 64]
     assert m.model("mlp").max_batch_size == 4
+
+
+def test_hash_thread_or_not_gives_the_same_bytes(vendor: PrivateKey, root: TrustRoot,
+                                                 tmp_path: Path, monkeypatch):
+    import bundler.build
+
+    spec = make_spec_dir(tmp_path / "spec", beta=bytes(range(256)) * 12000)  # 3 MiB
+    outs = []
+    for threaded in (True, False):
+        monkeypatch.setattr(bundler.build, "hash_thread_pays", lambda t=threaded: t)
+        with source_date_epoch():
+            build_bundle(load_spec(spec), tmp_path / f"{threaded}.tar", [vendor])
+        outs.append((tmp_path / f"{threaded}.tar").read_bytes())
+    assert outs[0] == outs[1]
+    verify_bundle(tmp_path / "True.tar", root, now=NOW)

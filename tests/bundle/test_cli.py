@@ -141,3 +141,53 @@ def test_tiny_split_size_is_refused(tmp_path, keyfiles, capsys):
                        str(tmp_path / "b.tar"), "--key", str(key), "--passphrase-file",
                        str(tmp_path / "pass"), "--split", "10KiB")
     assert code == 1 and "1 MiB minimum" in err
+
+
+def test_progress_bar_draws_one_line_and_ends_it():
+    import io
+
+    from appliance.cli.bundle import ProgressBar
+    from appliance.progress import Progress
+
+    out = io.StringIO()
+    bar = ProgressBar(out, width=10)
+    bar(Progress("verify", 5 * 1024 * 1024, 10 * 1024 * 1024, "blobs/sha256/abc"))
+    bar(Progress("verify", 10 * 1024 * 1024, 10 * 1024 * 1024, "done"))
+    bar.close()
+    text = out.getvalue()
+    assert text.startswith("\rverify  [#####.....]  50.0%")
+    assert "100.0%" in text and "10.0 MiB" in text and text.endswith("\n")
+
+
+@pytest.mark.parametrize(("text", "size"), [("3900MiB", 3900 * 2**20), ("4GB", 4 * 10**9),
+                                            ("1048576", 2**20), ("2 GiB", 2 * 2**30)])
+def test_parse_size(text, size):
+    from appliance.cli.bundle import parse_size
+
+    assert parse_size(text) == size
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/usr/bin/time").exists(), reason="needs /usr/bin/time")
+def test_build_and_verify_memory_stays_flat_for_a_large_model(tmp_path, keyfiles):
+    """A 384 MiB weights file (sparse: fast to read) through build and verify, each in
+    its own process: peak RSS stays far below the model size."""
+    key, root, _ = keyfiles
+    spec = make_spec_dir(tmp_path / "spec")
+    with open(tmp_path / "spec" / "models" / "beta" / "model.onnx", "wb") as f:
+        f.truncate(384 * 1024 * 1024)
+
+    def peak_rss_mib(*argv: str) -> float:
+        report = tmp_path / "time.txt"
+        subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(report), sys.executable, "-m",
+                        "appliance", *argv], check=True, capture_output=True,
+                       cwd=Path(__file__).parents[2], timeout=300,
+                       env={"APPLIANCE_KEY_PASSPHRASE": "s3cret", "PATH": "/usr/bin:/bin"})
+        return int(report.read_text().split()[-1]) / 1024
+
+    build = peak_rss_mib("bundle", "build", "-q", "-f", str(spec), "-o",
+                         str(tmp_path / "b.tar"), "--key", str(key))
+    verify = peak_rss_mib("bundle", "verify", "-q", str(tmp_path / "b.tar"), "--trust",
+                          str(root), "--store", str(tmp_path / "site"))
+    assert (tmp_path / "b.tar").stat().st_size > 384 * 1024 * 1024
+    assert build < 100 and verify < 100, (build, verify)

@@ -9,7 +9,12 @@ from pathlib import Path
 import pytest
 
 from appliance.bundle import find_bundle_parts, verify_bundle
-from appliance.errors import DeltaBaseError, SplitPartError
+from appliance.errors import (
+    DeltaBaseError,
+    DigestMismatchError,
+    SplitPartError,
+    TruncatedBundleError,
+)
 from appliance.imagearchive import image_blobs, write_image_archive
 from appliance.store import ContentStore
 from bundler.build import build_bundle
@@ -153,3 +158,29 @@ def test_rebuilding_with_fewer_parts_removes_stale_parts(tmp_path: Path, vendor:
     assert len(find_bundle_parts(tmp_path / "b.tar")) == 4
     build_bundle(load_spec(spec), tmp_path / "b.tar", [vendor], split_bytes=2 * MIB)
     assert len(find_bundle_parts(tmp_path / "b.tar")) == 2
+
+
+@pytest.mark.parametrize("read_ahead", [True, False])
+def test_read_ahead_or_not_verifies_and_refuses_the_same(split: Built, root: TrustRoot,
+                                                         tmp_path: Path, monkeypatch,
+                                                         read_ahead: bool):
+    import appliance.bundle.stream
+
+    monkeypatch.setattr(appliance.bundle.stream, "idle_core", lambda: read_ahead)
+    whole = split.spec_dir / "whole.tar"
+    store = ContentStore(tmp_path / "site")
+    assert verify_bundle(whole, root, now=NOW, store=store).manifest == split.manifest
+    data = whole.read_bytes()
+    big = max(split.manifest.members, key=lambda m: m.size)
+    assert big.size > 3 * MIB
+    damaged = bytearray(data)
+    damaged[data.index(b"blobs/sha256/" + big.sha256.encode()) + 512 + 2 * MIB + 7] ^= 4
+    (tmp_path / "flip.tar").write_bytes(bytes(damaged))
+    store2 = ContentStore(tmp_path / "site2")
+    with pytest.raises(DigestMismatchError):
+        verify_bundle(tmp_path / "flip.tar", root, now=NOW, store=store2)
+    assert_store_clean(store2, split.manifest)
+    (tmp_path / "cut.tar").write_bytes(data[: len(data) - 5 * 1024 * 1024 // 4])
+    with pytest.raises(TruncatedBundleError):
+        verify_bundle(tmp_path / "cut.tar", root, now=NOW, store=store2)
+    assert_store_clean(store2, split.manifest)

@@ -185,3 +185,41 @@ def test_runtime_image_from_an_engine_via_the_docker_sdk(tmp_path: Path, podman_
     assert m.image("svc-a").layers[:2] == ["sha256:" + hashlib.sha256(x).hexdigest()
                                            for x in layers]
     assert not list(tmp_path.glob(".bundle-*")), "the saved engine image is cleaned up"
+
+
+@contextlib.contextmanager
+def containerd(tmp: Path) -> Iterator[str]:
+    """A private containerd (CRI off) on its own socket, for `ctr images import`."""
+    sock = tmp / "c.sock"
+    config = tmp / "config.toml"
+    config.write_text(f'version = 2\nroot = "{tmp}/root"\nstate = "{tmp}/state"\n'
+                      f'[grpc]\n  address = "{sock}"\n'
+                      '[plugins."io.containerd.grpc.v1.cri"]\n  disable = true\n')
+    with open(tmp / "containerd.log", "wb") as log:
+        proc = subprocess.Popen(["containerd", "--config", str(config)],
+                                stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        deadline = time.monotonic() + 30
+        while subprocess.run(["ctr", "-a", str(sock), "version"],
+                             capture_output=True).returncode:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.skip("containerd did not start")
+            time.sleep(0.1)  # polling the daemon's readiness with a deadline
+        yield str(sock)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.mark.engine
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("containerd") is None or os.geteuid() != 0,
+                    reason="needs containerd and root")
+def test_ctr_images_import_accepts_the_bundle(built: Built):
+    with tempfile.TemporaryDirectory(prefix="bctd", dir="/tmp") as d, \
+            containerd(Path(d)) as sock:
+        subprocess.run(["ctr", "-a", sock, "images", "import", str(built.path)], check=True,
+                       capture_output=True, timeout=120)
+        listed = subprocess.run(["ctr", "-a", sock, "images", "ls", "-q"], check=True,
+                                capture_output=True, text=True).stdout.split()
+    assert sorted(listed) == sorted(img.reference for img in built.manifest.images)

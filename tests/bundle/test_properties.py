@@ -5,6 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -46,6 +47,7 @@ member_name = st.text(
 ).filter(lambda s: len(s.encode()) <= 100 and "\0" not in s)
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(name=member_name, position=st.integers(2, 11), payload=st.binary(max_size=600))
 def test_no_inserted_member_verifies(built: Built, root: TrustRoot, name: str, position: int,
@@ -57,6 +59,7 @@ def test_no_inserted_member_verifies(built: Built, root: TrustRoot, name: str, p
         _refused(out.read_bytes(), root, built)
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(name=member_name, index=st.integers(2, 10))
 def test_no_renamed_member_verifies(built: Built, root: TrustRoot, name: str, index: int):

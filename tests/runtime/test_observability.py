@@ -105,6 +105,11 @@ def test_history_is_readable_and_survives_restart(
         assert code == 200
         old = [x for x in json.loads(raw) if x["t"] <= first[0]["t"]]
         assert old and old[-1]["requests_total"] >= 3
+        code, _, raw = http("GET", f"{s.url}/appliance/metrics/history?limit=1")
+        assert code == 200 and len(json.loads(raw)) == 1
+        code, _, raw = http("GET", f"{s.url}/appliance/metrics/history?since=1e12")
+        assert code == 200 and json.loads(raw) == []
+        assert http("GET", f"{s.url}/appliance/metrics/history?since=soon")[0] == 400
     finally:
         s.stop()
 

@@ -33,6 +33,7 @@ def test_flags_override_env(tmp_path: Path) -> None:
     ({"RUNTIME_PORT": "70000"}, "out of range"),
     ({"RUNTIME_MAX_QUEUE": "0"}, "max_queue must be positive"),
     ({"RUNTIME_DEVICE": "tpu"}, "not auto, cpu or cuda:N"),
+    ({"RUNTIME_SWITCH_INTERVAL_MS": "0"}, "switch_interval_ms"),
     ({"RUNTIME_TOKEN_FILE": "/nonexistent/token"}, "cannot read token file"),
 ])
 def test_bad_settings_name_the_problem(env: dict[str, str], text: str) -> None:
