@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import random
 import secrets
+import shutil
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,9 +71,10 @@ def free_ports() -> int:
 
 
 @pytest.fixture(scope="session")
-def vendor(tmp_path_factory: pytest.TempPathFactory, runtime_archive: Path) -> Vendor:
+def vendor(tmp_path_factory: pytest.TempPathFactory, runtime_archive: Path) -> Iterator[Vendor]:
     work = tmp_path_factory.mktemp("vendor")
-    return Vendor(work, f"e2e-{secrets.token_hex(3)}", free_ports(), runtime_archive)
+    yield Vendor(work, f"e2e-{secrets.token_hex(3)}", free_ports(), runtime_archive)
+    shutil.rmtree(work, ignore_errors=True)  # about 2 GB of bundles
 
 
 @pytest.fixture(scope="session")

@@ -76,6 +76,8 @@ def test_lifecycle(tmp_path: Path, engine_url: str, vendor: Vendor,
             engine.stop(rel.sequence)
         remove_vendor_images(engine, vendor.name)
         engine.close()
+        for d in (stick, site.root):  # copies of GB-sized bundles and the site's store
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def _story(site: Site, engine: DockerEngine, stick: Path, bundles: dict[int, Release]) -> None:

@@ -91,3 +91,5 @@ async def test_first_install_through_the_installer_screens(
             engine.stop(rel.sequence)
         remove_vendor_images(engine, vendor.name)
         engine.close()
+        for d in (stick, site.root):
+            shutil.rmtree(d, ignore_errors=True)
