@@ -1,4 +1,5 @@
-"""The lifecycle's pieces: two models made by code, signed bundles over the runtime image,
+"""The lifecycle's pieces: two models made by code, signed bundles (`appliance bundle build`,
+`--base` for deltas) over the runtime image,
 the headless installer as a subprocess, and tritonclient checks against what serves.
 
 The ONNX MLP runs in the slim layers; the PyTorch model (torch.export) needs torch, so
@@ -60,6 +61,9 @@ class Vendor:
         root = TrustRoot.create([self.key.public_key], names={self.key.key_id: "e2e vendor"})
         self.root_path = self.work / "root.json"
         self.root_path.write_bytes(root.to_json())
+        self.key_path = self.work / "vendor.key"
+        self.key_path.write_bytes(self.key.to_pem())
+        self.key_path.chmod(0o600)
         (self.work / "no-gpu.json").write_text(json.dumps(NO_GPU))
 
     @property
@@ -68,9 +72,9 @@ class Vendor:
 
     def build(self, sequence: int, mlp_seed: int, torch_seed: int, *, base: int | None = None,
               broken: bool = False) -> Release:
-        """Build bundle `sequence` (a delta over release `base` when given)."""
-        from bundler.build import build_bundle
-        from bundler.spec import load_spec
+        """Build bundle `sequence` with `appliance bundle build` (`--base`: a delta over the
+        bundle of release `base`)."""
+        from appliance.bundle import read_manifest_unverified
         spec_dir = self.work / f"spec-{sequence}"
         mlp_dir, torch_dir = spec_dir / "models" / "mlp", spec_dir / "models" / "tmlp"
         make_mlp_onnx(mlp_dir, sizes=MLP_SIZES, seed=mlp_seed)
@@ -80,8 +84,14 @@ class Vendor:
         spec = self.spec(sequence, mlp_seed, torch_seed, with_samples=not broken)
         (spec_dir / "appliance.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
         out = self.work / f"{self.name}-{sequence}.tar"
-        manifest = build_bundle(load_spec(spec_dir / "appliance.yaml"), out, [self.key],
-                                base=self.releases[base].manifest if base else None)
+        cmd = [sys.executable, "-m", "appliance", "bundle", "build", "-q",
+               "-f", str(spec_dir / "appliance.yaml"), "-o", str(out), "--key", str(self.key_path)]
+        if base:
+            cmd += ["--base", str(self.releases[base].path)]
+        r = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=600,
+                           check=False)
+        assert r.returncode == 0, f"bundle build failed: {r.stderr}{r.stdout}"
+        manifest, _ = read_manifest_unverified(out)
         rel = Release(out, sequence, manifest, mlp_seed, torch_seed, broken)
         self.releases[sequence] = rel
         return rel
