@@ -1,6 +1,6 @@
-"""The lifecycle's pieces: two models made by code, signed bundles (`appliance bundle build`,
-`--base` for deltas) over the runtime image,
-the headless installer as a subprocess, and tritonclient checks against what serves.
+"""The lifecycle's pieces: two models made by code, signed bundles over the runtime image
+(`appliance bundle build`, `--base` for deltas), the headless installer as a subprocess,
+and tritonclient checks against what serves.
 
 The ONNX MLP runs in the slim layers; the PyTorch model (torch.export) needs torch, so
 the bundle is built over the torch runtime image (the slim image plus one torch layer):
