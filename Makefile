@@ -49,3 +49,9 @@ runtime-image-torch: venv
 .PHONY: bench-runtime
 bench-runtime: venv
 	$(PY) bench/runtime_bench.py --seconds 10 --soak 300
+
+# From a 1 GiB-weights bundle on the "stick" to the first inference, against
+# podman load + podman run by hand (docs/benchmarks.md); needs root and podman.
+.PHONY: bench-install
+bench-install: venv
+	$(PY) bench/install_bench.py --rounds 3

@@ -1,13 +1,18 @@
-"""`make demo`: a signed bundle from a model made by code, verified into a site's store.
+"""`make demo`: a signed bundle from a model made by code, installed, serving, answering.
 
 Everything lives under out/demo (or the directory given): a vendor key and
 trust root, an ONNX MLP from `bundler.samples`, appliance.yaml, the bundle,
-and a site directory whose content store receives the verified blobs.
+and a site directory the headless install plan installs it into, with a
+container engine when one answers (over the runtime image, built or cached)
+or else the process engine (`bundler.demo_site` decides and says why). It
+ends with the endpoint, a sample curl and one real inference answer.
+`--bundle-only` stops after building and verifying.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
@@ -41,8 +46,12 @@ models:
 services:
   - name: mlp
     models: [mlp]
-    port: 8000
+    port: {port}
     gpu: preferred
+"""
+RUNTIME = """\
+runtime_image:
+  archive: {archive}
 """
 
 
@@ -58,8 +67,13 @@ class DemoResult:
     verified: VerifiedBundle
 
 
-def make_demo_bundle(root: Path, sequence: int = 1) -> DemoResult:
-    """Key + trust root, an MLP, its spec, a signed bundle, verified into root/site's store."""
+def make_demo_bundle(root: Path, sequence: int = 1, *, runtime_archive: Path | None = None,
+                     port: int = 8000) -> DemoResult:
+    """Key + trust root, an MLP, its spec, a signed bundle, verified into root/site's store.
+
+    With `runtime_archive` the service image is that runtime plus the weights layer;
+    without, a weights-only image (for the process engine).
+    """
     root.mkdir(parents=True, exist_ok=True)
     key_path, root_path = root / "keys" / "vendor.key", root / "root.json"
     if key_path.exists():
@@ -71,7 +85,10 @@ def make_demo_bundle(root: Path, sequence: int = 1) -> DemoResult:
     trust = TrustRoot.create([key.public_key], names={key.key_id: "demo vendor"})
     atomic_write(root_path, trust.to_json())
     make_mlp_onnx(root / "models" / "mlp")
-    (root / "appliance.yaml").write_text(SPEC.format(sequence=sequence))
+    spec = SPEC.format(sequence=sequence, port=port)
+    if runtime_archive is not None:
+        spec += RUNTIME.format(archive=json.dumps(str(runtime_archive.resolve())))
+    (root / "appliance.yaml").write_text(spec)
     bundle = root / "demo-bundle.tar"
     build_bundle(load_spec(root / "appliance.yaml"), bundle, [key])
     site = root / "site"
@@ -80,17 +97,8 @@ def make_demo_bundle(root: Path, sequence: int = 1) -> DemoResult:
     return DemoResult(root, key_path, root_path, bundle, site, verified)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the demo and print what it made."""
-    parser = argparse.ArgumentParser(prog="python -m bundler.demo", description=__doc__)
-    parser.add_argument("--out", default="out/demo", help="working directory (default out/demo)")
-    parser.add_argument("--clean", action="store_true", help="start from an empty directory")
-    args = parser.parse_args(argv)
-    root = Path(args.out)
-    if args.clean and root.exists():
-        shutil.rmtree(root)
-    started = time.monotonic()
-    r = make_demo_bundle(root)
+def print_bundle(r: DemoResult) -> None:
+    """What the bundle holds, one line per thing."""
     m = r.verified.manifest
     print(f"demo bundle  {r.bundle} ({human(r.bundle.stat().st_size)})")
     print(f"trust root   {r.trust_root}  (key {r.key})")
@@ -103,8 +111,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"image        {img.reference} {img.manifest_digest[:19]}")
     print(f"site store   {r.site / 'blobs' / 'sha256'} "
           f"({len(ContentStore(r.site).digests())} verified blobs)")
-    print(f"done in {time.monotonic() - started:.1f} s")
-    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the demo: build, verify, install, serve, answer; print what it did."""
+    parser = argparse.ArgumentParser(prog="python -m bundler.demo", description=__doc__)
+    parser.add_argument("--out", default="out/demo", help="working directory (default out/demo)")
+    parser.add_argument("--clean", action="store_true", help="start from an empty directory")
+    parser.add_argument("--engine", choices=("auto", "docker", "process"), default="auto",
+                        help="auto: a container engine when one answers, else the process one")
+    parser.add_argument("--port", type=int, default=8000, help="the service port (default 8000)")
+    parser.add_argument("--bundle-only", action="store_true",
+                        help="only build the bundle and verify it into the site's store")
+    parser.add_argument("--stop", action="store_true",
+                        help="stop what an earlier demo left serving, remove its site, exit")
+    args = parser.parse_args(argv)
+    root = Path(args.out)
+    started = time.monotonic()
+    if args.stop:
+        from bundler.demo_site import stop_demo
+        return stop_demo(root)
+    if args.bundle_only:
+        if args.clean and root.exists():
+            shutil.rmtree(root)
+        print_bundle(make_demo_bundle(root))
+        print(f"done in {time.monotonic() - started:.1f} s")
+        return 0
+    from bundler.demo_site import run_demo
+    return run_demo(root, engine=args.engine, port=args.port, clean=args.clean,
+                    started=started)
 
 
 if __name__ == "__main__":
