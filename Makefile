@@ -31,8 +31,8 @@ test: lint typecheck unit
 demo: venv
 	$(PY) -m bundler.demo
 
-bench: venv
-	$(PY) bench/run_all.py
+# Every benchmark, each printing its table with a baseline measured in the same run.
+bench: bench-bundle bench-runtime bench-install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache out
@@ -46,7 +46,10 @@ runtime-image: venv
 runtime-image-torch: venv
 	$(PY) -m images.build --variant torch
 
-.PHONY: bench-runtime
+.PHONY: bench-bundle bench-runtime
+bench-bundle: venv
+	$(PY) bench/bundle_bench.py --sizes 0.5,2 --repeat 5
+
 bench-runtime: venv
 	$(PY) bench/runtime_bench.py --seconds 10 --soak 300
 
