@@ -4,8 +4,10 @@
         [--mlserver /work/mlserver-venv/bin/mlserver]
 
 Models are made by code (bundler.samples): an MLP 64-256-10 (the HTTP path is the cost)
-and a small CNN 3x32x32 (compute is the cost). In one run: raw ONNX Runtime in-process at
-batch 1/8/32 (the ceiling); each server under closed-loop concurrency 1/8/32 (wrk) and
+and a CNN 3x32x32 -> conv 128 -> conv 256/2 -> GAP -> 10 (compute is the cost: about 1 ms
+per row on one core at batch 32; its model.json asks for --cnn-threads intra-op threads,
+2 by default). In one run: raw ONNX Runtime in-process at batch 1/8/32 (the ceiling);
+each server under closed-loop concurrency 1/8/32 (wrk) and
 open-loop Poisson arrivals at several rates; MLServer with its batching on and off. The
 load generators share the machine's cores with the server.
 """
@@ -143,11 +145,44 @@ def binary_body_for(shape: tuple[int, ...]) -> tuple[bytes, dict[str, str]]:
     return header + x.tobytes(), {"Inference-Header-Content-Length": str(len(header))}
 
 
-def load_suite(url: str, body: bytes, seconds: float, rates: list[float]
-               ) -> dict[str, LoadResult]:
+def batch_sizes(url: str) -> dict[str, float]:
+    """Our server's runtime_batch_size histogram (cumulative buckets, sum, count)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "runtime_batch_size":
+            for s in family.samples:
+                key = s.labels.get("le", s.name.rsplit("_", 1)[-1])
+                out[key] = out.get(key, 0.0) + s.value
+    return out
+
+
+def batch_fill(before: dict[str, float], after: dict[str, float]) -> str:
+    """Mean rows per batch and the share of batches of each size range, between two scrapes."""
+    d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    n = d.get("count", 0.0)
+    if not n:
+        return "no batches"
+    parts, below = [], 0.0
+    for le in sorted((k for k in d if k not in ("sum", "count", "+Inf")), key=float):
+        share = (d[le] - below) / n
+        if share > 0:
+            parts.append(f"<={float(le):g}: {share:.0%}")
+        below = d[le]
+    return f"{n:,.0f} batches, mean {d['sum'] / n:.1f} rows; " + ", ".join(parts)
+
+
+def load_suite(url: str, body: bytes, seconds: float, rates: list[float],
+               metrics_url: str = "") -> dict[str, LoadResult]:
     results = {}
     for c in (1, 8, 32):
+        before = batch_sizes(metrics_url) if metrics_url and c == 32 else {}
         results[f"closed c={c}"] = wrk(url, body, c, seconds)
+        if before:
+            print(f"batch sizes at closed c=32: {batch_fill(before, batch_sizes(metrics_url))}")
     for r in rates:
         results[f"poisson {r:.0f}/s"] = poisson(url, body, r, seconds)
     return results
@@ -185,6 +220,8 @@ def main() -> int:
     p.add_argument("--mlserver", default="/work/mlserver-venv/bin/mlserver",
                    help="mlserver executable (its own venv); '' to skip the peer")
     p.add_argument("--models", default="mlp,cnn")
+    p.add_argument("--cnn-threads", type=int, default=2,
+                   help="intra_op_threads in the CNN's model.json (ours only)")
     p.add_argument("--no-peer-batching-off", action="store_true",
                    help="run MLServer only with its batching on")
     args = p.parse_args()
@@ -200,8 +237,14 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
     models = tmp / "models"
     made = {
         "mlp": (make_mlp_onnx(models / "mlp" / "1"), (64,), [250, 500, 1000, 2000]),
-        "cnn": (make_cnn_onnx(models / "cnn" / "1"), (3, 32, 32), [50, 100, 200, 400]),
+        "cnn": (make_cnn_onnx(models / "cnn" / "1", channels=(128, 256)), (3, 32, 32),
+                [100, 200, 300, 450]),
     }
+    # Compute-bound: with batching the model thread should have both cores.
+    spec_path = made["cnn"][0] / "model.json"
+    spec = json.loads(spec_path.read_text())
+    spec["intra_op_threads"] = args.cnn_threads
+    spec_path.write_text(json.dumps(spec))
     wanted = args.models.split(",")
     print(f"# cores: {os.cpu_count()}; load generators (wrk, Poisson client) share them; "
           f"{args.seconds:.0f} s per run")
@@ -224,7 +267,7 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
                "--data-dir", str(tmp / f"data-{name}")]
         with running(cmd, url, REPO, tmp / f"ours-{name}.log") as proc:
             infer = f"{url}/v2/models/{name}/infer"
-            results = load_suite(infer, body, args.seconds, rates)
+            results = load_suite(infer, body, args.seconds, rates, url)
             results.update(binary_suite(infer, shape, args.seconds))
             for load, r in results.items():
                 print(row("ours", load, r), flush=True)
