@@ -2,6 +2,12 @@
 
     /work/main/.venv/bin/python bench/runtime_bench.py [--seconds 10] [--soak 300]
         [--mlserver /work/mlserver-venv/bin/mlserver]
+    /work/main/.venv/bin/python bench/runtime_bench.py --load-mib 200
+
+`--load-mib N` instead times loading an N MiB ONNX MLP (4096-wide layers) in fresh
+processes: one file read by path, the same file passed as bytes from Python, and the
+weights as ONNX external data with and without weight pre-packing (load and warm-up time,
+RSS split into anonymous and file-backed memory, peak RSS, batch-32 inference time).
 
 Models are made by code (bundler.samples): an MLP 64-256-10 (the HTTP path is the cost)
 and a CNN 3x32x32 -> conv 128 -> conv 256/2 -> GAP -> 10 (compute is the cost: about 1 ms
@@ -59,6 +65,94 @@ class OnnxModel(MLModel):
         return InferenceResponse(model_name=self.name,
                                  outputs=[NumpyCodec.encode_output("y", y)])
 '''
+
+
+LOAD_CHILD = r'''
+import json, sys, time
+t0 = time.perf_counter()
+import numpy as np
+sys.path.insert(0, sys.argv[3])
+from runtime.backends import load_backend, mapped_bytes, warm_up
+from runtime.modelspec import load_spec
+
+def status():
+    out = {}
+    for line in open("/proc/self/status"):
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "RssAnon", "RssFile", "VmHWM"):
+            out[key] = int(value.split()[0]) / 1024
+    return out
+
+spec = load_spec(__import__("pathlib").Path(sys.argv[1]) / "model.json")
+before = status()
+t = time.perf_counter()
+if sys.argv[2] == "bytes":
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    session = ort.InferenceSession(spec.path.read_bytes(), opts,
+                                   providers=["CPUExecutionProvider"])
+    run = lambda x: session.run(None, {"x": x})
+    run(np.zeros((1, 64), np.float32))
+else:
+    backend = load_backend(spec, "cpu", 1)
+    warm_up(spec, backend)
+    run = lambda x: backend.run({"x": x})
+load_s = time.perf_counter() - t
+after = status()
+x = np.ones((32, 64), np.float32)
+times = []
+for _ in range(20):
+    t = time.perf_counter()
+    run(x)
+    times.append(time.perf_counter() - t)
+print(json.dumps({"load_s": load_s, "before": before, "after": after,
+                  "mapped_mib": sum(mapped_bytes(spec.directory).values()) / 2**20,
+                  "b32_ms": float(np.median(times)) * 1000}))
+'''
+
+
+def load_bench(tmp: Path, mib: float) -> None:
+    """Load time and memory of a large ONNX model, single file against external data."""
+    import onnx
+
+    wide = max(1, round(mib / 64))  # a 4096x4096 FP32 layer is 64 MiB
+    single = tmp / "single"
+    make_mlp_onnx(single, sizes=(64, *[4096] * (wide + 1), 10))
+    external = tmp / "external"
+    external.mkdir()
+    shutil.copy(single / "model.json", external / "model.json")
+    onnx.save_model(onnx.load(str(single / "model.onnx")), str(external / "model.onnx"),
+                    save_as_external_data=True, location="model.onnx.data",
+                    size_threshold=1024)
+    prepacked = tmp / "external-prepacked"
+    shutil.copytree(external, prepacked)
+    doc = json.loads((prepacked / "model.json").read_text())
+    doc["prepack_weights"] = True
+    (prepacked / "model.json").write_text(json.dumps(doc))
+    size = sum(f.stat().st_size for f in external.iterdir()) / 2**20
+    print(f"# {size:.0f} MiB of weights; page cache warm (each file read once before); "
+          f"median of 3 fresh processes per row\n")
+    print("| weights | loaded by | load + warm-up s | RSS MiB | anon MiB | file-backed MiB "
+          "| peak RSS MiB | mapped MiB | batch-32 ms |\n|---|---|---|---|---|---|---|---|---|")
+    for label, d, mode in [
+        ("one file", single, "runtime"), ("one file", single, "bytes"),
+        ("external data, prepack_weights: true", prepacked, "runtime"),
+        ("external data (default: memory-mapped)", external, "runtime"),
+    ]:
+        for f in d.iterdir():
+            f.read_bytes()  # same page-cache state for every row
+        runs = []
+        for _ in range(3):
+            out = subprocess.run([sys.executable, "-c", LOAD_CHILD, str(d), mode, str(REPO)],
+                                 check=True, capture_output=True, text=True).stdout
+            runs.append(json.loads(out.splitlines()[-1]))
+        r = sorted(runs, key=lambda v: v["load_s"])[1]
+        a, b = r["after"], r["before"]
+        by = "bytes from Python" if mode == "bytes" else "path (runtime)"
+        print(f"| {label} | {by} | {r['load_s']:.3f} | {a['VmRSS'] - b['VmRSS']:.0f} | "
+              f"{a['RssAnon'] - b['RssAnon']:.0f} | {a['RssFile'] - b['RssFile']:.0f} | "
+              f"{a['VmHWM']:.0f} | {r['mapped_mib']:.0f} | {r['b32_ms']:.2f} |", flush=True)
 
 
 def free_port() -> int:
@@ -219,6 +313,8 @@ def main() -> int:
     p.add_argument("--soak", type=float, default=0.0, help="MLP c=32 soak seconds (RSS check)")
     p.add_argument("--mlserver", default="/work/mlserver-venv/bin/mlserver",
                    help="mlserver executable (its own venv); '' to skip the peer")
+    p.add_argument("--load-mib", type=float, default=0.0,
+                   help="only time loading an ONNX model of about this many MiB")
     p.add_argument("--models", default="mlp,cnn")
     p.add_argument("--cnn-threads", type=int, default=2,
                    help="intra_op_threads in the CNN's model.json (ours only)")
@@ -227,6 +323,9 @@ def main() -> int:
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="runtime-bench-"))
     try:
+        if args.load_mib:
+            load_bench(tmp, args.load_mib)
+            return 0
         return run(args, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
