@@ -81,3 +81,19 @@ def test_bad_prepack_weights_is_refused(tmp_path: Path) -> None:
     (tmp_path / "m" / "model.json").write_text(json.dumps(doc))
     with pytest.raises(ModelLoadError, match="prepack_weights must be true or false"):
         load_spec(tmp_path / "m" / "model.json")
+
+
+def test_external_data_outside_the_model_directory_is_refused(tmp_path: Path) -> None:
+    model_dir = _external(tmp_path / "outside")
+    inner = tmp_path / "outside" / "inner"
+    inner.mkdir()
+    (inner / "model.json").write_text((model_dir / "model.json").read_text())
+    model = onnx.load(str(model_dir / "model.onnx"), load_external_data=False)
+    for t in model.graph.initializer:
+        for entry in t.external_data:
+            if entry.key == "location":
+                entry.value = "../model.onnx.data"
+    (inner / "model.onnx").write_bytes(model.SerializeToString())
+    spec = load_spec(inner / "model.json")
+    with pytest.raises(ModelLoadError, match="ONNX Runtime cannot load .*escapes model directory"):
+        load_backend(spec, "cpu", 1)
