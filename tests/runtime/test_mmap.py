@@ -95,5 +95,5 @@ def test_external_data_outside_the_model_directory_is_refused(tmp_path: Path) ->
                 entry.value = "../model.onnx.data"
     (inner / "model.onnx").write_bytes(model.SerializeToString())
     spec = load_spec(inner / "model.json")
-    with pytest.raises(ModelLoadError, match="ONNX Runtime cannot load .*escapes model directory"):
+    with pytest.raises(ModelLoadError, match=r"ONNX Runtime cannot load .*escapes model directory"):
         load_backend(spec, "cpu", 1)
