@@ -2,10 +2,18 @@
 
     /work/main/.venv/bin/python bench/runtime_bench.py [--seconds 10] [--soak 300]
         [--mlserver /work/mlserver-venv/bin/mlserver]
+    /work/main/.venv/bin/python bench/runtime_bench.py --load-mib 200
+
+`--load-mib N` instead times loading an N MiB ONNX MLP (4096-wide layers) in fresh
+processes: one file read by path, the same file passed as bytes from Python, and the
+weights as ONNX external data with and without weight pre-packing (load and warm-up time,
+RSS split into anonymous and file-backed memory, peak RSS, batch-32 inference time).
 
 Models are made by code (bundler.samples): an MLP 64-256-10 (the HTTP path is the cost)
-and a small CNN 3x32x32 (compute is the cost). In one run: raw ONNX Runtime in-process at
-batch 1/8/32 (the ceiling); each server under closed-loop concurrency 1/8/32 (wrk) and
+and a CNN 3x32x32 -> conv 128 -> conv 256/2 -> GAP -> 10 (compute is the cost: about 1 ms
+per row on one core at batch 32; its model.json asks for --cnn-threads intra-op threads,
+2 by default). In one run: raw ONNX Runtime in-process at batch 1/8/32 (the ceiling);
+each server under closed-loop concurrency 1/8/32 (wrk) and
 open-loop Poisson arrivals at several rates; MLServer with its batching on and off. The
 load generators share the machine's cores with the server.
 """
@@ -57,6 +65,94 @@ class OnnxModel(MLModel):
         return InferenceResponse(model_name=self.name,
                                  outputs=[NumpyCodec.encode_output("y", y)])
 '''
+
+
+LOAD_CHILD = r'''
+import json, sys, time
+t0 = time.perf_counter()
+import numpy as np
+sys.path.insert(0, sys.argv[3])
+from runtime.backends import load_backend, mapped_bytes, warm_up
+from runtime.modelspec import load_spec
+
+def status():
+    out = {}
+    for line in open("/proc/self/status"):
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "RssAnon", "RssFile", "VmHWM"):
+            out[key] = int(value.split()[0]) / 1024
+    return out
+
+spec = load_spec(__import__("pathlib").Path(sys.argv[1]) / "model.json")
+before = status()
+t = time.perf_counter()
+if sys.argv[2] == "bytes":
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    session = ort.InferenceSession(spec.path.read_bytes(), opts,
+                                   providers=["CPUExecutionProvider"])
+    run = lambda x: session.run(None, {"x": x})
+    run(np.zeros((1, 64), np.float32))
+else:
+    backend = load_backend(spec, "cpu", 1)
+    warm_up(spec, backend)
+    run = lambda x: backend.run({"x": x})
+load_s = time.perf_counter() - t
+after = status()
+x = np.ones((32, 64), np.float32)
+times = []
+for _ in range(20):
+    t = time.perf_counter()
+    run(x)
+    times.append(time.perf_counter() - t)
+print(json.dumps({"load_s": load_s, "before": before, "after": after,
+                  "mapped_mib": sum(mapped_bytes(spec.directory).values()) / 2**20,
+                  "b32_ms": float(np.median(times)) * 1000}))
+'''
+
+
+def load_bench(tmp: Path, mib: float) -> None:
+    """Load time and memory of a large ONNX model, single file against external data."""
+    import onnx
+
+    wide = max(1, round(mib / 64))  # a 4096x4096 FP32 layer is 64 MiB
+    single = tmp / "single"
+    make_mlp_onnx(single, sizes=(64, *[4096] * (wide + 1), 10))
+    external = tmp / "external"
+    external.mkdir()
+    shutil.copy(single / "model.json", external / "model.json")
+    onnx.save_model(onnx.load(str(single / "model.onnx")), str(external / "model.onnx"),
+                    save_as_external_data=True, location="model.onnx.data",
+                    size_threshold=1024)
+    prepacked = tmp / "external-prepacked"
+    shutil.copytree(external, prepacked)
+    doc = json.loads((prepacked / "model.json").read_text())
+    doc["prepack_weights"] = True
+    (prepacked / "model.json").write_text(json.dumps(doc))
+    size = sum(f.stat().st_size for f in external.iterdir()) / 2**20
+    print(f"# {size:.0f} MiB of weights; page cache warm (each file read once before); "
+          f"median of 3 fresh processes per row\n")
+    print("| weights | loaded by | load + warm-up s | RSS MiB | anon MiB | file-backed MiB "
+          "| peak RSS MiB | mapped MiB | batch-32 ms |\n|---|---|---|---|---|---|---|---|---|")
+    for label, d, mode in [
+        ("one file", single, "runtime"), ("one file", single, "bytes"),
+        ("external data, prepack_weights: true", prepacked, "runtime"),
+        ("external data (default: memory-mapped)", external, "runtime"),
+    ]:
+        for f in d.iterdir():
+            f.read_bytes()  # same page-cache state for every row
+        runs = []
+        for _ in range(3):
+            out = subprocess.run([sys.executable, "-c", LOAD_CHILD, str(d), mode, str(REPO)],
+                                 check=True, capture_output=True, text=True).stdout
+            runs.append(json.loads(out.splitlines()[-1]))
+        r = sorted(runs, key=lambda v: v["load_s"])[1]
+        a, b = r["after"], r["before"]
+        by = "bytes from Python" if mode == "bytes" else "path (runtime)"
+        print(f"| {label} | {by} | {r['load_s']:.3f} | {a['VmRSS'] - b['VmRSS']:.0f} | "
+              f"{a['RssAnon'] - b['RssAnon']:.0f} | {a['RssFile'] - b['RssFile']:.0f} | "
+              f"{a['VmHWM']:.0f} | {r['mapped_mib']:.0f} | {r['b32_ms']:.2f} |", flush=True)
 
 
 def free_port() -> int:
@@ -143,11 +239,44 @@ def binary_body_for(shape: tuple[int, ...]) -> tuple[bytes, dict[str, str]]:
     return header + x.tobytes(), {"Inference-Header-Content-Length": str(len(header))}
 
 
-def load_suite(url: str, body: bytes, seconds: float, rates: list[float]
-               ) -> dict[str, LoadResult]:
+def batch_sizes(url: str) -> dict[str, float]:
+    """Our server's runtime_batch_size histogram (cumulative buckets, sum, count)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "runtime_batch_size":
+            for s in family.samples:
+                key = s.labels.get("le", s.name.rsplit("_", 1)[-1])
+                out[key] = out.get(key, 0.0) + s.value
+    return out
+
+
+def batch_fill(before: dict[str, float], after: dict[str, float]) -> str:
+    """Mean rows per batch and the share of batches of each size range, between two scrapes."""
+    d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    n = d.get("count", 0.0)
+    if not n:
+        return "no batches"
+    parts, below = [], 0.0
+    for le in sorted((k for k in d if k not in ("sum", "count", "+Inf")), key=float):
+        share = (d[le] - below) / n
+        if share > 0:
+            parts.append(f"<={float(le):g}: {share:.0%}")
+        below = d[le]
+    return f"{n:,.0f} batches, mean {d['sum'] / n:.1f} rows; " + ", ".join(parts)
+
+
+def load_suite(url: str, body: bytes, seconds: float, rates: list[float],
+               metrics_url: str = "") -> dict[str, LoadResult]:
     results = {}
     for c in (1, 8, 32):
+        before = batch_sizes(metrics_url) if metrics_url and c == 32 else {}
         results[f"closed c={c}"] = wrk(url, body, c, seconds)
+        if before:
+            print(f"batch sizes at closed c=32: {batch_fill(before, batch_sizes(metrics_url))}")
     for r in rates:
         results[f"poisson {r:.0f}/s"] = poisson(url, body, r, seconds)
     return results
@@ -184,12 +313,19 @@ def main() -> int:
     p.add_argument("--soak", type=float, default=0.0, help="MLP c=32 soak seconds (RSS check)")
     p.add_argument("--mlserver", default="/work/mlserver-venv/bin/mlserver",
                    help="mlserver executable (its own venv); '' to skip the peer")
+    p.add_argument("--load-mib", type=float, default=0.0,
+                   help="only time loading an ONNX model of about this many MiB")
     p.add_argument("--models", default="mlp,cnn")
+    p.add_argument("--cnn-threads", type=int, default=2,
+                   help="intra_op_threads in the CNN's model.json (ours only)")
     p.add_argument("--no-peer-batching-off", action="store_true",
                    help="run MLServer only with its batching on")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="runtime-bench-"))
     try:
+        if args.load_mib:
+            load_bench(tmp, args.load_mib)
+            return 0
         return run(args, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -200,8 +336,14 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
     models = tmp / "models"
     made = {
         "mlp": (make_mlp_onnx(models / "mlp" / "1"), (64,), [250, 500, 1000, 2000]),
-        "cnn": (make_cnn_onnx(models / "cnn" / "1"), (3, 32, 32), [50, 100, 200, 400]),
+        "cnn": (make_cnn_onnx(models / "cnn" / "1", channels=(128, 256)), (3, 32, 32),
+                [100, 200, 300, 450]),
     }
+    # Compute-bound: with batching the model thread should have both cores.
+    spec_path = made["cnn"][0] / "model.json"
+    spec = json.loads(spec_path.read_text())
+    spec["intra_op_threads"] = args.cnn_threads
+    spec_path.write_text(json.dumps(spec))
     wanted = args.models.split(",")
     print(f"# cores: {os.cpu_count()}; load generators (wrk, Poisson client) share them; "
           f"{args.seconds:.0f} s per run")
@@ -224,7 +366,7 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
                "--data-dir", str(tmp / f"data-{name}")]
         with running(cmd, url, REPO, tmp / f"ours-{name}.log") as proc:
             infer = f"{url}/v2/models/{name}/infer"
-            results = load_suite(infer, body, args.seconds, rates)
+            results = load_suite(infer, body, args.seconds, rates, url)
             results.update(binary_suite(infer, shape, args.seconds))
             for load, r in results.items():
                 print(row("ours", load, r), flush=True)

@@ -97,8 +97,16 @@ def make_mlp_onnx(
     return _save_onnx(directory, name, version, nodes, inits, [sizes[0]], [sizes[-1]])
 
 
-def make_cnn_onnx(directory: Path, name: str = "cnn", version: str = "1", seed: int = 0) -> Path:
-    """A small ONNX CNN: [-1,3,32,32] -> conv 16 -> relu -> conv 32 -> relu -> GAP -> 10."""
+def make_cnn_onnx(
+    directory: Path, name: str = "cnn", version: str = "1", seed: int = 0,
+    channels: tuple[int, int] = (16, 32),
+) -> Path:
+    """A small ONNX CNN: [-1,3,32,32] -> conv c1 -> relu -> conv c2 /2 -> relu -> GAP -> 10.
+
+    `channels` (c1, c2) sets the compute per row: the default (16, 32) is cheap enough for
+    the HTTP path to dominate; wider convolutions make a model where compute is the cost.
+    """
+    c1, c2 = channels
     from onnx import helper, numpy_helper
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -108,11 +116,11 @@ def make_cnn_onnx(directory: Path, name: str = "cnn", version: str = "1", seed: 
         return (rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32)
 
     inits = [
-        numpy_helper.from_array(arr(16, 3, 3, 3), "c1w"),
-        numpy_helper.from_array(np.zeros(16, np.float32), "c1b"),
-        numpy_helper.from_array(arr(32, 16, 3, 3), "c2w"),
-        numpy_helper.from_array(np.zeros(32, np.float32), "c2b"),
-        numpy_helper.from_array(arr(32, 10), "fw"),
+        numpy_helper.from_array(arr(c1, 3, 3, 3), "c1w"),
+        numpy_helper.from_array(np.zeros(c1, np.float32), "c1b"),
+        numpy_helper.from_array(arr(c2, c1, 3, 3), "c2w"),
+        numpy_helper.from_array(np.zeros(c2, np.float32), "c2b"),
+        numpy_helper.from_array(arr(c2, 10), "fw"),
         numpy_helper.from_array(np.zeros(10, np.float32), "fb"),
     ]
     nodes = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -33,8 +34,38 @@ class Backend(Protocol):
         ...
 
 
+def mapped_bytes(directory: Path, maps: Path = Path("/proc/self/maps")) -> dict[str, int]:
+    """Bytes of each file under `directory` this process has memory-mapped (Linux; else {})."""
+    try:
+        text = maps.read_text()
+    except OSError:
+        return {}
+    root = str(directory.resolve()) + "/"
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split(maxsplit=5)
+        if len(parts) == 6 and parts[5].startswith(root):
+            lo, hi = (int(v, 16) for v in parts[0].split("-"))
+            name = parts[5][len(root):]
+            out[name] = out.get(name, 0) + hi - lo
+    return out
+
+
+def _has_external_data(spec: ModelSpec) -> bool:
+    # ONNX external data lives in files beside the graph; model.json is the only other file.
+    return any(p.is_file() and p.name not in (spec.file, "model.json")
+               for p in spec.directory.iterdir())
+
+
 class OnnxBackend:
-    """ONNX Runtime session; CUDA provider when a GPU is assigned."""
+    """ONNX Runtime session; CUDA provider when a GPU is assigned.
+
+    The session opens the file by path, so ONNX Runtime reads it and Python never holds a
+    copy. Weights saved as ONNX external data are memory-mapped by ONNX Runtime; they stay
+    mapped (page cache, shared, nothing copied) only without weight pre-packing, so
+    pre-packing is off for such models unless model.json sets `prepack_weights: true`
+    (faster large matrix products at batch size > 1, at the cost of a private copy).
+    """
 
     def __init__(self, spec: ModelSpec, device: str, threads: int) -> None:
         import onnxruntime as ort
@@ -47,6 +78,10 @@ class OnnxBackend:
         # Spinning worker threads would steal the core the HTTP loop needs.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3
+        external = _has_external_data(spec)
+        prepack = spec.prepack_weights if spec.prepack_weights is not None else not external
+        if not prepack:
+            opts.add_session_config_entry("session.disable_prepacking", "1")
         providers: list[Any] = ["CPUExecutionProvider"]
         self.device = "cpu"
         if device.startswith("cuda:"):
@@ -64,6 +99,14 @@ class OnnxBackend:
             raise ModelLoadError(f"ONNX Runtime cannot load {spec.path}: {first}") from e
         self._check_signature(spec)
         self._outputs = [o.name for o in spec.outputs]
+        self.mapped = mapped_bytes(spec.directory)
+        if self.mapped:
+            log.info("model %s: weights memory-mapped from %s (%.1f MiB)", spec.name,
+                     ", ".join(sorted(self.mapped)), sum(self.mapped.values()) / 2**20)
+        elif spec.path.stat().st_size > 64 * 2**20 and not external:
+            log.info("model %s: weights read into memory from %s (%.0f MiB); save the model "
+                     "with ONNX external data to have them memory-mapped", spec.name,
+                     spec.file, spec.path.stat().st_size / 2**20)
 
     def _check_signature(self, spec: ModelSpec) -> None:
         declared = {t.name: t for t in spec.inputs}

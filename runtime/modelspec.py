@@ -72,6 +72,8 @@ class ModelSpec:
     max_batch_size: int = 0
     max_queue_delay_ms: float = 0.0
     gpu_memory_mib: int = 0
+    intra_op_threads: int = 0  # 0: the server's --ort-threads
+    prepack_weights: bool | None = None  # ONNX; None: off when weights are external data
 
     @property
     def path(self) -> Path:
@@ -137,18 +139,26 @@ def load_spec(model_json: Path) -> ModelSpec:
     mbs = doc.get("max_batch_size", 0)
     delay = doc.get("max_queue_delay_ms", 0.0)
     gpu = doc.get("gpu_memory_mib", 0)
+    threads = doc.get("intra_op_threads", 0)
+    prepack = doc.get("prepack_weights")
     if not isinstance(mbs, int) or mbs < 0:
         raise ModelLoadError(f"{where}: max_batch_size must be an integer >= 0")
     if not isinstance(delay, int | float) or delay < 0 or not math.isfinite(delay):
         raise ModelLoadError(f"{where}: max_queue_delay_ms must be a number >= 0")
     if not isinstance(gpu, int) or gpu < 0:
         raise ModelLoadError(f"{where}: gpu_memory_mib must be an integer >= 0")
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 0:
+        raise ModelLoadError(
+            f"{where}: intra_op_threads must be an integer >= 0 (0: the server's setting)")
+    if prepack is not None and not isinstance(prepack, bool):
+        raise ModelLoadError(f"{where}: prepack_weights must be true or false")
     spec = ModelSpec(
         name=doc["name"], version=doc["version"], framework=doc["framework"],
         directory=model_json.parent, file=str(file),
         inputs=tuple(_tensor(t, where) for t in inputs),
         outputs=tuple(_tensor(t, where) for t in outputs),
         max_batch_size=mbs, max_queue_delay_ms=float(delay), gpu_memory_mib=gpu,
+        intra_op_threads=threads, prepack_weights=prepack,
     )
     names = [t.name for t in spec.inputs] + [t.name for t in spec.outputs]
     if len(set(names)) != len(names):

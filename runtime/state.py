@@ -118,7 +118,8 @@ class ModelRegistry:
         for key, m in self.models.items():
             started = time.perf_counter()
             try:
-                backend = load_backend(m.spec, m.device, self.settings.threads)
+                threads = m.spec.intra_op_threads or self.settings.threads
+                backend = load_backend(m.spec, m.device, threads)
                 warm_up(m.spec, backend)
             except ServeError as e:
                 self.failure = str(e)
