@@ -26,7 +26,8 @@ class Launch:
 
     release: int
     service: str
-    image_ref: str
+    image_ref: str  # the human reference, for messages
+    image_id: str  # the signed config digest: what the engine runs
     models: list[str]
     port: int  # host port in this release's slot
     gpu_index: int | None
@@ -39,7 +40,8 @@ def launches(manifest: Manifest, placement: Placement, slot: int) -> list[Launch
     out = []
     for svc in manifest.services:
         p = placement.for_service(svc.name)
-        out.append(Launch(manifest.sequence, svc.name, manifest.image(svc.image).reference,
+        image = manifest.image(svc.image)
+        out.append(Launch(manifest.sequence, svc.name, image.reference, image.config_digest,
                           list(svc.models), slot_port(svc.port, slot),
                           p.gpu_index if p.device == "gpu" else None, p.gpu_uuid, svc.health))
     return out

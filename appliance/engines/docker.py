@@ -105,17 +105,31 @@ class DockerEngine:
             ImageLoadError: the engine refused the archive or holds a different id.
         """
         wanted = [manifest.image(n) for n in dict.fromkeys(s.image for s in manifest.services)]
-        missing = [img for img in wanted if self.image_id(img.reference) != img.config_digest]
+        # Look images up by their signed config digest, never by name: a name can
+        # point elsewhere (podman resolves a short name to localhost/... first, and
+        # an archive may be tagged docker.io/... by its OCI index), a digest cannot.
+        missing = [img for img in wanted if self.image_id(img.config_digest) is None]
         if missing:
             self._load_stream(missing, store, progress)
         for img in wanted:
-            got = self.image_id(img.reference)
-            if got != img.config_digest:
+            if self.image_id(img.config_digest) is None:
                 raise ImageLoadError(
-                    f"image {img.reference} loaded as {str(got)[:19]}, but the signed manifest "
-                    f"pins {img.config_digest[:19]}; the engine's store may be corrupted: "
+                    f"the engine holds no image {img.config_digest[:19]} for {img.reference} "
+                    "after loading it; the engine's store may be corrupted: "
                     f"remove the image (docker rmi {img.reference}) and install again")
+            self._tag(img.config_digest, img.reference)
             progress(Progress("load", message=f"{img.reference} is {img.config_digest[:19]}"))
+
+    def _tag(self, image_id: str, reference: str) -> None:
+        """Point `reference` at the verified image, so `docker images` names what runs."""
+        import docker.errors
+        repo, _, tag = reference.rpartition(":")
+        if not repo or "/" in tag:
+            repo, tag = reference, "latest"
+        try:
+            self.client.images.get(image_id).tag(repo, tag)
+        except docker.errors.DockerException as e:
+            raise ImageLoadError(f"cannot tag {image_id[:19]} as {reference}: {_short(e)}") from e
 
     def start(self, manifest: Manifest, release: Release, placement: Placement, slot: int,
               progress: ProgressFn = no_progress) -> dict[str, str]:
@@ -124,7 +138,7 @@ class DockerEngine:
         urls = {}
         for launch in launches(manifest, placement, slot):
             try:
-                cfg = self.client.images.get(launch.image_ref).attrs.get("Config") or {}
+                cfg = self.client.images.get(launch.image_id).attrs.get("Config") or {}
                 self.client.containers.run(**self.container_spec(launch, cfg), detach=True)
             except docker.errors.DockerException as e:
                 raise EngineError(f"cannot start service {launch.service!r} from "
@@ -144,7 +158,7 @@ class DockerEngine:
             test = [a.format(port=launch.port, path=launch.health_path)
                     for a in (self.health_test or DEFAULT_HEALTH)]
         spec: dict[str, Any] = {
-            "image": launch.image_ref,
+            "image": launch.image_id,
             "name": self.container_name(launch.release, launch.service),
             "command": cmd,
             "labels": {LABEL_SITE: self.tag, LABEL_RELEASE: str(launch.release),

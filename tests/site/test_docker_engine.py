@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import urllib.request
 import uuid
+from dataclasses import replace
 
 import pytest
 
@@ -137,3 +138,40 @@ def test_image_own_health_check_is_kept_with_our_timings(tmp_path):
         launch, {"Cmd": ["serve"], "Healthcheck": {"Test": own, "Interval": 1}})
     assert spec["healthcheck"]["test"] == own
     assert spec["healthcheck"]["retries"] == 3
+
+
+@pytest.mark.slow
+def test_a_stale_image_under_the_same_name_is_never_run(tmp_path, engine_url):
+    """An image the engine already holds under the release's short name is not taken for it.
+
+    podman resolves a short name such as `appliance-test/x:1` to `localhost/...` before
+    `docker.io/...`, so a stale image tagged `localhost/...` shadows what an archive loads.
+    """
+    site = Site(tmp_path / "site")
+    site.ensure()
+    port, tag = free_port_pair(), uuid.uuid4().hex[:12]
+    ref = f"appliance-test/{tag}:1"
+
+    def named(m):
+        return replace(m, images=[replace(m.images[0], reference=ref)])
+
+    stale = named(release_manifest(site.store, 1, port, tag=tag, scale=3.0))
+    m = named(release_manifest(site.store, 1, port, tag=tag))
+    img = m.images[0]
+    assert stale.images[0].config_digest != img.config_digest
+    rel = site.stage_release(m.to_json(), b"{}", 1, "docker")
+    eng = DockerEngine(site, base_url=engine_url, health_test=PROBE, stop_timeout_s=2)
+    try:
+        eng.load(stale, rel, site.store)
+        shadow = eng.client.images.get(stale.images[0].config_digest)
+        shadow.tag(f"localhost/appliance-test/{tag}", "1")
+        eng.load(m, rel, site.store)
+        assert eng.image_id(ref) == img.config_digest
+        eng.start(m, rel, plan_placement(m, GpuReport(unavailable="test")), slot=1)
+        c = eng.client.containers.get(eng.container_name(1, "mlp"))
+        assert c.attrs["Image"] == img.config_digest
+    finally:
+        eng.stop(1)
+        for image in (img, stale.images[0]):
+            eng.client.images.remove(image.config_digest, force=True)
+        eng.close()
