@@ -1,5 +1,5 @@
 """Session fixtures for the lifecycle: the runtime image (built once, cached by input hash),
-real engine sockets (podman's and dockerd 20.10's), and the vendor's signed bundles."""
+and the vendor's signed bundles (engine sockets come from tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.kit import Release, Vendor
-from tests.enginekit import dockerd, need, podman_service
+from tests.enginekit import need
 
 ARCHIVE_ENV = "APPLIANCE_E2E_RUNTIME_ARCHIVE"  # a prebuilt torch runtime image tar, to iterate
 
@@ -28,25 +28,6 @@ def runtime_archive() -> Path:
     need("podman")
     from images.build import build_runtime_image
     return build_runtime_image("torch").archive
-
-
-@pytest.fixture(scope="session")
-def podman_url() -> Iterator[str]:
-    with podman_service() as url:
-        yield url
-
-
-@pytest.fixture(scope="session")
-def dockerd_url() -> Iterator[str]:
-    with dockerd() as url:
-        yield url
-
-
-@pytest.fixture(params=["podman", "docker-20.10"])
-def engine_url(request: pytest.FixtureRequest) -> str:
-    """The lifecycle runs against podman's Docker-compatible socket and dockerd 20.10."""
-    name = "podman_url" if request.param == "podman" else "dockerd_url"
-    return str(request.getfixturevalue(name))
 
 
 def free_ports() -> int:

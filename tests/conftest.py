@@ -1,4 +1,4 @@
-"""Fixtures for the site tests: real podman and dockerd sockets, started once per session."""
+"""Shared fixtures: real podman and dockerd 20.10 sockets, started once per test session."""
 
 from __future__ import annotations
 
@@ -23,6 +23,6 @@ def dockerd_url() -> Iterator[str]:
 
 @pytest.fixture(params=["podman", "docker-20.10"])
 def engine_url(request: pytest.FixtureRequest) -> str:
-    """Each engine test runs against podman's socket and against dockerd 20.10."""
+    """Each engine test runs against podman's Docker-compatible socket and dockerd 20.10."""
     name = "podman_url" if request.param == "podman" else "dockerd_url"
     return str(request.getfixturevalue(name))
