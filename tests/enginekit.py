@@ -22,6 +22,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -93,13 +94,20 @@ def _daemon(cmd: Sequence[str], sock: Path, log: Path) -> Iterator[str]:
 
 
 @contextmanager
-def podman_service() -> Iterator[str]:
-    """`podman system service` on a temp socket; yields its docker SDK base URL."""
+def podman_service(storage: Path | None = None) -> Iterator[str]:
+    """`podman system service` on a temp socket; yields its docker SDK base URL.
+
+    With `storage`, the service keeps its images in a private vfs store there
+    instead of the machine's.
+    """
     podman = need("podman")
     d = Path(tempfile.mkdtemp(prefix="pm", dir="/tmp"))
+    store = ([] if storage is None else
+             ["--root", str(storage / "root"), "--runroot", str(storage / "run"),
+              "--storage-driver", "vfs"])
     try:
         sock = d / "podman.sock"
-        with _daemon([podman, "system", "service", "--time=0", f"unix://{sock}"],
+        with _daemon([podman, *store, "system", "service", "--time=0", f"unix://{sock}"],
                      sock, d / "podman.log") as url:
             yield url
     finally:
@@ -184,3 +192,83 @@ def tiny_image(store: ContentStore, name: str, reference: str, cmd: Sequence[str
                     "size": len(b)} for d, b in zip(digests, layers, strict=True)],
     }, sort_keys=True).encode()
     return Image(name, reference, store.add_bytes(manifest), config_digest, digests)
+
+
+# -- containerd, for what `ctr -n k8s.io images import` (k3s) stores --------------
+CONTAINERD_NAMESPACE = "k8s.io"  # where the kubelet's CRI looks for images
+CONTAINERD_START_TIMEOUT_S = 20.0
+
+
+@dataclass
+class Containerd:
+    """A running containerd and `ctr` pointed at its socket."""
+
+    socket: Path
+    log: Path
+
+    def ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["ctr", "-a", str(self.socket), "-n", CONTAINERD_NAMESPACE, *args],
+                              capture_output=True, text=True, check=check, timeout=120)
+
+    def import_archive(self, path: Path) -> subprocess.CompletedProcess[str]:
+        # The native snapshotter unpacks on any filesystem, so unpacking proves the
+        # layers match the config's diff_ids without needing overlayfs here.
+        return self.ctr("images", "import", "--snapshotter", "native", str(path), check=False)
+
+    def images(self) -> dict[str, str]:
+        """Image name -> target manifest digest, as `ctr images ls` prints them."""
+        out = self.ctr("images", "ls").stdout.splitlines()
+        assert out and out[0].split()[:3] == ["REF", "TYPE", "DIGEST"], out
+        return {cols[0]: cols[2] for cols in (line.split() for line in out[1:]) if cols}
+
+
+def _config(base: Path, sock: Path) -> str:
+    return f"""version = 2
+root = "{base / 'root'}"
+state = "{base / 'state'}"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+
+[grpc]
+  address = "{sock}"
+
+[ttrpc]
+  address = "{sock}.ttrpc"
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{base / 'opt'}"
+"""
+
+
+@contextmanager
+def containerd() -> Iterator[Containerd]:
+    """A private containerd (no CRI) on a temp root, state and socket; removed afterwards."""
+    if shutil.which("containerd") is None or shutil.which("ctr") is None:
+        pytest.skip("containerd and ctr are not installed (Debian package `containerd`)")
+    if os.geteuid() != 0:
+        pytest.skip("containerd needs root to run")
+    # A short path under /tmp: a unix socket path must fit in 108 bytes.
+    base = Path(tempfile.mkdtemp(prefix="ctrd-", dir="/tmp"))
+    sock = base / "c.sock"
+    config = base / "config.toml"
+    config.write_text(_config(base, sock))
+    log = base / "containerd.log"
+    with open(log, "wb") as logf:
+        proc = subprocess.Popen(["containerd", "--config", str(config)],
+                                stdout=logf, stderr=subprocess.STDOUT)
+    ctrd = Containerd(sock, log)
+    try:
+        try:
+            wait_for(lambda: proc.poll() is None and sock.exists()
+                     and ctrd.ctr("version", check=False).returncode == 0,
+                     CONTAINERD_START_TIMEOUT_S, f"containerd on {sock}")
+        except TimeoutError as e:
+            pytest.fail(f"{e}; containerd log: {log.read_text()[-2000:]}")
+        yield ctrd
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(base, ignore_errors=True)

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +19,7 @@ from appliance.store import ContentStore
 from signing import TrustRoot
 from tests.bundle.conftest import Built
 from tests.bundle.kit import NOW, read_entries
+from tests.enginekit import containerd, dockerd, podman_service
 
 needs_skopeo = pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo not installed")
 needs_podman = pytest.mark.skipif(shutil.which("podman") is None, reason="podman not installed")
@@ -109,28 +107,6 @@ def test_skopeo_and_podman_accept_the_store_archive(built: Built, root: TrustRoo
                                                 for img in built.manifest.images)
 
 
-@contextlib.contextmanager
-def dockerd(tmp: Path) -> Iterator[str]:
-    """A private dockerd 20.10 on a unix socket, stopped afterwards."""
-    sock = tmp / "d.sock"
-    with open(tmp / "dockerd.log", "wb") as log:
-        proc = subprocess.Popen(
-            ["dockerd", "--iptables=false", "--bridge=none", "-H", f"unix://{sock}",
-             "--data-root", str(tmp / "data"), "--exec-root", str(tmp / "exec"),
-             "--pidfile", str(tmp / "d.pid")], stdout=subprocess.DEVNULL, stderr=log)
-    host = f"unix://{sock}"
-    try:
-        deadline = time.monotonic() + 60
-        while subprocess.run(["docker", "-H", host, "info"], capture_output=True).returncode:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.skip(f"dockerd did not start: {(tmp / 'dockerd.log').read_text()[-300:]}")
-            time.sleep(0.2)  # polling the daemon's readiness with a deadline
-        yield host
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
-
-
 @pytest.mark.engine
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("dockerd") is None or os.geteuid() != 0,
@@ -138,7 +114,7 @@ def dockerd(tmp: Path) -> Iterator[str]:
 def test_docker_20_10_load_accepts_the_bundle(built: Built, root: TrustRoot, tmp_path: Path):
     # and the store archive with containerd's digest names, which docker leaves aside
     k3s = _archive_from_store(built, root, tmp_path, digest_names=True)
-    with dockerd(tmp_path) as host:
+    with dockerd() as host:
         for archive in (built.path, k3s):
             out = subprocess.run(["docker", "-H", host, "load", "-i", str(archive)],
                                  check=True, capture_output=True, text=True,
@@ -150,27 +126,6 @@ def test_docker_20_10_load_accepts_the_bundle(built: Built, root: TrustRoot, tmp
                                       "--format", "{{.Id}}"], check=True, capture_output=True,
                                      text=True).stdout.strip()
                 assert got == img.config_digest
-
-
-@contextlib.contextmanager
-def podman_service(storage: Path) -> Iterator[str]:
-    """Podman's Docker-compatible API on a private socket, for the docker SDK."""
-    sock = storage / "api.sock"
-    with open(storage / "service.log", "wb") as log:
-        proc = subprocess.Popen(
-            ["podman", "--root", str(storage / "root"), "--runroot", str(storage / "run"),
-             "--storage-driver", "vfs", "system", "service", "--time=0", f"unix://{sock}"],
-            stdout=subprocess.DEVNULL, stderr=log)
-    try:
-        deadline = time.monotonic() + 30
-        while not sock.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.skip("podman system service did not start")
-            time.sleep(0.05)  # polling for the socket with a deadline
-        yield f"unix://{sock}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 @needs_podman
@@ -199,41 +154,15 @@ def test_runtime_image_from_an_engine_via_the_docker_sdk(tmp_path: Path, podman_
     assert not list(tmp_path.glob(".bundle-*")), "the saved engine image is cleaned up"
 
 
-@contextlib.contextmanager
-def containerd(tmp: Path) -> Iterator[str]:
-    """A private containerd (CRI off) on its own socket, for `ctr images import`."""
-    sock = tmp / "c.sock"
-    config = tmp / "config.toml"
-    config.write_text(f'version = 2\nroot = "{tmp}/root"\nstate = "{tmp}/state"\n'
-                      f'[grpc]\n  address = "{sock}"\n'
-                      '[plugins."io.containerd.grpc.v1.cri"]\n  disable = true\n')
-    with open(tmp / "containerd.log", "wb") as log:
-        proc = subprocess.Popen(["containerd", "--config", str(config)],
-                                stdout=subprocess.DEVNULL, stderr=log)
-    try:
-        deadline = time.monotonic() + 30
-        while subprocess.run(["ctr", "-a", str(sock), "version"],
-                             capture_output=True).returncode:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.skip("containerd did not start")
-            time.sleep(0.1)  # polling the daemon's readiness with a deadline
-        yield str(sock)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
 @pytest.mark.engine
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("containerd") is None or os.geteuid() != 0,
                     reason="needs containerd and root")
 def test_ctr_images_import_accepts_the_bundle(built: Built):
-    with tempfile.TemporaryDirectory(prefix="bctd", dir="/tmp") as d, \
-            containerd(Path(d)) as sock:
-        subprocess.run(["ctr", "-a", sock, "images", "import", str(built.path)], check=True,
-                       capture_output=True, timeout=120)
-        listed = subprocess.run(["ctr", "-a", sock, "images", "ls", "-q"], check=True,
-                                capture_output=True, text=True).stdout.split()
+    with containerd() as ctrd:
+        r = ctrd.import_archive(built.path)
+        assert r.returncode == 0, r.stderr
+        listed = list(ctrd.images())
     # named as the kubelet's CRI asks for them, not as the plain reference
     assert sorted(listed) == sorted(f"docker.io/{img.reference}"
                                     for img in built.manifest.images)
