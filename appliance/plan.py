@@ -35,6 +35,7 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
@@ -397,12 +398,15 @@ class InstallPlan:
 
     # -- helpers ---------------------------------------------------------------------
     def _clear_partial_blobs(self) -> None:
-        """Remove temp files an installer killed mid-ingest left (we hold the site lock)."""
+        """Remove temp files an installer killed mid-ingest left, and the image layouts of
+        links one killed mid-load left (we hold the site lock)."""
         tmp = self.site.store.tmp
         if tmp.is_dir():
             for p in tmp.iterdir():
                 if p.is_file():
                     p.unlink(missing_ok=True)
+                elif p.is_dir() and p.name.startswith("oci-"):
+                    shutil.rmtree(p, ignore_errors=True)
 
     def _serving_already(self) -> bool:
         """Whether the release being installed is `current` (a re-run after the switch)."""

@@ -1,19 +1,32 @@
 """The docker engine: Docker or Podman's Docker-compatible socket, through the docker SDK.
 
-Images are streamed from the verified content store into `POST /images/load`
-(`write_image_archive` into a pipe; no temp file, never a pull) and the loaded
-ids are checked against the manifest's config digests. Containers use host
+Images come from the verified content store, never from a pull, and the loaded
+ids are checked against the manifest's config digests. Against Docker they are
+streamed into `POST /images/load` (`write_image_archive` into a pipe). Against a
+podman on this host they are loaded with `podman load` from an OCI layout of
+hard links to the store's blobs: podman's socket writes a whole upload to a temp
+file before it loads it, a second copy of multi-gigabyte weights (into `/tmp`,
+which may be a small tmpfs) that reading the store in place does not make. podman
+checks every blob against its digest as it copies it; when that path cannot be
+taken, or podman refuses, the images are streamed as for Docker. Containers use host
 networking with the release's slot port, restart `unless-stopped`, carry a
 health check, and get an NVIDIA device request when placed on a GPU.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import secrets
+import shutil
 import socket
+import subprocess
+import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from appliance.engines.base import (
@@ -27,7 +40,14 @@ from appliance.engines.base import (
     with_port,
 )
 from appliance.errors import EngineError, EngineUnavailableError, ImageLoadError, StoreError
-from appliance.imagearchive import write_image_archive
+from appliance.imagearchive import (
+    MANIFEST_MEDIA_TYPE,
+    OCI_LAYOUT,
+    REF_NAME,
+    blob_path,
+    canonical_json,
+    write_image_archive,
+)
 from appliance.manifest import Image, Manifest, image_blobs
 from appliance.placement import Placement
 from appliance.progress import Progress, ProgressFn, no_progress
@@ -50,8 +70,10 @@ class DockerEngine:
     name = "docker"
 
     def __init__(self, site: Site, *, base_url: str | None = None,
-                 health_test: Sequence[str] | None = None, stop_timeout_s: int = 10) -> None:
+                 health_test: Sequence[str] | None = None, stop_timeout_s: int = 10,
+                 local_load: bool = True) -> None:
         self.site = site
+        self.local_load = local_load  # `podman load` from the store when podman is local
         self.base_url = base_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
         self.health_test = list(health_test) if health_test else None
         self.stop_timeout_s = stop_timeout_s
@@ -109,6 +131,8 @@ class DockerEngine:
         # point elsewhere (podman resolves a short name to localhost/... first, and
         # an archive may be tagged docker.io/... by its OCI index), a digest cannot.
         missing = [img for img in wanted if self.image_id(img.config_digest) is None]
+        if missing:
+            missing = self._load_local(missing, store, progress)
         if missing:
             self._load_stream(missing, store, progress)
         for img in wanted:
@@ -250,6 +274,79 @@ class DockerEngine:
         found[0].reload()
         return found[0]
 
+    def podman_cli(self) -> list[str] | None:
+        """`podman` with the flags that reach this socket's own image storage, when the
+        socket is a podman on this host whose storage this user owns; else None."""
+        if not self.base_url.startswith("unix://") or (exe := shutil.which("podman")) is None:
+            return None
+        try:
+            v = self.client.version()
+            if not any("Podman" in c.get("Name", "") for c in v.get("Components") or []):
+                return None
+            r = self.client.api.get(self.client.api._url("/libpod/info"), timeout=30)
+            r.raise_for_status()
+            info = r.json()
+        except Exception:  # not a libpod API we understand: stream instead
+            return None
+        store, host = info.get("store") or {}, info.get("host") or {}
+        graph, run = store.get("graphRoot"), store.get("runRoot")
+        rootless = bool((host.get("security") or {}).get("rootless"))
+        if not (graph and run) or rootless != (os.geteuid() != 0):
+            return None
+        try:
+            if os.stat(graph).st_uid != os.geteuid():
+                return None
+        except OSError:
+            return None
+        # Only the roots: podman takes the driver and its own temp dir from the storage's
+        # database when they are not given, and refuses a given one that differs.
+        return [exe, "--root", graph, "--runroot", run]
+
+    def _load_local(self, images: list[Image], store: ContentStore,
+                    progress: ProgressFn) -> list[Image]:
+        """`podman load` each image from an OCI layout over the store's blobs; return the
+        images left for streaming (all of them when podman is not local or refuses)."""
+        cli = self.podman_cli() if self.local_load else None
+        if cli is None:
+            return images
+        left = list(images)
+        try:
+            total = sum(store.size(d) for d in image_blobs(images))
+            for img in images:
+                store.verify(img.manifest_digest)  # the small ones podman reads unchecked
+                store.verify(img.config_digest)
+        except StoreError as e:
+            raise ImageLoadError(f"cannot read the images from the store: {e}") from e
+        done = 0
+        for img in images:
+            size = sum(store.size(d) for d in image_blobs([img]))
+            message = f"podman load {img.reference} from the store"
+
+            def moved(n: int, base: int = done, size: int = size, message: str = message) -> None:
+                progress(Progress("load", base + min(n, size - 1), total, message))
+
+            with _oci_layout(store, img) as layout, _named_path(layout) as path:
+                ok, out = _run_watched([*cli, "load", "-i", str(path)], moved)
+            if not ok:
+                progress(Progress("load", message=f"podman could not load {img.reference} "
+                                  f"from the store ({out}); streaming it instead"))
+                return left
+            done += size
+            progress(Progress("load", done, total, message))
+            self._tag(img.config_digest, img.reference)
+            for name in re.findall(r"^Loaded image(?:\(s\))?: (.+)$", out, re.M):
+                for n in name.split(","):
+                    if n.strip() and n.strip() != img.reference:
+                        self._untag(n.strip())  # the name podman made up from the layout path
+            left.remove(img)
+        return left
+
+    def _untag(self, name: str) -> None:
+        import docker.errors
+        with contextlib.suppress(docker.errors.DockerException):
+            # only a stray name; the image itself is checked by digest
+            self.client.api.remove_image(name, noprune=True)
+
     def _load_stream(self, images: list[Image], store: ContentStore,
                      progress: ProgressFn) -> None:
         """Stream one archive of `images` from the store into the engine's image load."""
@@ -300,6 +397,96 @@ class DockerEngine:
         errors = [m for m in messages if '"error' in m]
         if errors:
             raise ImageLoadError(f"the engine refused the images: {errors[0][:300]}")
+
+
+@contextlib.contextmanager
+def _oci_layout(store: ContentStore, img: Image) -> Iterator[Path]:
+    """A one-image OCI layout in the store's temp area whose blobs are hard links to
+    the store's (same filesystem: no copy; a link keeps the verified inode even if
+    the store's name is replaced meanwhile). Removed afterwards."""
+    store._ensure()
+    d = store.tmp / f"oci-{secrets.token_hex(8)}"
+    try:
+        (d / "blobs" / "sha256").mkdir(parents=True)
+        for digest in image_blobs([img]):
+            os.link(store.path(digest), d / blob_path(digest))
+        (d / "oci-layout").write_bytes(OCI_LAYOUT)
+        (d / "index.json").write_bytes(canonical_json({
+            "schemaVersion": 2, "manifests": [{
+                "mediaType": MANIFEST_MEDIA_TYPE, "digest": img.manifest_digest,
+                "size": store.size(img.manifest_digest),
+                "annotations": {REF_NAME: img.reference}}]}))
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+# podman names an image loaded from a directory `localhost/<the path>`, so the path has
+# to read as a repository name: lowercase components joined by `.`, `_`, `__` or `-`.
+_REPOSITORY_PATH = re.compile(r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)+")
+# A link made with a random name fails rather than follow one planted there first.
+_LINK_DIRS = ("/run", "/tmp", "/var/tmp")  # noqa: S108
+
+
+@contextlib.contextmanager
+def _named_path(layout: Path) -> Iterator[Path]:
+    """`layout`, or a fresh symlink to it whose path podman can turn into a name."""
+    if _REPOSITORY_PATH.fullmatch(str(layout)) and len(str(layout)) < 200:
+        yield layout
+        return
+    for parent in _LINK_DIRS:
+        link = Path(parent) / f"appliance-load-{secrets.token_hex(8)}"
+        try:
+            os.symlink(layout, link)
+        except OSError:
+            continue
+        try:
+            yield link
+        finally:
+            link.unlink(missing_ok=True)
+        return
+    yield layout  # podman will refuse the name; the images are streamed instead
+
+
+def _run_watched(cmd: list[str], on_bytes: Callable[[int], None]) -> tuple[bool, str]:
+    """Run `cmd`; while it runs, report about how many bytes of the image it has copied.
+
+    The estimate is half of what the process has read (/proc/PID/io rchar): podman reads
+    each blob once from the layout and once more from its own staging copy as it applies
+    the layer. Returns (exit status 0, stdout, or the last line of stderr on failure).
+    """
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        try:
+            while True:
+                try:
+                    proc.wait(timeout=0.5)
+                    break
+                except subprocess.TimeoutExpired:
+                    on_bytes(_read_chars(proc.pid) // 2)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        if proc.returncode == 0:
+            out.seek(0)
+            return True, out.read().decode(errors="replace")
+        err.seek(0)
+        lines = [ln for ln in err.read().decode(errors="replace").splitlines() if ln.strip()]
+        # podman tries each archive format in turn; ours is the OCI layout's line
+        why = [ln.strip(" *") for ln in lines if ln.lstrip(" *").startswith("oci:")]
+        return False, (why or lines or [f"exit status {proc.returncode}"])[-1][:300]
+
+
+def _read_chars(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/io") as f:
+            for line in f:
+                if line.startswith("rchar:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def _short(e: BaseException) -> str:
