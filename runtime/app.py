@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import json
 import logging
 import time
@@ -21,6 +22,7 @@ from runtime import __version__
 from runtime.codec import HEADER_LENGTH, decode_request, encode_response
 from runtime.errors import (
     BadRequestError,
+    ForbiddenError,
     MethodNotAllowedError,
     NotFoundError,
     PayloadTooLargeError,
@@ -128,7 +130,8 @@ class V2App:
                 else:
                     resp = self._model_get(model, action, method, path)
             else:
-                resp = await self._other(parts, method, path, scope.get("query_string", b""))
+                resp = await self._other(parts, method, path, scope.get("query_string", b""),
+                                         (scope.get("client") or ("", 0))[0])
         except RequestError as e:
             resp = _json({"error": str(e)}, e.status)
         except Exception as e:  # a bug: answer 500, keep serving
@@ -236,7 +239,8 @@ class V2App:
             "outputs": [t.metadata() for t in spec.outputs],
         })
 
-    async def _other(self, parts: list[str], method: str, path: str, query: bytes) -> Response:
+    async def _other(self, parts: list[str], method: str, path: str, query: bytes,
+                     peer: str) -> Response:
         route = "/" + "/".join(parts)
         if route == "/v2/health/live":
             return _json({"live": True})
@@ -261,10 +265,27 @@ class V2App:
         if route == "/appliance/logs/export":
             if method != "POST":
                 raise MethodNotAllowedError(f"{path} takes POST")
+            if self._token is None and not _loopback(peer):
+                # The archive holds every request's metadata: with no token to ask for,
+                # only someone on the server itself may take it.
+                raise ForbiddenError("log export needs a bearer token when asked from "
+                                     "another host; export on the server itself, or start "
+                                     "the runtime with --token-file")
             data, filename = await self.registry.export_bytes()
             return Response(200, data, b"application/gzip", [
                 (b"content-disposition", f'attachment; filename="{filename}"'.encode())])
         raise NotFoundError(f"no such endpoint {path}")
+
+
+def _loopback(host: str) -> bool:
+    """Whether a peer address is this host's loopback (IPv4, IPv6 or IPv4-mapped)."""
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        return False  # no address (a unix socket) or a name: not provably local
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return addr.is_loopback
 
 
 def _history_query(query: bytes) -> tuple[float, int]:

@@ -45,6 +45,12 @@ class UnauthorizedError(RequestError):
     status = 401
 
 
+class ForbiddenError(RequestError):
+    """The request is understood but not allowed from where it came."""
+
+    status = 403
+
+
 class NotFoundError(RequestError):
     """Unknown model, version or path."""
 

@@ -92,8 +92,8 @@ class Server:
 
 def start_server(models: Path, data_dir: Path, *, token: str | None = None,
                  extra_env: dict[str, str] | None = None, wait_ready: bool = True,
-                 prefix: list[str] | None = None, module: tuple[str, ...] = ("runtime",)
-                 ) -> Server:
+                 prefix: list[str] | None = None, module: tuple[str, ...] = ("runtime",),
+                 host: str = "127.0.0.1") -> Server:
     """Start the runtime on a free port and (by default) wait until it reports ready."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNTIME_")}
@@ -104,7 +104,7 @@ def start_server(models: Path, data_dir: Path, *, token: str | None = None,
     data_dir.mkdir(parents=True, exist_ok=True)
     log = data_dir.parent / f"{data_dir.name}-stderr-{port}.log"
     cmd = [*(prefix or []), sys.executable, "-m", *module, "--models", str(models),
-           "--port", str(port), "--host", "127.0.0.1", "--data-dir", str(data_dir)]
+           "--port", str(port), "--host", host, "--data-dir", str(data_dir)]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     server = Server(proc, port, data_dir, models, token, log)

@@ -160,6 +160,8 @@ def _check_sums(members: dict[str, bytes]) -> None:
 
 def test_export_endpoint_needs_token_and_returns_the_archive(obs: Server) -> None:
     assert http("POST", f"{obs.url}/appliance/logs/export")[0] == 401
+    wait_for(lambda: any((obs.data_dir / "history").glob("*")), 30,
+             "the first metrics history sample on disk")
     before = {p.relative_to(obs.data_dir) for p in obs.data_dir.rglob("*")}
     code, headers, raw = http("POST", f"{obs.url}/appliance/logs/export", b"", obs.auth)
     assert code == 200 and headers["content-type"] == "application/gzip"
@@ -172,6 +174,38 @@ def test_export_endpoint_needs_token_and_returns_the_archive(obs: Server) -> Non
     _check_sums(members)
     after = {p.relative_to(obs.data_dir) for p in obs.data_dir.rglob("*")}
     assert before <= after  # export deletes nothing
+
+
+def _lan_address() -> str | None:
+    """This host's first global IPv4 address (iproute2), if it has one."""
+    try:
+        out = subprocess.run(["ip", "-4", "-o", "addr", "show", "scope", "global"],
+                             capture_output=True, text=True, timeout=10).stdout
+    except OSError:
+        return None
+    for line in out.splitlines():
+        fields = line.split()
+        if "inet" in fields:
+            return fields[fields.index("inet") + 1].split("/")[0]
+    return None
+
+
+def test_export_without_a_token_is_only_for_this_host(onnx_models_dir: Path,
+                                                      tmp_path: Path) -> None:
+    lan = _lan_address()
+    if lan is None:
+        pytest.skip("this host has no non-loopback IPv4 address to ask from")
+    s = start_server(onnx_models_dir, tmp_path / "data", host="0.0.0.0")
+    try:
+        code, _, raw = http("POST", f"http://{lan}:{s.port}/appliance/logs/export")
+        assert code == 403
+        assert b"needs a bearer token when asked from another host" in raw
+        assert http("GET", f"http://{lan}:{s.port}/v2/health/ready")[0] == 200  # still served
+        code, headers, raw = http("POST", f"{s.url}/appliance/logs/export")
+        assert code == 200 and headers["content-type"] == "application/gzip"
+        _check_sums(_members(raw))
+    finally:
+        s.stop()
 
 
 def test_cli_export_writes_a_complete_archive(obs: Server, tmp_path: Path) -> None:
