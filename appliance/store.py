@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 from appliance.errors import DigestMismatchError, StoreError
-from appliance.fsutil import fsync_dir
+from appliance.fsutil import fsync_dir, start_writeback
 
 CHUNK = 1024 * 1024
+WRITEBACK_EVERY = 32 * 1024 * 1024  # start the disk write of each such span as it fills
 
 
 def hex_of(digest: str) -> str:
@@ -31,11 +32,16 @@ class BlobWriter:
         self._f = f
         self.hasher = hashlib.sha256()
         self.size = 0
+        self._synced = 0  # bytes whose writeback has been started
 
     def write(self, data: bytes | memoryview) -> None:
         self.hasher.update(data)
         self._f.write(data)
         self.size += len(data)
+        if self.size - self._synced >= WRITEBACK_EVERY:
+            self._f.flush()
+            start_writeback(self._f.fileno(), self._synced, self.size - self._synced)
+            self._synced = self.size
 
 
 class ContentStore:
