@@ -27,6 +27,8 @@ from appliance.manifest import (
     format_time,
     parse_time,
 )
+from runtime.errors import ModelLoadError
+from runtime.modelspec import check_spec
 
 MAX_SPEC_BYTES = 4 * 1024 * 1024
 TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")  # an image tag
@@ -252,6 +254,10 @@ def _model(doc: Any, here: Path) -> ModelSpec:
     delay = float(doc.get("max_queue_delay_ms", mj.get("max_queue_delay_ms", 0.0)) or 0.0)
     merged = {**mj, "name": name, "version": version, "gpu_memory_mib": gpu_mib,
               "max_batch_size": batch, "max_queue_delay_ms": delay}
+    try:  # the runtime's own rules: a bundle never carries a model the server refuses
+        check_spec(merged, directory, f"model {name}: {mj_path}")
+    except ModelLoadError as e:
+        raise SpecError(str(e)) from e
     prov = doc.get("provenance") or {}
     if not isinstance(prov, dict):
         raise SpecError(f"model {name}: provenance must be a mapping")

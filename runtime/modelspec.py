@@ -120,6 +120,18 @@ def load_spec(model_json: Path) -> ModelSpec:
         raise ModelLoadError(f"cannot read {where}: {e.strerror}") from e
     except ValueError as e:
         raise ModelLoadError(f"{where} is not valid JSON: {e}; fix the file") from e
+    return check_spec(doc, model_json.parent, where)
+
+
+def check_spec(doc: Any, directory: Path, where: str) -> ModelSpec:
+    """Check a parsed model.json whose weights file lies in `directory`.
+
+    The bundler checks the model.json it bakes into a layer with this too, so a
+    bundle cannot carry a model this server would refuse.
+
+    Raises:
+        ModelLoadError: a missing or ill-typed field, or the weights file is absent.
+    """
     if not isinstance(doc, dict):
         raise ModelLoadError(f"{where} must hold a JSON object")
     for key in ("name", "version", "framework", "file"):
@@ -154,7 +166,7 @@ def load_spec(model_json: Path) -> ModelSpec:
         raise ModelLoadError(f"{where}: prepack_weights must be true or false")
     spec = ModelSpec(
         name=doc["name"], version=doc["version"], framework=doc["framework"],
-        directory=model_json.parent, file=str(file),
+        directory=directory, file=str(file),
         inputs=tuple(_tensor(t, where) for t in inputs),
         outputs=tuple(_tensor(t, where) for t in outputs),
         max_batch_size=mbs, max_queue_delay_ms=float(delay), gpu_memory_mib=gpu,

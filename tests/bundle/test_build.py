@@ -197,6 +197,26 @@ def test_bad_specs_are_refused_with_one_line(tmp_path: Path, edit, message: str)
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize(("change", "message"), [
+    ({"file": "../beta/model.onnx"}, r'"file" must be a name inside the model directory'),
+    ({"inputs": [{"name": "x", "datatype": "FLOAT", "shape": [-1, 4]}]}, "datatype 'FLOAT'"),
+    ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 0]}]}, "shape must be"),
+    ({"outputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 2]}]}, "names must be unique"),
+    ({"intra_op_threads": -1}, "intra_op_threads must be"),
+    ({"prepack_weights": "yes"}, "prepack_weights must be true or false"),
+])
+def test_a_model_json_the_runtime_would_refuse_is_refused_at_build(tmp_path: Path, change,
+                                                                   message: str):
+    """The bundler checks model.json with the runtime's own rules, so a bundle never
+    carries a model that only fails once installed."""
+    spec = make_spec_dir(tmp_path)
+    mj = tmp_path / "models" / "alpha" / "model.json"
+    mj.write_text(json.dumps({**json.loads(mj.read_text()), **change}))
+    with pytest.raises(SpecError, match=message) as info:
+        load_spec(spec)
+    assert str(info.value).startswith(f"model alpha: {mj}") and "\n" not in str(info.value)
+
+
 def test_symlink_in_model_directory_is_refused(tmp_path: Path, vendor: PrivateKey):
     spec = make_spec_dir(tmp_path)
     (tmp_path / "models" / "beta" / "link").symlink_to("/etc/passwd")
