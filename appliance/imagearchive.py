@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, BinaryIO
 
 from appliance.bundle.tarfmt import END_OF_ARCHIVE, file_header, padding
@@ -92,17 +92,19 @@ def layout_members(
     ]
 
 
-def write_image_archive(out: BinaryIO, store: ContentStore, images: Sequence[Image], *,
-                        digest_names: bool = False) -> None:
-    """Stream one OCI-layout + docker-archive tar of `images` from verified store blobs.
+def image_archive_chunks(store: ContentStore, images: Sequence[Image], *,
+                         digest_names: bool = False) -> Iterator[bytes]:
+    """The bytes of one OCI-layout + docker-archive tar of `images`, from store blobs.
 
-    Every blob is hashed again on the way out, so one damaged on disk since it
-    was verified stops the write; `digest_names` adds the `repo@digest` names
-    containerd needs (see the module docstring).
+    Every blob is hashed again on the way out, so one damaged on disk since it was
+    verified stops the archive before its end-of-archive marker: a consumer never
+    sees a complete archive holding it. `digest_names` adds the `repo@digest` names
+    containerd needs (see the module docstring). A blob missing from the store is
+    found here, before the first chunk; a damaged one as the iterator reaches it.
 
     Raises:
-        StoreError: a blob the images need is not in the store (before anything is
-            written), or no longer matches its digest.
+        StoreError: a blob the images need is not in the store, or (while iterating)
+            no longer matches its digest.
         ManifestError: an image reference is not a valid reference.
     """
     blobs = image_blobs(images)
@@ -110,20 +112,24 @@ def write_image_archive(out: BinaryIO, store: ContentStore, images: Sequence[Ima
         if not store.has(digest):
             raise StoreError(f"blob {digest[:19]} is not in the store {store.root}; "
                              "verify the bundle (and its delta base) into it first")
-    for name, data in layout_members(images, store.size, digest_names=digest_names):
-        out.write(file_header(name, len(data)))
-        out.write(data)
-        out.write(b"\0" * padding(len(data)))
+    members = layout_members(images, store.size, digest_names=digest_names)
+    return _chunks(store, members, blobs)
+
+
+def _chunks(store: ContentStore, members: list[tuple[str, bytes]],
+            blobs: list[str]) -> Iterator[bytes]:
+    for name, data in members:
+        yield file_header(name, len(data)) + data + b"\0" * padding(len(data))
     for digest in blobs:
-        _write_blob(out, store, digest)
-    out.write(END_OF_ARCHIVE)
+        yield from _blob_chunks(store, digest)
+    yield END_OF_ARCHIVE
 
 
-def _write_blob(out: BinaryIO, store: ContentStore, digest: str) -> None:
+def _blob_chunks(store: ContentStore, digest: str) -> Iterator[bytes]:
     h = hashlib.sha256()
     with store.open(digest) as f:
         size = store.size(digest)
-        out.write(file_header(blob_path(digest), size))
+        yield file_header(blob_path(digest), size)
         left = size
         while left:
             chunk = f.read(min(CHUNK, left))
@@ -131,9 +137,17 @@ def _write_blob(out: BinaryIO, store: ContentStore, digest: str) -> None:
                 raise StoreError(f"stored blob {digest[:19]} shrank while it was read; "
                                  "verify the bundle into the store again")
             h.update(chunk)
-            out.write(chunk)
             left -= len(chunk)
+            if left:
+                yield chunk
     if h.hexdigest() != hex_of(digest):
         raise StoreError(f"stored blob {digest[:19]} no longer matches its digest; "
                          "verify the bundle into the store again")
-    out.write(b"\0" * padding(size))
+    yield chunk + b"\0" * padding(size) if size else b""
+
+
+def write_image_archive(out: BinaryIO, store: ContentStore, images: Sequence[Image], *,
+                        digest_names: bool = False) -> None:
+    """Write `image_archive_chunks` to `out` (see there; it raises the same errors)."""
+    for chunk in image_archive_chunks(store, images, digest_names=digest_names):
+        out.write(chunk)

@@ -4,19 +4,21 @@ A bundle with 1 GiB of weights: an ONNX MLP x[-1,16384] -> Gemm 16384x16384 -> R
 Gemm 16384x10 whose big matrix is ONNX external data (`weights.bin`, 1 GiB), so the runtime
 really reads, loads and multiplies through all of it. Over the slim runtime image.
 
-Both paths start from the same file on the "stick" and an empty podman storage (a
-private --root per run, so nothing is cached from before) and end at the first inference
-answered through tritonclient that matches numpy:
-  by hand: `podman load -i BUNDLE`, `podman run -d --network host IMAGE`, poll inference;
+Both paths start from the same file on the "stick" and an empty engine storage (a
+private podman --root, or a fresh dockerd data-root, per run, so nothing is cached from
+before) and end at the first inference answered through tritonclient that matches numpy:
+  by hand: `podman load -i BUNDLE`, `podman run -d --network host IMAGE`, poll inference
+           (with --engine docker: `docker load -i` and `docker run` against dockerd);
   ours:    `appliance install BUNDLE --yes` (preflight, verify + copy into the store,
            placement, load, start, ready, signed sample, switch) through podman's
-           Docker-compatible socket over that same storage, then one inference.
+           Docker-compatible socket over that same storage (or dockerd's socket), then
+           one inference.
 The page cache is dropped before each run (root only; --keep-cache to skip), so both read
 the stick cold. Runs alternate (hand, ours, hand, ours, ...); the table shows each
 run's steps and the medians.
 
     python bench/install_bench.py [--rounds 2] [--work /var/tmp/appliance-bench]
-                                  [--service-tmpdir /dev/shm]
+                                  [--engine podman|docker] [--service-tmpdir /dev/shm]
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -199,6 +202,76 @@ def podman_service(storage: Storage, tmpdir: Path | None) -> Iterator[str]:
         sock.unlink(missing_ok=True)
 
 
+class PodmanTarget:
+    """podman: the CLI by hand, its socket service for ours, over one private storage."""
+
+    name = "podman"
+
+    def __init__(self, work: Path, service_tmpdir: Path | None) -> None:
+        self.storage = Storage(work / "storage")
+        self.service_tmpdir = service_tmpdir
+
+    def cli(self, *args: str) -> None:
+        self.storage.podman(*args)
+
+    def socket(self) -> contextlib.AbstractContextManager[str]:
+        return podman_service(self.storage, self.service_tmpdir)
+
+    def close(self) -> None:
+        self.storage.close()
+
+
+class DockerTarget:
+    """dockerd (Debian's 20.10 here) on a private socket, data-root and exec-root."""
+
+    name = "docker"
+
+    def __init__(self, work: Path) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="bd", dir="/tmp"))  # short: holds sockets
+        self.data = work / "dockerd-data"
+        shutil.rmtree(self.data, ignore_errors=True)
+        sock = self.dir / "docker.sock"
+        self.url = f"unix://{sock}"
+        self.log = (self.dir / "dockerd.log").open("wb")
+        self.proc = subprocess.Popen(
+            ["dockerd", "--iptables=false", "--ip6tables=false", "--bridge=none", "-H",
+             self.url, "--data-root", str(self.data), "--exec-root", str(self.dir / "x"),
+             "--pidfile", str(self.dir / "docker.pid")],
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while not (_accepts(sock) and subprocess.run(
+                ["docker", "-H", self.url, "version"], capture_output=True).returncode == 0):
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"dockerd did not come up; see {self.dir / 'dockerd.log'}")
+            time.sleep(0.1)
+
+    def cli(self, *args: str) -> None:
+        subprocess.run(["docker", "-H", self.url, *args], capture_output=True, text=True,
+                       check=True)
+
+    @contextlib.contextmanager
+    def socket(self) -> Iterator[str]:
+        yield self.url
+
+    def close(self) -> None:
+        subprocess.run(["docker", "-H", self.url, "rm", "-f", "bench-hand"],
+                       capture_output=True, check=False)
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+        for sub in (self.dir / "x" / "netns" / "default", self.dir / "x", self.data):
+            subprocess.run(["umount", "-R", "-l", str(sub)], capture_output=True, check=False)
+        shutil.rmtree(self.data, ignore_errors=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+Target = PodmanTarget | DockerTarget
+
+
 def _accepts(sock: Path) -> bool:
     with socket.socket(socket.AF_UNIX) as s:
         try:
@@ -240,16 +313,16 @@ def first_inference(url: str, want: np.ndarray, deadline_s: float = 300.0) -> No
 
 
 def by_hand(stick_bundle: Path, reference_name: str, port: int, want: np.ndarray,
-            storage: Storage) -> Run:
+            target: Target) -> Run:
     run = Run("by hand")
     t = time.monotonic()
-    storage.podman("load", "-i", str(stick_bundle))
-    run.steps["podman load"] = time.monotonic() - t
+    target.cli("load", "-i", str(stick_bundle))
+    run.steps[f"{target.name} load"] = time.monotonic() - t
     t = time.monotonic()
-    storage.podman("run", "-d", "--name", "bench-hand", "--network", "host",
-                   reference_name, "python", "-m", "runtime", "--models", "/models",
-                   "--port", str(port), "--host", "0.0.0.0")
-    run.steps["podman run"] = time.monotonic() - t
+    target.cli("run", "-d", "--name", "bench-hand", "--network", "host",
+               reference_name, "python", "-m", "runtime", "--models", "/models",
+               "--port", str(port), "--host", "0.0.0.0")
+    run.steps[f"{target.name} run"] = time.monotonic() - t
     t = time.monotonic()
     first_inference(f"127.0.0.1:{port}", want)
     run.steps["ready + first inference"] = time.monotonic() - t
@@ -257,12 +330,12 @@ def by_hand(stick_bundle: Path, reference_name: str, port: int, want: np.ndarray
 
 
 def ours(stick_bundle: Path, root_json: Path, work: Path, want: np.ndarray,
-         storage: Storage, service_tmpdir: Path | None = None) -> Run:
+         target: Target) -> Run:
     run = Run("appliance install")
     site = work / "site"
     shutil.rmtree(site, ignore_errors=True)
     (work / "no-gpu.json").write_text(json.dumps({"gpus": [], "unavailable": "bench"}))
-    with podman_service(storage, service_tmpdir) as url:
+    with target.socket() as url:
         t0 = time.monotonic()
         proc = subprocess.Popen(
             [sys.executable, "-m", "appliance", "install", str(stick_bundle), "--yes", "--json",
@@ -314,13 +387,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--work", type=Path, default=Path("/var/tmp/appliance-bench"))
     p.add_argument("--keep-cache", action="store_true", help="do not drop the page cache")
+    p.add_argument("--engine", choices=("podman", "docker"), default="podman",
+                   help="podman (CLI by hand, its socket for ours) or dockerd 20.10")
     p.add_argument("--service-tmpdir", type=Path, default=None,
                    help="TMPDIR of podman's socket service, where it spools an uploaded "
                         "archive before loading it (e.g. /dev/shm); default: podman's own")
     args = p.parse_args(argv)
-    if shutil.which("podman") is None:
-        print("error: podman is not installed (.ci/setup-system installs it)", file=sys.stderr)
-        return 1
+    for binary in ("podman", *(("dockerd", "docker") if args.engine == "docker" else ())):
+        if shutil.which(binary) is None:
+            print(f"error: {binary} is not installed (.ci/setup-system installs it)",
+                  file=sys.stderr)
+            return 1
     drop = not args.keep_cache and os.geteuid() == 0
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -339,20 +416,21 @@ def main(argv: list[str] | None = None) -> int:
     weights = sum(m.weights_size for m in manifest.models)
     print(f"bundle {on_stick.stat().st_size / 2**30:.2f} GiB ({weights / 2**30:.2f} GiB "
           f"weights), built in {build_s:.1f} s; page cache "
-          f"{'dropped before each run' if drop else 'kept'}; {os.cpu_count()} cores; podman "
-          f"service TMPDIR {args.service_tmpdir or 'default'}", flush=True)
+          f"{'dropped before each run' if drop else 'kept'}; {os.cpu_count()} cores; engine "
+          f"{args.engine}" + (f", podman service TMPDIR {args.service_tmpdir or 'default'}"
+                              if args.engine == "podman" else ""), flush=True)
 
     runs: list[Run] = []
     for i in range(args.rounds):
         for path in ("hand", "ours"):
-            storage = Storage(work / "storage")
+            target: Target = (DockerTarget(work) if args.engine == "docker"
+                              else PodmanTarget(work, args.service_tmpdir))
             try:
                 drop_caches(drop)
-                r = (by_hand(on_stick, ref, port, want, storage) if path == "hand"
-                     else ours(on_stick, root_json, work, want, storage,
-                               args.service_tmpdir))
+                r = (by_hand(on_stick, ref, port, want, target) if path == "hand"
+                     else ours(on_stick, root_json, work, want, target))
             finally:
-                storage.close()
+                target.close()
             runs.append(r)
             print(f"round {i + 1} {r.path:<18} {r.total:6.1f} s  " + "  ".join(
                 f"{k} {v:.1f}" for k, v in r.steps.items()), flush=True)
@@ -360,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     mine = statistics.median(r.total for r in runs if r.path != "by hand")
     print()
     print(f"{'path':<40} {'median s':>9}")
-    print(f"{'podman load + podman run (by hand)':<40} {hand:9.1f}")
+    print(f"{f'{args.engine} load + {args.engine} run (by hand)':<40} {hand:9.1f}")
     print(f"{'appliance install (verify included)':<40} {mine:9.1f}")
     print(f"{'ratio (target <= 1.3)':<40} {mine / hand:9.2f}")
     print()
