@@ -47,7 +47,12 @@ def need(binary: str) -> str:
 
 
 def wait_for(cond: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
-    """Poll `cond()` until it returns a truthy value; fail naming `what` at the deadline."""
+    """Poll `cond()` until it returns a truthy value; fail naming `what` at the deadline.
+
+    An exception from `cond` counts as "not yet" (the last one is named at the deadline),
+    except an AssertionError, which ends the wait at once: a condition raises one when it
+    knows that waiting longer cannot help (the process it waits on has exited).
+    """
     deadline = time.monotonic() + timeout
     last: BaseException | None = None
     while time.monotonic() < deadline:
@@ -55,6 +60,8 @@ def wait_for(cond: Callable[[], T], timeout: float, what: str, interval: float =
             v = cond()
             if v:
                 return v
+        except AssertionError:
+            raise
         except Exception as e:  # keep polling until the deadline
             last = e
         time.sleep(interval)
@@ -77,10 +84,14 @@ def _daemon(cmd: Sequence[str], sock: Path, log: Path) -> Iterator[str]:
         proc = subprocess.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     try:
+        def up() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"{cmd[0]} exited with status {proc.returncode}")
+            return sock.exists() and _ping(sock)
+
         try:
-            wait_for(lambda: proc.poll() is None and sock.exists() and _ping(sock),
-                     START_TIMEOUT_S, f"{cmd[0]} on {sock}", interval=0.2)
-        except TimeoutError as e:
+            wait_for(up, START_TIMEOUT_S, f"{cmd[0]} on {sock}", interval=0.2)
+        except (TimeoutError, AssertionError) as e:
             raise RuntimeError(f"{e}; daemon log:\n{log.read_text()[-2000:]}") from e
         yield base_url
     finally:

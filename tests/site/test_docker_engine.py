@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import tempfile
 import urllib.request
 import uuid
 from dataclasses import replace
@@ -15,7 +18,7 @@ from appliance.errors import EngineUnavailableError, ImageLoadError
 from appliance.gpu import GpuInfo, GpuReport
 from appliance.placement import plan_placement
 from appliance.site import Site
-from tests.enginekit import wait_for
+from tests.enginekit import podman_service, wait_for
 from tests.site.releasekit import free_port_pair, release_manifest
 
 pytestmark = pytest.mark.engine
@@ -132,6 +135,36 @@ def test_podman_loads_in_place_from_the_store(tmp_path, podman_url, site_dir):
     finally:
         eng.client.images.remove(img.config_digest, force=True)
         eng.close()
+
+
+def test_podman_with_its_own_storage_flags_is_loaded_in_place(tmp_path):
+    """A socket started with --root/--runroot and a driver of its own (vfs here): the CLI
+    reaches the same storage, taking the driver from the storage's database."""
+    site = Site(tmp_path / "site")
+    site.ensure()
+    m = release_manifest(site.store, 1, free_port_pair(), tag=uuid.uuid4().hex[:12])
+    rel = site.stage_release(m.to_json(), b"{}", 1, "docker")
+    img = m.images[0]
+    storage = Path(tempfile.mkdtemp(prefix="pm", dir="/tmp"))  # podman: runroot < 50 chars
+    flags = ["--root", str(storage / "root"), "--runroot", str(storage / "run")]
+    try:
+        with podman_service(storage=storage) as url:
+            eng = DockerEngine(site, base_url=url)
+            try:
+                cli = eng.podman_cli()
+                assert cli is not None and cli[1:] == flags
+                events = []
+                eng.load(m, rel, site.store, events.append)
+                assert any(e.message == f"podman load {img.reference} from the store"
+                           for e in events)
+                assert eng.image_id(img.config_digest) == img.config_digest
+                assert eng.client.info()["Driver"] == "vfs"
+            finally:
+                eng.close()
+    finally:
+        subprocess.run(["podman", *flags, "system", "reset", "-f"], capture_output=True,
+                       check=False)
+        shutil.rmtree(storage, ignore_errors=True)
 
 
 def test_podman_checks_every_blob_it_reads_from_the_store(tmp_path, podman_url):
