@@ -44,10 +44,11 @@ from pathlib import Path
 from typing import Any
 
 from appliance.acceptance import check_samples, wait_ready
-from appliance.engines.base import Engine
+from appliance.engines.base import Engine, launches, port_in_use
 from appliance.errors import (
     AcceptanceError,
     ApplianceError,
+    EngineError,
     InstallError,
     InstallLockedError,
     PreflightError,
@@ -303,9 +304,36 @@ class InstallPlan:
         self.slot = 1 - cur.record.slot if cur is not None and cur.sequence != \
             self.release.sequence else 0
         self._record(status="starting", slot=self.slot, reason="")
+        self._free_ports()
         self.endpoints = self.engine.start(self.manifest, self.release, self.placement,
                                            self.slot, self._emit)
         self._record(status="started", endpoints=self.endpoints)
+
+    def _free_ports(self) -> None:
+        """The new slot's ports must be free: a leftover still listening on one would
+        answer the health check and the samples in the new release's place.
+
+        Raises:
+            EngineError: a port stays in use after our own leftovers are stopped.
+        """
+        assert self.manifest is not None and self.release is not None and self.placement
+        ports = {x.port: x.service for x in launches(self.manifest, self.placement, self.slot)}
+        if not any(port_in_use(p) for p in ports):
+            return
+        # Ours first: this release from an earlier run, or one an earlier update could
+        # not stop (a warning then), never the release serving now.
+        keep = {self.previous.sequence} if self.previous is not None else set()
+        for seq in sorted(self.engine.running() - keep):
+            try:
+                self.engine.stop(seq)
+                self._info("start", f"stopped release {seq}, still running in this slot")
+            except ApplianceError as e:
+                log.info("cannot stop leftover release %s: %s", seq, e)
+        busy = [p for p in ports if port_in_use(p)]
+        if busy:
+            raise EngineError(
+                f"port {busy[0]} for service {ports[busy[0]]!r} is in use by something else "
+                f"(see: ss -ltnp 'sport = :{busy[0]}'); stop it and install again")
 
     def _step_health(self) -> None:
         assert self.manifest is not None and self.release is not None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +60,21 @@ def with_port(command: Sequence[str], port: int) -> list[str]:
             cmd[i] = f"--port={port}"
             return cmd
     return [*cmd, "--port", str(port)]
+
+
+def port_in_use(port: int) -> bool:
+    """Whether something listens on TCP `port` on any IPv4 address of this host.
+
+    A bind probe with SO_REUSEADDR, as servers bind: it fails on a listener, not on
+    connections of a stopped server still in TIME_WAIT.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("0.0.0.0", port))  # noqa: S104 - a probe, closed at once
+        except OSError as e:
+            return e.errno == errno.EADDRINUSE
+    return False
 
 
 def site_id(root: Path) -> str:

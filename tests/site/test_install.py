@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 
@@ -15,9 +16,11 @@ from appliance.errors import (
     SiteError,
 )
 from appliance.gpu import GpuReport, RecordedProbe
+from appliance.placement import Placement
 from appliance.plan import STEPS, CheckEvent, StepEvent
 from appliance.rollback import rollback, rollback_target
 from appliance.site import PLACEMENT_FILE
+from tests.enginekit import wait_for
 from tests.site.bundlekit import make_bundle, sample, vendor
 from tests.site.installkit import process_site, ready
 from tests.site.releasekit import free_port_pair
@@ -71,6 +74,41 @@ def test_update_starts_beside_old_then_switches_and_stops_it(ps, port):
     assert ps.engine.running() == {2}
     wants = ps.tmp / "units" / "multi-user.target.wants"
     assert [p.name for p in wants.iterdir()] == ["appliance-2-mlp.service"]
+
+
+def test_a_port_held_by_something_else_fails_the_start_and_the_old_release_serves(ps, port):
+    ps.install(make_bundle(ps.tmp, ps.vendor, 1, port=port))
+    with socket.socket() as squatter:  # another program on the new slot's port
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.1", port + 100))
+        squatter.listen()
+        events = []
+        with pytest.raises(ReleaseFailedError,
+                           match=rf"port {port + 100} for service 'mlp' is in use by "
+                                 rf"something else \(see: ss -ltnp"):
+            ps.install(make_bundle(ps.tmp, ps.vendor, 2, port=port), events)
+    assert ps.site.current().sequence == 1 and ready(f"http://127.0.0.1:{port}")
+    assert ps.engine.running() == {1}
+    assert [e.step for e in events if isinstance(e, StepEvent) and e.status == "failed"] == [
+        "start"]
+
+
+def test_a_leftover_release_in_the_new_slot_is_stopped_not_taken_for_the_new_one(ps, port):
+    """An earlier update that could not stop release 1 (only a warning) leaves it on the
+    port the next release gets; its health check must not be answered by release 1."""
+    ps.install(make_bundle(ps.tmp, ps.vendor, 1, port=port))
+    ps.install(make_bundle(ps.tmp, ps.vendor, 2, port=port))
+    old = ps.site.release(1)
+    placement = Placement.from_dict(json.loads((old.path / PLACEMENT_FILE).read_bytes()))
+    ps.engine.start(old.manifest(), old, placement, slot=0)  # release 1 back on `port`
+    wait_for(lambda: ready(f"http://127.0.0.1:{port}"), 20, "release 1 to answer again")
+    assert ps.engine.running() == {1, 2}
+    events = []
+    r3 = ps.install(make_bundle(ps.tmp, ps.vendor, 3, port=port, scale=3.0), events)
+    assert r3.endpoints == {"mlp": f"http://127.0.0.1:{port}"}
+    assert any(e.message == "stopped release 1, still running in this slot" for e in events)
+    assert ps.engine.running() == {3}
+    assert ps.site.current().sequence == 3
 
 
 def test_acceptance_mismatch_rolls_back_and_logs_the_worst_difference(ps, port):
