@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -24,6 +25,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,10 +55,12 @@ from appliance.progress import Progress, ProgressFn, no_progress
 from appliance.site import Release, Site
 from appliance.store import ContentStore
 
+log = logging.getLogger(__name__)
 NS = 1_000_000_000
 LABEL_SITE = "io.appliance.site"
 LABEL_RELEASE = "io.appliance.release"
 LABEL_SERVICE = "io.appliance.service"
+REMOVE_RETRY_S = (0.5, 1.0, 2.0)  # waits between attempts to remove a container
 DEFAULT_HEALTH = ("CMD", "python", "-c",
                   "import urllib.request; urllib.request.urlopen("
                   "'http://127.0.0.1:{port}{path}', timeout=4)")
@@ -222,11 +226,31 @@ class DockerEngine:
         for c in self._containers({LABEL_RELEASE: str(sequence)}):
             try:
                 c.stop(timeout=self.stop_timeout_s)
-                c.remove(force=True)
+                self._remove(c)
             except docker.errors.NotFound:
                 pass
             except docker.errors.DockerException as e:
                 raise EngineError(f"cannot stop container {c.name}: {_short(e)}") from e
+
+    def _remove(self, container: Any) -> None:
+        """Remove a stopped container, trying again while the engine says it is busy.
+
+        podman 4.3 can fail a removal with a server error ("removing container ... root
+        filesystem") while its own clean-up of the just-stopped container still holds the
+        mount; a moment later the same removal succeeds.
+        """
+        import docker.errors
+        for delay in REMOVE_RETRY_S:
+            try:
+                container.remove(force=True)
+                return
+            except docker.errors.APIError as e:
+                if e.is_client_error():  # NotFound and other 4xx: not a busy engine
+                    raise
+                log.info("removing container %s failed (%s); trying again", container.name,
+                         _short(e))
+                time.sleep(delay)
+        container.remove(force=True)
 
     def running(self) -> set[int]:
         """Releases with a container in any state (a crash-looping one still needs stopping)."""
@@ -306,15 +330,16 @@ class DockerEngine:
             return images
         left = list(images)
         try:
-            total = sum(store.size(d) for d in image_blobs(images))
+            # per image, shared layers counted in each: podman reads them again (and
+            # skips writing them) for each image, so the bar ends at 100 %
+            sizes = [sum(store.size(d) for d in image_blobs([img])) for img in images]
             for img in images:
                 store.verify(img.manifest_digest)  # the small ones podman reads unchecked
                 store.verify(img.config_digest)
         except StoreError as e:
             raise ImageLoadError(f"cannot read the images from the store: {e}") from e
-        done = 0
-        for img in images:
-            size = sum(store.size(d) for d in image_blobs([img]))
+        total, done = sum(sizes), 0
+        for img, size in zip(images, sizes, strict=True):
             message = f"podman load {img.reference} from the store"
 
             def moved(n: int, base: int = done, size: int = size, message: str = message) -> None:
