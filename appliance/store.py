@@ -52,7 +52,12 @@ class ContentStore:
         self.blobs = self.root / "blobs" / "sha256"
         self.tmp = self.root / "blobs" / "tmp"
 
-    def _ensure(self) -> None:
+    def ensure(self) -> None:
+        """Create the blob and temp directories.
+
+        Raises:
+            StoreError: they cannot be created.
+        """
         try:
             self.blobs.mkdir(parents=True, exist_ok=True)
             self.tmp.mkdir(parents=True, exist_ok=True)
@@ -95,7 +100,7 @@ class ContentStore:
             DigestMismatchError: the bytes written do not hash to `digest` or are not `size`.
             StoreError: the disk is full or unwritable (the temp file is removed).
         """
-        self._ensure()
+        self.ensure()
         target = self.path(digest)
         fd, tmp = tempfile.mkstemp(prefix=hex_of(digest)[:16] + ".", dir=self.tmp)
         try:

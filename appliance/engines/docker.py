@@ -345,8 +345,11 @@ class DockerEngine:
             def moved(n: int, base: int = done, size: int = size, message: str = message) -> None:
                 progress(Progress("load", base + min(n, size - 1), total, message))
 
-            with _oci_layout(store, img) as layout, _named_path(layout) as path:
-                ok, out = _run_watched([*cli, "load", "-i", str(path)], moved)
+            try:
+                with _oci_layout(store, img) as layout, _named_path(layout) as path:
+                    ok, out = _run_watched([*cli, "load", "-i", str(path)], moved)
+            except (OSError, StoreError) as e:  # no hard links here (another filesystem)
+                ok, out = False, f"cannot lay the image out in {store.tmp}: {e}"
             if not ok:
                 progress(Progress("load", message=f"podman could not load {img.reference} "
                                   f"from the store ({out}); streaming it instead"))
@@ -419,7 +422,7 @@ def _oci_layout(store: ContentStore, img: Image) -> Iterator[Path]:
     """A one-image OCI layout in the store's temp area whose blobs are hard links to
     the store's (same filesystem: no copy; a link keeps the verified inode even if
     the store's name is replaced meanwhile). Removed afterwards."""
-    store._ensure()
+    store.ensure()
     d = store.tmp / f"oci-{secrets.token_hex(8)}"
     try:
         (d / "blobs" / "sha256").mkdir(parents=True)
@@ -468,7 +471,8 @@ def _run_watched(cmd: list[str], on_bytes: Callable[[int], None]) -> tuple[bool,
 
     The estimate is half of what the process has read (/proc/PID/io rchar): podman reads
     each blob once from the layout and once more from its own staging copy as it applies
-    the layer. Returns (exit status 0, stdout, or the last line of stderr on failure).
+    the layer. Returns (True, its output) when it succeeds, else (False, its reason: the
+    OCI layout's line of podman's error, or the last line of it).
     """
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -166,6 +167,35 @@ def test_podman_with_its_own_storage_flags_is_loaded_in_place(tmp_path):
         subprocess.run(["podman", *flags, "system", "reset", "-f"], capture_output=True,
                        check=False)
         shutil.rmtree(storage, ignore_errors=True)
+
+
+def test_a_store_where_links_cannot_be_made_is_streamed_instead(tmp_path, podman_url):
+    """The store's temp area on another filesystem (here a tmpfs mounted over it): no
+    hard links, so the images go through the socket as for Docker."""
+    site = Site(tmp_path / "site")
+    site.ensure()
+    m = release_manifest(site.store, 1, free_port_pair(), tag=uuid.uuid4().hex[:12])
+    rel = site.stage_release(m.to_json(), b"{}", 1, "docker")
+    site.store.ensure()
+    if os.geteuid() != 0 or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(site.store.tmp)],
+            capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    eng = DockerEngine(site, base_url=podman_url)
+    img = m.images[0]
+    try:
+        events = []
+        eng.load(m, rel, site.store, events.append)
+        (fallback,) = [e for e in events if "could not load" in e.message]
+        assert "Invalid cross-device link" in fallback.message
+        assert fallback.message.endswith("; streaming it instead")
+        assert any(e.message == "streaming images" for e in events)
+        assert eng.image_id(img.config_digest) == img.config_digest
+        assert list(site.store.tmp.iterdir()) == []
+    finally:
+        subprocess.run(["umount", "-l", str(site.store.tmp)], capture_output=True, check=False)
+        eng.client.images.remove(img.config_digest, force=True)
+        eng.close()
 
 
 def test_podman_checks_every_blob_it_reads_from_the_store(tmp_path, podman_url):
