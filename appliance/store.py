@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -15,6 +17,7 @@ from appliance.fsutil import fsync_dir, start_writeback
 
 CHUNK = 1024 * 1024
 WRITEBACK_EVERY = 32 * 1024 * 1024  # start the disk write of each such span as it fills
+OVERLAP_MIN = 256 * 1024  # smaller chunks are not worth a thread handoff
 
 
 def hex_of(digest: str) -> str:
@@ -26,17 +29,29 @@ def hex_of(digest: str) -> str:
 
 
 class BlobWriter:
-    """Hashes and counts what is written; the store checks both before the rename."""
+    """Hashes and counts what is written; the store checks both before the rename.
 
-    def __init__(self, f: BinaryIO) -> None:
+    With a `pool` (one thread), each chunk is written on that thread while this one
+    hashes it: both release the GIL, so with an idle core a chunk costs about the
+    longer of the two. `write` returns only when both are done with the chunk, so
+    the caller may reuse its buffer at once.
+    """
+
+    def __init__(self, f: BinaryIO, pool: ThreadPoolExecutor | None = None) -> None:
         self._f = f
+        self._pool = pool
         self.hasher = hashlib.sha256()
         self.size = 0
         self._synced = 0  # bytes whose writeback has been started
 
     def write(self, data: bytes | memoryview) -> None:
-        self.hasher.update(data)
-        self._f.write(data)
+        if self._pool is not None and len(data) >= OVERLAP_MIN:
+            written = self._pool.submit(self._f.write, data)
+            self.hasher.update(data)
+            written.result()
+        else:
+            self.hasher.update(data)
+            self._f.write(data)
         self.size += len(data)
         if self.size - self._synced >= WRITEBACK_EVERY:
             self._f.flush()
@@ -93,8 +108,11 @@ class ContentStore:
             raise StoreError(f"blob {digest[:19]} is not in the store {self.root}") from e
 
     @contextmanager
-    def ingest(self, digest: str, size: int) -> Iterator[BlobWriter]:
+    def ingest(self, digest: str, size: int, *, overlap: bool = False) -> Iterator[BlobWriter]:
         """Write a blob through a temp file; it appears under its digest only if it matches.
+
+        `overlap`: write on a second thread while hashing (see BlobWriter), for a
+        blob of several chunks when a core is idle.
 
         Raises:
             DigestMismatchError: the bytes written do not hash to `digest` or are not `size`.
@@ -104,8 +122,10 @@ class ContentStore:
         target = self.path(digest)
         fd, tmp = tempfile.mkstemp(prefix=hex_of(digest)[:16] + ".", dir=self.tmp)
         try:
-            with os.fdopen(fd, "wb") as f:
-                writer = BlobWriter(f)
+            with os.fdopen(fd, "wb") as f, contextlib.ExitStack() as stack:
+                pool = (stack.enter_context(ThreadPoolExecutor(1, "blob-write"))
+                        if overlap and size > 2 * CHUNK else None)
+                writer = BlobWriter(f, pool)
                 yield writer
                 if writer.size != size:
                     raise DigestMismatchError(

@@ -164,6 +164,11 @@ class TarReader:
         self._buf = bytearray(CHUNK)
         self._read_ahead = idle_core() if read_ahead is None else read_ahead
 
+    @property
+    def read_ahead(self) -> bool:
+        """Whether a core was idle for a second thread when this reader was made."""
+        return self._read_ahead
+
     def where(self, offset: int | None = None) -> str:
         off = self.s.offset if offset is None else offset
         if self.s.split:

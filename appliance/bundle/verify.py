@@ -304,7 +304,7 @@ def _verify_member(reader: TarReader, member: Member, manifest: Manifest,
         reader.stream(member.size, ticker.counting(h.update, data_at, member.path), member.path)
         _check(h.hexdigest(), member, span)
         return
-    with store.ingest(digest, member.size) as w:
+    with store.ingest(digest, member.size, overlap=reader.read_ahead) as w:
         reader.stream(member.size, ticker.counting(w.write, data_at, member.path), member.path)
         _check(w.hasher.hexdigest(), member, span)
 

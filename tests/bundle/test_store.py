@@ -31,24 +31,29 @@ def test_writeback_is_available_on_linux() -> None:
     assert fsutil._SYNC_FILE_RANGE is not None
 
 
-def test_a_blob_over_a_writeback_span_is_stored_exactly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("overlap", [False, True], ids=["one thread", "write on a second"])
+def test_a_blob_over_a_writeback_span_is_stored_exactly(tmp_path: Path, overlap: bool) -> None:
     store = ContentStore(tmp_path)
     data = _blob(BIG)
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    with store.ingest(digest, len(data)) as w:
-        view = memoryview(data)
-        for i in range(0, len(data), 1024 * 1024):
-            w.write(view[i:i + 1024 * 1024])
+    buf = bytearray(1024 * 1024)  # one buffer, refilled: write must be done with it
+    with store.ingest(digest, len(data), overlap=overlap) as w:
+        for i in range(0, len(data), len(buf)):
+            n = len(data[i:i + len(buf)])
+            buf[:n] = data[i:i + n]
+            w.write(memoryview(buf)[:n])
     assert store.path(digest).read_bytes() == data
     store.verify(digest)
     assert_store_clean(store)
 
 
-def test_a_big_blob_that_does_not_match_leaves_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("overlap", [False, True], ids=["one thread", "write on a second"])
+def test_a_big_blob_that_does_not_match_leaves_nothing(tmp_path: Path, overlap: bool) -> None:
     store = ContentStore(tmp_path)
     data = _blob(BIG)
     wrong = "sha256:" + hashlib.sha256(b"something else").hexdigest()
-    with pytest.raises(DigestMismatchError), store.ingest(wrong, len(data)) as w:
+    with pytest.raises(DigestMismatchError), store.ingest(wrong, len(data),
+                                                          overlap=overlap) as w:
         w.write(data)
     assert not store.has(wrong)
     assert_store_clean(store)
@@ -87,3 +92,15 @@ def test_a_full_disk_during_verify_is_named_and_leaves_no_partial_blob(
     # the space is given back: what is left is only the small blobs that did fit
     left = sum(p.stat().st_size for p in (small_disk / "site").rglob("*") if p.is_file())
     assert left < 1024 * 1024
+
+
+def test_a_full_disk_on_the_write_thread_is_named_and_cleaned_up(small_disk: Path) -> None:
+    store = ContentStore(small_disk / "site")
+    data = _blob(BIG)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    with pytest.raises(StoreError, match=r"No space left on device.*free disk space"), \
+            store.ingest(digest, len(data), overlap=True) as w:
+        for i in range(0, len(data), 1024 * 1024):
+            w.write(data[i:i + 1024 * 1024])
+    assert not store.has(digest)
+    assert_store_clean(store)
