@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 
 import pytest
@@ -74,6 +75,23 @@ def test_update_starts_beside_old_then_switches_and_stops_it(ps, port):
     assert ps.engine.running() == {2}
     wants = ps.tmp / "units" / "multi-user.target.wants"
     assert [p.name for p in wants.iterdir()] == ["appliance-2-mlp.service"]
+
+
+def test_an_install_clears_what_a_killed_one_left_in_the_store(ps, port):
+    """A temp blob of a killed ingest, and an image layout of a killed load (hard links
+    to blobs): both go at the next install's preflight; the verified blobs stay."""
+    ps.install(make_bundle(ps.tmp, ps.vendor, 1, port=port))
+    store = ps.site.store
+    kept = store.digests()
+    (store.tmp / "0123456789abcdef.partial").write_bytes(b"half a blob")
+    layout = store.tmp / "oci-0123456789abcdef"
+    (layout / "blobs" / "sha256").mkdir(parents=True)
+    os.link(store.path(kept[0]), layout / "blobs" / "sha256" / kept[0].split(":")[1])
+    ps.install(make_bundle(ps.tmp, ps.vendor, 2, port=port))
+    assert list(store.tmp.iterdir()) == []
+    assert set(kept) <= set(store.digests())
+    for d in kept:
+        store.verify(d)
 
 
 def test_a_port_held_by_something_else_fails_the_start_and_the_old_release_serves(ps, port):
