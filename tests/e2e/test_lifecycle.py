@@ -11,7 +11,6 @@ import json
 import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -171,35 +170,6 @@ def _install_while_polling(site: Site, bundle: Path, serving: Release,
     return answered
 
 
-OFFLINE_CLIENT = textwrap.dedent("""
-    import socket, sys, time
-    import numpy as np
-    import tritonclient.http as triton
-    from bundler.samples import mlp_reference
-    for addr in (("1.1.1.1", 80), ("10.0.0.1", 443)):
-        try:
-            socket.create_connection(addr, timeout=2).close()
-            sys.exit(f"outbound connection to {addr} worked from the runtime's namespace")
-        except OSError:
-            pass
-    c = triton.InferenceServerClient("127.0.0.1:" + sys.argv[1])
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if c.is_server_ready():
-                break
-        except Exception:
-            pass
-        if time.monotonic() > deadline:
-            sys.exit("the runtime never became ready with no network")
-        time.sleep(0.2)
-    x = np.ones((2, 64), np.float32)
-    inp = triton.InferInput("x", [2, 64], "FP32")
-    inp.set_data_from_numpy(x)
-    y = c.infer("mlp", [inp]).as_numpy("y")
-    np.testing.assert_allclose(y, mlp_reference(x, seed=int(sys.argv[2])), rtol=1e-4, atol=1e-5)
-    print("offline-ok")
-""")
 
 
 def _assert_runs_offline(engine: DockerEngine, rel: Release) -> None:
@@ -213,8 +183,8 @@ def _assert_runs_offline(engine: DockerEngine, rel: Release) -> None:
     try:
         pid = wait_for(lambda: c.reload() or c.attrs["State"]["Pid"], 60, "the container's pid")
         out = subprocess.run(
-            ["nsenter", f"--net=/proc/{pid}/ns/net", sys.executable, "-c", OFFLINE_CLIENT,
-             "8000", str(rel.mlp_seed)],
+            ["nsenter", f"--net=/proc/{pid}/ns/net", sys.executable, "-m",
+             "tests.offline_client", "127.0.0.1:8000", str(rel.mlp_seed)],
             env=cli_env(), capture_output=True, text=True, timeout=180, check=False, cwd=REPO)
         assert out.returncode == 0 and "offline-ok" in out.stdout, out.stderr[-2000:]
         rc, text = c.exec_run(["python", "-c", "import socket; socket.create_connection("
