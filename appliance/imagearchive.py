@@ -3,9 +3,10 @@
 `oci-layout` + `index.json` serve podman, skopeo and containerd; Docker's
 `manifest.json` (Config, RepoTags, Layers) serves `docker load`. Both point
 at `blobs/sha256/<hex>`, so every blob is stored once. The bundle writer uses
-the same functions for its image part; the installer's docker engine and the
-k3s air-gap archive stream a release's images out of the content store with
-`write_image_archive`.
+the same functions for its image part; the installer's docker engine streams a
+release's images out of the content store with `image_archive_chunks`, the k3s
+air-gap archive writes them with `write_image_archive`, and a local podman loads
+them from a layout of links whose `index.json` is `oci_index`.
 
 Names: docker reads `RepoTags` and podman and skopeo read
 `org.opencontainers.image.ref.name`, both the plain reference

@@ -41,14 +41,7 @@ from appliance.engines.base import (
     with_port,
 )
 from appliance.errors import EngineError, EngineUnavailableError, ImageLoadError, StoreError
-from appliance.imagearchive import (
-    MANIFEST_MEDIA_TYPE,
-    OCI_LAYOUT,
-    REF_NAME,
-    blob_path,
-    canonical_json,
-    image_archive_chunks,
-)
+from appliance.imagearchive import OCI_LAYOUT, blob_path, image_archive_chunks, oci_index
 from appliance.manifest import Image, Manifest, image_blobs
 from appliance.placement import Placement
 from appliance.progress import Progress, ProgressFn, no_progress
@@ -429,11 +422,7 @@ def _oci_layout(store: ContentStore, img: Image) -> Iterator[Path]:
         for digest in image_blobs([img]):
             os.link(store.path(digest), d / blob_path(digest))
         (d / "oci-layout").write_bytes(OCI_LAYOUT)
-        (d / "index.json").write_bytes(canonical_json({
-            "schemaVersion": 2, "manifests": [{
-                "mediaType": MANIFEST_MEDIA_TYPE, "digest": img.manifest_digest,
-                "size": store.size(img.manifest_digest),
-                "annotations": {REF_NAME: img.reference}}]}))
+        (d / "index.json").write_bytes(oci_index([img], store.size))
         yield d
     finally:
         shutil.rmtree(d, ignore_errors=True)
