@@ -367,7 +367,7 @@ def ours(stick_bundle: Path, root_json: Path, work: Path, want: np.ndarray,
         first_inference(status["endpoints"]["big"].removeprefix("http://"), want)
         run.steps["first inference"] = time.monotonic() - t
         from appliance.engines.docker import DockerEngine
-        from appliance.site import Site
+        from appliance.site.layout import Site
         eng = DockerEngine(Site(site), base_url=url)
         eng.stop(1)
         eng.close()

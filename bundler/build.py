@@ -30,11 +30,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from appliance.bundle.stream import idle_core
-from appliance.bundle.tarfmt import BLOCK, END_OF_ARCHIVE, file_header, member_span, padding
-from appliance.errors import SpecError
-from appliance.imagearchive import blob_path, layout_members
-from appliance.manifest import (
+from appliance.bundle.imagearchive import blob_path, layout_members
+from appliance.bundle.manifest import (
     ENVELOPE_PATH,
     MANIFEST_PATH,
     PAYLOAD_TYPE,
@@ -44,8 +41,11 @@ from appliance.manifest import (
     Model,
     Service,
 )
+from appliance.bundle.store import hex_of
+from appliance.bundle.stream import idle_core
+from appliance.bundle.tarfmt import BLOCK, END_OF_ARCHIVE, file_header, member_span, padding
+from appliance.errors import SpecError
 from appliance.progress import Progress, ProgressFn, no_progress
-from appliance.store import hex_of
 from bundler.compose import Blob, Composition
 from bundler.layers import WeightsLayer, layer_mtime
 from bundler.output import BundleOutput

@@ -16,13 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from appliance.imagearchive import (
+from appliance.bundle.imagearchive import (
     CONFIG_MEDIA_TYPE,
     LAYER_MEDIA_TYPE,
     MANIFEST_MEDIA_TYPE,
     canonical_json,
 )
-from appliance.manifest import Image
+from appliance.bundle.manifest import Image
 from bundler.layers import WeightsLayer, plan_weights_layer
 from bundler.sources import BaseImage, LayerSource
 from bundler.spec import ModelSpec, ServiceSpec, Spec

@@ -27,7 +27,7 @@ import numpy as np
 
 from appliance.engines.base import Engine
 from appliance.errors import ApplianceError, EngineUnavailableError
-from appliance.site import SLOT_PORT_STEP, Site
+from appliance.site.layout import SLOT_PORT_STEP, Site
 
 SOCKETS = ("unix:///run/podman/podman.sock", "unix:///var/run/docker.sock")
 ENGINE_FILE = "engine.json"
@@ -226,8 +226,8 @@ def choose_engine(wanted: str, site: Site, work: Path, stack: ExitStack) -> Engi
 def run_demo(work: Path, *, engine: str, port: int, clean: bool, started: float) -> int:
     """Build, install and serve the demo; print the endpoint, a curl line and one answer."""
     from appliance.cli.site import PlainProgress
-    from appliance.gpu import NvmlProbe
-    from appliance.plan import InstallOptions, InstallPlan
+    from appliance.site.gpu import NvmlProbe
+    from appliance.site.plan import InstallOptions, InstallPlan
     from bundler.demo import make_demo_bundle, print_bundle
     from bundler.samples import mlp_reference
 

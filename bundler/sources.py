@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from appliance.bundle.imagearchive import LAYER_MEDIA_TYPE
 from appliance.errors import SpecError
-from appliance.imagearchive import LAYER_MEDIA_TYPE
 from bundler.spec import RuntimeImageSpec
 
 MAX_JSON_BYTES = 16 * 1024 * 1024

@@ -16,8 +16,7 @@ from typing import Any
 
 import yaml
 
-from appliance.errors import ManifestError, SpecError
-from appliance.manifest import (
+from appliance.bundle.manifest import (
     FRAMEWORKS,
     GPU_POLICIES,
     NAME_RE,
@@ -27,6 +26,7 @@ from appliance.manifest import (
     format_time,
     parse_time,
 )
+from appliance.errors import ManifestError, SpecError
 from runtime.errors import ModelLoadError
 from runtime.modelspec import check_spec
 

@@ -1,1 +1,1 @@
-"""The Textual installer: screens over `appliance.plan.InstallPlan` (`appliance-installer`)."""
+"""The Textual installer: screens over `appliance.site.plan.InstallPlan` (`appliance-installer`)."""

@@ -4,7 +4,7 @@ Screens: find a bundle on mounted media -> who signed it (and, on a first
 install, accepting the vendor's trust root by fingerprint) -> the install with
 a progress bar and a review of the verified manifest, GPUs and placement ->
 the end state; and a status screen with live figures, roll back and log export.
-Every step is the same `appliance.plan.InstallPlan` the headless
+Every step is the same `appliance.site.plan.InstallPlan` the headless
 `appliance install --yes` runs.
 """
 
@@ -19,8 +19,8 @@ from textual.app import App
 from textual.binding import Binding
 
 from appliance.engines.base import Engine
-from appliance.gpu import GpuProbe, NvmlProbe, RecordedProbe
-from appliance.site import DEFAULT_ROOT, Site
+from appliance.site.gpu import GpuProbe, NvmlProbe, RecordedProbe
+from appliance.site.layout import DEFAULT_ROOT, Site
 from installer_tui.config import InstallerConfig
 from installer_tui.media import DEFAULT_MEDIA_ROOTS
 from installer_tui.screens.find import FindBundleScreen

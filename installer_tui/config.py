@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from appliance.engines.base import Engine
-from appliance.gpu import GpuProbe
-from appliance.site import Site
+from appliance.site.gpu import GpuProbe
+from appliance.site.layout import Site
 from installer_tui.figures import FiguresSource, RuntimeFigures
 from installer_tui.media import DEFAULT_MEDIA_ROOTS
 

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.manifest import MANIFEST_PATH
+from appliance.bundle.manifest import MANIFEST_PATH
 
 DEFAULT_MEDIA_ROOTS = (Path("/media"), Path("/mnt"), Path("/run/media"))
 MAX_DEPTH = 4

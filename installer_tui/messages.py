@@ -7,9 +7,9 @@ from pathlib import Path
 
 from textual.message import Message
 
-from appliance.manifest import Manifest
-from appliance.plan import InstallResult
+from appliance.bundle.manifest import Manifest
 from appliance.progress import Progress
+from appliance.site.plan import InstallResult
 from installer_tui.figures import FigureSample
 from installer_tui.media import FoundBundle
 from signing import Envelope

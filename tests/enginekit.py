@@ -28,8 +28,8 @@ from typing import TypeVar
 
 import pytest
 
-from appliance.manifest import Image
-from appliance.store import ContentStore
+from appliance.bundle.manifest import Image
+from appliance.bundle.store import ContentStore
 
 CACHE = Path(os.environ.get("APPLIANCE_TEST_CACHE", "/var/tmp/appliance-test"))
 HEALTHD_SRC = Path(__file__).parent / "site" / "data" / "healthd.c"

@@ -24,6 +24,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from appliance.bundle.manifest import (
+    ENVELOPE_PATH,
+    MANIFEST_PATH,
+    MAX_MANIFEST_BYTES,
+    PAYLOAD_TYPE,
+    Manifest,
+    Member,
+    format_time,
+    image_blobs,
+)
+from appliance.bundle.store import ContentStore
 from appliance.bundle.stream import PartStream, TarReader, find_bundle_parts
 from appliance.bundle.tarfmt import BLOCK, check_name, member_span
 from appliance.errors import (
@@ -37,18 +48,7 @@ from appliance.errors import (
     SignatureError,
     SplitPartError,
 )
-from appliance.manifest import (
-    ENVELOPE_PATH,
-    MANIFEST_PATH,
-    MAX_MANIFEST_BYTES,
-    PAYLOAD_TYPE,
-    Manifest,
-    Member,
-    format_time,
-    image_blobs,
-)
 from appliance.progress import Progress, ProgressFn, no_progress
-from appliance.store import ContentStore
 from signing import Envelope, SigningError, TrustRoot, rotate_root
 from signing import verify as verify_envelope
 from signing.dsse import MAX_ENVELOPE_BYTES, verified_key_ids

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import TextIO
 
 from appliance.bundle import find_bundle_parts, read_manifest_unverified, verify_bundle
+from appliance.bundle.manifest import Manifest, parse_time
+from appliance.bundle.store import ContentStore
 from appliance.errors import BundleWriteError, SpecError
-from appliance.manifest import Manifest, parse_time
 from appliance.progress import Progress, ProgressFn, no_progress
-from appliance.state import SiteState
-from appliance.store import ContentStore
+from appliance.site.state import SiteState
 from signing import fingerprint
 
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,

@@ -11,14 +11,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from appliance.bundle.imagearchive import write_image_archive
+from appliance.bundle.store import ContentStore
 from appliance.cli.keys import load_trust_root
 from appliance.errors import RollbackError, SiteError
 from appliance.fsutil import atomic_write, fsync_dir
-from appliance.imagearchive import write_image_archive
 from appliance.k8s.names import archive_name
 from appliance.k8s.render import RenderOptions, render
-from appliance.state import SiteState
-from appliance.store import ContentStore
+from appliance.site.state import SiteState
 
 if TYPE_CHECKING:
     from appliance.bundle import VerifiedBundle

@@ -32,7 +32,7 @@ from appliance.errors import (
     TrustError,
 )
 from appliance.progress import Progress
-from appliance.site import DEFAULT_ROOT, Site
+from appliance.site.layout import DEFAULT_ROOT, Site
 from signing import SigningError
 
 EXIT_PREFLIGHT = 3
@@ -131,7 +131,7 @@ class PlainProgress:
         self._last_pct: dict[str, int] = {}
 
     def __call__(self, ev: Progress) -> None:
-        from appliance.plan import CheckEvent, StepEvent
+        from appliance.site.plan import CheckEvent, StepEvent
         if self.as_json:
             doc: dict[str, Any] = {"step": ev.step, "done": ev.done, "total": ev.total,
                                    "message": ev.message, "kind": type(ev).__name__}
@@ -156,8 +156,8 @@ class PlainProgress:
 
 
 def cmd_install(args: argparse.Namespace) -> int:
-    from appliance.gpu import GpuProbe, NvmlProbe, RecordedProbe
-    from appliance.plan import InstallOptions, InstallPlan
+    from appliance.site.gpu import GpuProbe, NvmlProbe, RecordedProbe
+    from appliance.site.plan import InstallOptions, InstallPlan
     if not args.yes:
         print("error: headless install needs --yes (or run appliance-installer for the "
               "screens)", file=sys.stderr)
@@ -186,7 +186,7 @@ def cmd_install(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from appliance.acceptance import is_ready
+    from appliance.site.acceptance import is_ready
     site = Site(args.root)
     cur = site.current()
     if cur is None:
@@ -209,7 +209,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from appliance.rollback import rollback
+    from appliance.site.rollback import rollback
     site = Site(args.root)
     try:
         seq = rollback(site, make_site_engine(args, site), args.sequence,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from appliance.engines.base import Engine, Launch, launches, with_port
 from appliance.errors import EngineError
-from appliance.site import Site
+from appliance.site.layout import Site
 
 __all__ = ["Engine", "Launch", "launches", "make_engine", "with_port"]
 

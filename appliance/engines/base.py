@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from appliance.manifest import Manifest
-from appliance.placement import Placement
+from appliance.bundle.manifest import Manifest
+from appliance.bundle.store import ContentStore
 from appliance.progress import ProgressFn, no_progress
-from appliance.site import Release, slot_port
-from appliance.store import ContentStore
+from appliance.site.layout import Release, slot_port
+from appliance.site.placement import Placement
 
 HEALTH_INTERVAL_S = 10
 HEALTH_TIMEOUT_S = 5

@@ -30,6 +30,9 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from appliance.bundle.imagearchive import OCI_LAYOUT, blob_path, image_archive_chunks, oci_index
+from appliance.bundle.manifest import Image, Manifest, image_blobs
+from appliance.bundle.store import ContentStore
 from appliance.engines.base import (
     HEALTH_INTERVAL_S,
     HEALTH_RETRIES,
@@ -41,16 +44,13 @@ from appliance.engines.base import (
     with_port,
 )
 from appliance.errors import EngineError, EngineUnavailableError, ImageLoadError, StoreError
-from appliance.imagearchive import OCI_LAYOUT, blob_path, image_archive_chunks, oci_index
-from appliance.manifest import Image, Manifest, image_blobs
-from appliance.placement import Placement
 from appliance.progress import Progress, ProgressFn, no_progress
-from appliance.site import Release, Site
-from appliance.store import ContentStore
+from appliance.site.layout import Release, Site
+from appliance.site.placement import Placement
 
 log = logging.getLogger(__name__)
 NS = 1_000_000_000
-LABEL_SITE = "io.appliance.site"
+LABEL_SITE = "io.appliance.site.layout"
 LABEL_RELEASE = "io.appliance.release"
 LABEL_SERVICE = "io.appliance.service"
 REMOVE_RETRY_S = (0.5, 1.0, 2.0)  # waits between attempts to remove a container

@@ -1,7 +1,7 @@
 """The process engine: the runtime as supervised local processes, no container engine.
 
 Model files come out of the verified weights layers in the content store
-(`appliance.layers`), one directory per service under the release. Each
+(`appliance.bundle.layers`), one directory per service under the release. Each
 service gets a systemd unit (written to `unit_dir`, enabled for the serving
 release only, so a reboot brings back `current`); while the installer runs,
 or where systemd is not PID 1, `appliance.engines.supervise` keeps it running.
@@ -18,15 +18,15 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from appliance.bundle.layers import extract_model
+from appliance.bundle.manifest import Manifest
+from appliance.bundle.store import ContentStore
 from appliance.engines.base import Launch, launches, site_id
 from appliance.errors import EngineError, ImageLoadError, StoreError
 from appliance.fsutil import atomic_write
-from appliance.layers import extract_model
-from appliance.manifest import Manifest
-from appliance.placement import Placement
 from appliance.progress import Progress, ProgressFn, no_progress
-from appliance.site import Release, Site
-from appliance.store import ContentStore
+from appliance.site.layout import Release, Site
+from appliance.site.placement import Placement
 
 DEFAULT_COMMAND = (sys.executable, "-m", "runtime", "--models", "{models}", "--port", "{port}",
                    "--data-dir", "{data}")

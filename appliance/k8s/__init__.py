@@ -1,6 +1,6 @@
 """Kubernetes for a site that outgrew one server: rendered manifests and the k3s archive's name.
 
-The archive itself is `appliance.imagearchive.write_image_archive(..., digest_names=True)`.
+The archive itself is `appliance.bundle.imagearchive.write_image_archive(..., digest_names=True)`.
 """
 
 from appliance.k8s.names import archive_name

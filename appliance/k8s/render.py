@@ -12,10 +12,10 @@ from typing import Any
 
 import yaml
 
+from appliance.bundle.imageref import pinned_reference
+from appliance.bundle.manifest import DIGEST_RE, Manifest, Service
 from appliance.errors import ManifestError, NodeCapacityError, PlacementError
-from appliance.imageref import pinned_reference
 from appliance.k8s.names import dns_label, label_value
-from appliance.manifest import DIGEST_RE, Manifest, Service
 
 MIB = 1024 * 1024
 GPU_RESOURCE = "nvidia.com/gpu"

@@ -23,10 +23,10 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import ContentSwitcher, Footer, Header, RichLog, Static
 
-from appliance.acceptance import is_ready
-from appliance.manifest import Manifest
-from appliance.plan import STEPS, CheckEvent, InstallOptions, InstallPlan, StepEvent
+from appliance.bundle.manifest import Manifest
 from appliance.progress import Progress
+from appliance.site.acceptance import is_ready
+from appliance.site.plan import STEPS, CheckEvent, InstallOptions, InstallPlan, StepEvent
 from installer_tui.errors import InstallCancelledError
 from installer_tui.format import human
 from installer_tui.messages import Failed, InstallFinished, PlanProgress, ReviewReady

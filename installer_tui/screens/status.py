@@ -14,12 +14,12 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.timer import Timer
 from textual.widgets import Footer, Header, Input, Label, Static
 
-from appliance.acceptance import is_ready
 from appliance.errors import SiteError
-from appliance.plan import StepEvent
 from appliance.progress import Progress
-from appliance.rollback import rollback, rollback_target
-from appliance.site import Site
+from appliance.site.acceptance import is_ready
+from appliance.site.layout import Site
+from appliance.site.plan import StepEvent
+from appliance.site.rollback import rollback, rollback_target
 from installer_tui.figures import FiguresSource, export_logs
 from installer_tui.format import human
 from installer_tui.messages import (

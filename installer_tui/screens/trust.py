@@ -18,7 +18,7 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import Button, Checkbox, Footer, Header, Input, Label, Static
 
-from appliance.manifest import Manifest
+from appliance.bundle.manifest import Manifest
 from installer_tui.errors import TrustRootChoiceError
 from installer_tui.format import human
 from installer_tui.media import TRUST_ROOT_NAME

@@ -8,7 +8,7 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widgets import Static
 
-from appliance.plan import STEPS
+from appliance.site.plan import STEPS
 
 SHORT_TITLES = {
     "preflight": "Preflight checks",

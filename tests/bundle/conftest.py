@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance.manifest import Manifest
-from appliance.store import ContentStore
+from appliance.bundle.manifest import Manifest
+from appliance.bundle.store import ContentStore
 from bundler.build import build_bundle
 from bundler.spec import load_spec
 from signing import PrivateKey, TrustRoot

@@ -14,9 +14,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from appliance.bundle.manifest import ENVELOPE_PATH, MANIFEST_PATH, PAYLOAD_TYPE, Manifest
+from appliance.bundle.store import ContentStore
 from appliance.bundle.tarfmt import END_OF_ARCHIVE, file_header, padding
-from appliance.manifest import ENVELOPE_PATH, MANIFEST_PATH, PAYLOAD_TYPE, Manifest
-from appliance.store import ContentStore
 from signing import PrivateKey, sign
 
 EPOCH = 1_790_000_000  # 2026-09-21: SOURCE_DATE_EPOCH for reproducible test bundles

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from appliance.bundle import read_manifest_unverified, verify_bundle
+from appliance.bundle.imagearchive import LAYER_MEDIA_TYPE
+from appliance.bundle.store import ContentStore
 from appliance.errors import SpecError
-from appliance.imagearchive import LAYER_MEDIA_TYPE
-from appliance.store import ContentStore
 from bundler.build import build_bundle
 from bundler.sources import GZIP_LAYER
 from bundler.spec import load_spec

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from appliance.cli import main
-from appliance.state import SiteState
+from appliance.site.state import SiteState
 from bundler.demo import make_demo_bundle
 from signing import PrivateKey, TrustRoot
 from tests.bundle.conftest import make_spec_dir

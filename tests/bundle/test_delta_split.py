@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 
 from appliance.bundle import find_bundle_parts, verify_bundle
+from appliance.bundle.imagearchive import write_image_archive
+from appliance.bundle.manifest import image_blobs
+from appliance.bundle.store import ContentStore
 from appliance.errors import (
     DeltaBaseError,
     DigestMismatchError,
     SplitPartError,
     TruncatedBundleError,
 )
-from appliance.imagearchive import write_image_archive
-from appliance.manifest import image_blobs
-from appliance.store import ContentStore
 from bundler.build import build_bundle
 from bundler.spec import load_spec
 from signing import PrivateKey, TrustRoot

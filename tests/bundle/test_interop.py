@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from appliance.bundle import verify_bundle
-from appliance.imagearchive import write_image_archive
-from appliance.store import ContentStore
+from appliance.bundle.imagearchive import write_image_archive
+from appliance.bundle.store import ContentStore
 from signing import TrustRoot
 from tests.bundle.conftest import Built
 from tests.bundle.kit import NOW, read_entries

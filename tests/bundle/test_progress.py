@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from appliance.bundle import verify_bundle
+from appliance.bundle.store import ContentStore
 from appliance.progress import Progress
-from appliance.store import ContentStore
 from bundler.build import build_bundle
 from bundler.spec import load_spec
 from signing import PrivateKey, TrustRoot

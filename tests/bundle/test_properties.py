@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from appliance.bundle import verify_bundle
+from appliance.bundle.store import ContentStore
 from appliance.errors import BundleError
-from appliance.store import ContentStore
 from signing import TrustRoot
 from tests.bundle.conftest import Built
 from tests.bundle.kit import NOW, Entry, assert_store_clean, read_entries, write_entries

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from appliance.bundle import verify_bundle
+from appliance.bundle.manifest import ENVELOPE_PATH, MANIFEST_PATH, MAX_MANIFEST_BYTES, PAYLOAD_TYPE
+from appliance.bundle.store import ContentStore
 from appliance.errors import (
     BundleFormatError,
     DeltaBaseError,
@@ -22,8 +24,6 @@ from appliance.errors import (
     SignatureError,
     TruncatedBundleError,
 )
-from appliance.manifest import ENVELOPE_PATH, MANIFEST_PATH, MAX_MANIFEST_BYTES, PAYLOAD_TYPE
-from appliance.store import ContentStore
 from signing import PrivateKey, ThresholdError, TrustRoot, sign
 from signing.dsse import Envelope
 from tests.bundle.conftest import Built

@@ -12,8 +12,8 @@ import pytest
 
 from appliance import fsutil
 from appliance.bundle import verify_bundle
+from appliance.bundle.store import WRITEBACK_EVERY, ContentStore
 from appliance.errors import DigestMismatchError, StoreError
-from appliance.store import WRITEBACK_EVERY, ContentStore
 from bundler.build import build_bundle
 from bundler.spec import load_spec
 from signing import PrivateKey, TrustRoot

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from appliance.manifest import Manifest
+from appliance.bundle.manifest import Manifest
 from bundler.samples import make_mlp_onnx, make_torch_model, mlp_reference
 from signing import PrivateKey, TrustRoot
 

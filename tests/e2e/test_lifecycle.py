@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from appliance.engines.docker import DockerEngine
-from appliance.site import Site as SiteDir
+from appliance.site.layout import Site as SiteDir
 from installer_tui.figures import export_logs
 from tests.e2e.kit import (
     MLP_SIZES,

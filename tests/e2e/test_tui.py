@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from appliance.engines.docker import DockerEngine
-from appliance.gpu import GpuReport, RecordedProbe
-from appliance.site import Site
+from appliance.site.gpu import GpuReport, RecordedProbe
+from appliance.site.layout import Site
 from installer_tui.app import make_app
 from installer_tui.config import InstallerConfig
 from installer_tui.screens.find import FindBundleScreen

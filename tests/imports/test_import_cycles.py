@@ -32,7 +32,7 @@ MODULES = _modules("appliance")
 
 
 def test_the_module_list_covers_the_packages():
-    assert {"appliance", "appliance.imagearchive", "appliance.bundle.tarfmt",
+    assert {"appliance", "appliance.bundle.imagearchive", "appliance.bundle.tarfmt",
             "appliance.engines.docker", "appliance.k8s"} <= set(MODULES)
 
 

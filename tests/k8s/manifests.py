@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from appliance.manifest import Image, Manifest, Model, Service, TensorSpec
+from appliance.bundle.manifest import Image, Manifest, Model, Service, TensorSpec
 
 MANIFEST_DIGEST = "sha256:" + hashlib.sha256(b"signed manifest bytes").hexdigest()
 

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from appliance.bundle.imagearchive import write_image_archive
+from appliance.bundle.manifest import Image
+from appliance.bundle.store import ContentStore
 from appliance.errors import StoreError
-from appliance.imagearchive import write_image_archive
 from appliance.k8s import RenderOptions, render
 from appliance.k8s.names import archive_name
-from appliance.manifest import Image
-from appliance.store import ContentStore
 from tests.k8s.conftest import Containerd
 from tests.k8s.manifests import MANIFEST_DIGEST, make_manifest
 from tests.k8s.ocikit import HandImage, hand_image

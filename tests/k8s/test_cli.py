@@ -13,8 +13,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from appliance.bundle.manifest import MANIFEST_PATH, Manifest
 from appliance.cli import main
-from appliance.manifest import MANIFEST_PATH, Manifest
 from bundler.build import build_bundle
 from bundler.spec import load_spec
 from signing import PrivateKey, TrustRoot

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
+from appliance.bundle.imageref import pinned_reference, split_reference
 from appliance.errors import ManifestError
-from appliance.imageref import pinned_reference, split_reference
 from appliance.k8s.names import dns_label, label_value
 
 D = "sha256:" + "0" * 64

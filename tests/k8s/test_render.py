@@ -12,10 +12,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from appliance.bundle.manifest import Service
 from appliance.errors import ManifestError, NodeCapacityError, PlacementError
 from appliance.k8s import RenderOptions, render
 from appliance.k8s.render import KUSTOMIZATION
-from appliance.manifest import Service
 from tests.k8s.manifests import MANIFEST_DIGEST, make_manifest, model
 
 K8S_VERSION = "1.30"  # the oldest Kubernetes the rendered objects are promised to fit

@@ -84,8 +84,8 @@ def resign(bundle: Path, out: Path, keys: list[PrivateKey], **manifest_fields: A
     """
     import tarfile
 
+    from appliance.bundle.manifest import ENVELOPE_PATH, MANIFEST_PATH, PAYLOAD_TYPE, Manifest
     from appliance.bundle.tarfmt import END_OF_ARCHIVE, file_header, padding
-    from appliance.manifest import ENVELOPE_PATH, MANIFEST_PATH, PAYLOAD_TYPE, Manifest
     from signing import sign
 
     with tarfile.open(bundle, "r:") as src, open(out, "wb") as dst:

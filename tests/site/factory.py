@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from appliance.manifest import Image, Manifest, Model, Sample, Service, TensorSpec
+from appliance.bundle.manifest import Image, Manifest, Model, Sample, Service, TensorSpec
 
 D = "sha256:" + "a" * 64
 

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.engines.process import ProcessEngine
-from appliance.gpu import GpuReport, RecordedProbe
-from appliance.plan import InstallOptions, InstallPlan, InstallResult
 from appliance.progress import Progress
-from appliance.site import Site
+from appliance.site.gpu import GpuReport, RecordedProbe
+from appliance.site.layout import Site
+from appliance.site.plan import InstallOptions, InstallPlan, InstallResult
 from tests.site.bundlekit import Vendor
 
 REPO = Path(__file__).resolve().parents[2]

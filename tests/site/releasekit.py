@@ -9,8 +9,8 @@ import json
 import socket
 from collections.abc import Sequence
 
-from appliance.manifest import Image, Manifest, Model, Sample, Service, TensorSpec
-from appliance.store import ContentStore
+from appliance.bundle.manifest import Image, Manifest, Model, Sample, Service, TensorSpec
+from appliance.bundle.store import ContentStore
 from tests.enginekit import layer_of, tiny_image
 
 

@@ -10,9 +10,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from appliance.acceptance import check_samples, wait_ready
+from appliance.bundle.manifest import Sample
 from appliance.errors import AcceptanceError, HealthTimeoutError
-from appliance.manifest import Sample
+from appliance.site.acceptance import check_samples, wait_ready
 from tests.site.factory import manifest, model
 
 

@@ -16,9 +16,9 @@ import pytest
 from appliance.engines.base import launches
 from appliance.engines.docker import DockerEngine
 from appliance.errors import EngineUnavailableError, ImageLoadError
-from appliance.gpu import GpuInfo, GpuReport
-from appliance.placement import plan_placement
-from appliance.site import Site
+from appliance.site.gpu import GpuInfo, GpuReport
+from appliance.site.layout import Site
+from appliance.site.placement import plan_placement
 from tests.enginekit import podman_service, wait_for
 from tests.site.releasekit import free_port_pair, release_manifest
 

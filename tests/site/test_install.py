@@ -16,11 +16,11 @@ from appliance.errors import (
     RollbackError,
     SiteError,
 )
-from appliance.gpu import GpuReport, RecordedProbe
-from appliance.placement import Placement
-from appliance.plan import STEPS, CheckEvent, StepEvent
-from appliance.rollback import rollback, rollback_target
-from appliance.site import PLACEMENT_FILE
+from appliance.site.gpu import GpuReport, RecordedProbe
+from appliance.site.layout import PLACEMENT_FILE
+from appliance.site.placement import Placement
+from appliance.site.plan import STEPS, CheckEvent, StepEvent
+from appliance.site.rollback import rollback, rollback_target
 from tests.enginekit import wait_for
 from tests.site.bundlekit import make_bundle, sample, vendor
 from tests.site.installkit import process_site, ready
@@ -195,7 +195,7 @@ def test_placement_that_does_not_fit_is_refused_before_anything_starts(ps, port)
 
 
 def test_missing_trust_root_fails_preflight_and_changes_nothing(ps, port):
-    from appliance.plan import InstallOptions, InstallPlan
+    from appliance.site.plan import InstallOptions, InstallPlan
     b = make_bundle(ps.tmp, ps.vendor, 1, port=port)
     plan = InstallPlan(InstallOptions(bundle=b, site=ps.site, engine=ps.engine,
                                       gpu_probe=RecordedProbe(GpuReport())))
@@ -293,7 +293,7 @@ def test_trust_root_rotation_in_a_bundle_is_adopted_at_the_switch(ps, port):
     b3 = resign(make_bundle(ps.tmp, ps.vendor, 3, port=port), ps.tmp / "new-3.tar", [new_key])
     old4 = resign(make_bundle(ps.tmp, ps.vendor, 4, port=port), ps.tmp / "old-4.tar",
                   [ps.vendor.key])
-    from appliance.plan import InstallOptions, InstallPlan
+    from appliance.site.plan import InstallOptions, InstallPlan
     opts = {"site": ps.site, "engine": ps.engine, "health_timeout_s": 20.0,
             "gpu_probe": RecordedProbe(GpuReport())}
     assert InstallPlan(InstallOptions(bundle=b3, **opts)).run().sequence == 3

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from appliance.bundle.imagearchive import write_image_archive
+from appliance.bundle.store import ContentStore
 from appliance.engines.docker import DockerEngine
 from appliance.errors import ReleaseFailedError
-from appliance.gpu import GpuReport, RecordedProbe
-from appliance.imagearchive import write_image_archive
-from appliance.plan import InstallOptions, InstallPlan
-from appliance.site import Site
-from appliance.store import ContentStore
+from appliance.site.gpu import GpuReport, RecordedProbe
+from appliance.site.layout import Site
+from appliance.site.plan import InstallOptions, InstallPlan
 from tests.enginekit import tiny_image
 from tests.site.bundlekit import make_bundle, vendor
 from tests.site.installkit import ready

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.plan import STEPS
+from appliance.site.plan import STEPS
 from tests.site.bundlekit import make_bundle, vendor
 from tests.site.installkit import REPO, process_site, ready
 from tests.site.releasekit import free_port_pair

@@ -8,9 +8,9 @@ import tarfile
 
 import pytest
 
+from appliance.bundle.layers import extract_model
+from appliance.bundle.store import ContentStore
 from appliance.errors import LayerError
-from appliance.layers import extract_model
-from appliance.store import ContentStore
 
 
 def add_layer(store: ContentStore, entries: list[tarfile.TarInfo | tuple[str, bytes]]) -> str:

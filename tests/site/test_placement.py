@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from appliance.errors import PlacementError
-from appliance.gpu import GpuInfo, GpuReport, NvmlProbe, RecordedProbe
-from appliance.placement import Placement, plan_placement
+from appliance.site.gpu import GpuInfo, GpuReport, NvmlProbe, RecordedProbe
+from appliance.site.placement import Placement, plan_placement
 from tests.site.factory import manifest
 
 STATES = Path(__file__).parent / "gpu_states"

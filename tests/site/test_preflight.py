@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from appliance.gpu import GpuInfo, GpuReport
-from appliance.manifest import Member
-from appliance.preflight import (
+from appliance.bundle.manifest import Member
+from appliance.site.gpu import GpuInfo, GpuReport
+from appliance.site.layout import Site
+from appliance.site.preflight import (
     check_clock,
     check_disk,
     check_engine,
@@ -15,7 +16,6 @@ from appliance.preflight import (
     check_gpus,
     check_trust,
 )
-from appliance.site import Site
 from signing import PrivateKey, TrustRoot
 from tests.site.factory import manifest
 

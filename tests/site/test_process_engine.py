@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from appliance.engines.process import ProcessEngine
-from appliance.gpu import GpuInfo, GpuReport
-from appliance.placement import plan_placement
-from appliance.site import Site
+from appliance.site.gpu import GpuInfo, GpuReport
+from appliance.site.layout import Site
+from appliance.site.placement import plan_placement
 from tests.enginekit import wait_for
 from tests.site.releasekit import free_port_pair, release_manifest
 

@@ -11,9 +11,9 @@ import yaml
 
 from appliance.engines.process import ProcessEngine
 from appliance.errors import AcceptanceError
-from appliance.gpu import GpuReport, RecordedProbe
-from appliance.plan import InstallOptions, InstallPlan
-from appliance.site import Site
+from appliance.site.gpu import GpuReport, RecordedProbe
+from appliance.site.layout import Site
+from appliance.site.plan import InstallOptions, InstallPlan
 from tests.site.bundlekit import vendor
 from tests.site.installkit import REPO, ready
 from tests.site.releasekit import free_port_pair

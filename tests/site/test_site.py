@@ -8,7 +8,7 @@ import os
 import pytest
 
 from appliance.errors import SiteError
-from appliance.site import Site, slot_port
+from appliance.site.layout import Site, slot_port
 from tests.site.factory import manifest
 
 

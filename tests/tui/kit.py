@@ -19,9 +19,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from textual.pilot import Pilot
 
 from appliance.engines.process import DEFAULT_COMMAND, ProcessEngine
-from appliance.gpu import GpuReport, RecordedProbe
-from appliance.plan import InstallOptions, InstallPlan
-from appliance.site import Site
+from appliance.site.gpu import GpuReport, RecordedProbe
+from appliance.site.layout import Site
+from appliance.site.plan import InstallOptions, InstallPlan
 from bundler.build import build_bundle
 from bundler.samples import make_mlp_onnx, mlp_reference
 from bundler.spec import load_spec

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.gpu import GpuReport
+from appliance.site.gpu import GpuReport
 from installer_tui.screens.find import FindBundleScreen
 from installer_tui.screens.install import InstallScreen
 from installer_tui.screens.status import StatusScreen

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.gpu import GpuReport
+from appliance.site.gpu import GpuReport
 from installer_tui.figures import FigureSample
 from installer_tui.screens.find import FindBundleScreen
 from installer_tui.screens.install import InstallScreen
@@ -41,7 +41,7 @@ def snap_rig(tmp_path, monkeypatch):
             except OSError:
                 pytest.fail(f"port {p} is taken; the snapshot tests need it free")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("appliance.preflight.shutil.disk_usage",
+    monkeypatch.setattr("appliance.site.preflight.shutil.disk_usage",
                         lambda _p: Usage(64 * 2**30, 24 * 2**30, 40 * 2**30))
     r = make_rig(tmp_path, site_root=Path("site"), media=Path("media"))
     vendor = key(1)

@@ -24,11 +24,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from appliance.bundle.manifest import Manifest
+from appliance.bundle.store import ContentStore
 from appliance.errors import ManifestError, SiteError
 from appliance.fsutil import atomic_write, fsync_dir
-from appliance.manifest import Manifest
-from appliance.state import SiteState
-from appliance.store import ContentStore
+from appliance.site.state import SiteState
 
 DEFAULT_ROOT = Path("/var/lib/appliance")
 MANIFEST_FILE = "manifest.json"

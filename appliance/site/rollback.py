@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 from contextlib import suppress
 
-from appliance.acceptance import wait_ready
 from appliance.engines.base import Engine
 from appliance.errors import ApplianceError, ReleaseFailedError, SiteError
-from appliance.placement import Placement
-from appliance.plan import StepEvent, site_lock
 from appliance.progress import ProgressFn, no_progress
-from appliance.site import PLACEMENT_FILE, Release, Site
+from appliance.site.acceptance import wait_ready
+from appliance.site.layout import PLACEMENT_FILE, Release, Site
+from appliance.site.placement import Placement
+from appliance.site.plan import StepEvent, site_lock
 
 
 def rollback(site: Site, engine: Engine, sequence: int | None = None, *,

@@ -26,11 +26,11 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, BinaryIO
 
+from appliance.bundle.imageref import pinned_reference, tagged_reference
+from appliance.bundle.manifest import Image, image_blobs
+from appliance.bundle.store import CHUNK, ContentStore, hex_of
 from appliance.bundle.tarfmt import END_OF_ARCHIVE, file_header, padding
 from appliance.errors import StoreError
-from appliance.imageref import pinned_reference, tagged_reference
-from appliance.manifest import Image, image_blobs
-from appliance.store import CHUNK, ContentStore, hex_of
 
 OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}\n'
 INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"

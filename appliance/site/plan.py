@@ -19,7 +19,7 @@ thread that runs the plan (a TUI posts them to its screen):
   - plain `Progress` for bytes (verify, load: done/total) and info lines.
 After each step the plan's attributes hold what a screen shows: `checks`,
 `manifest`, `verified` (signers), `gpus` (`gpus.table()` under
-`appliance.gpu.TABLE_HEADER`), `placement` (`placement.lines()`), `endpoints`.
+`appliance.site.gpu.TABLE_HEADER`), `placement` (`placement.lines()`), `endpoints`.
 Rolling back later is `appliance.rollback.rollback(site, engine, seq)`.
 
 Errors are `ApplianceError`s with one-line messages; after the new release
@@ -43,7 +43,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from appliance.acceptance import check_samples, wait_ready
+from appliance.bundle.manifest import Manifest
 from appliance.engines.base import Engine, launches, port_in_use
 from appliance.errors import (
     AcceptanceError,
@@ -58,10 +58,12 @@ from appliance.errors import (
     TrustError,
 )
 from appliance.fsutil import atomic_write
-from appliance.gpu import GpuProbe, GpuReport
-from appliance.manifest import Manifest
-from appliance.placement import Placement, plan_placement
-from appliance.preflight import (
+from appliance.progress import Progress, ProgressFn, no_progress
+from appliance.site.acceptance import check_samples, wait_ready
+from appliance.site.gpu import GpuProbe, GpuReport
+from appliance.site.layout import PLACEMENT_FILE, Release, Site
+from appliance.site.placement import Placement, plan_placement
+from appliance.site.preflight import (
     Check,
     check_clock,
     check_disk,
@@ -70,8 +72,6 @@ from appliance.preflight import (
     check_gpus,
     check_trust,
 )
-from appliance.progress import Progress, ProgressFn, no_progress
-from appliance.site import PLACEMENT_FILE, Release, Site
 from signing import SigningError, TrustRoot, rotate_root
 
 log = logging.getLogger(__name__)
@@ -480,7 +480,7 @@ def _failed(cause: ApplianceError, message: str) -> ReleaseFailedError:
 
 
 def _ready_now(url: str) -> bool:
-    from appliance.acceptance import is_ready
+    from appliance.site.acceptance import is_ready
     return is_ready(url)
 
 

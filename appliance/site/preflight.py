@@ -15,11 +15,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
+from appliance.bundle.manifest import Manifest
+from appliance.bundle.store import ContentStore
 from appliance.engines.base import Engine
 from appliance.errors import ApplianceError
-from appliance.gpu import GpuReport
-from appliance.manifest import Manifest
-from appliance.store import ContentStore
+from appliance.site.gpu import GpuReport
 from signing import SigningError, TrustRoot
 
 Level = Literal["pass", "warn", "fail"]

@@ -13,9 +13,9 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from appliance.bundle.manifest import Manifest, Service
 from appliance.errors import PlacementError
-from appliance.gpu import GpuReport
-from appliance.manifest import Manifest, Service
+from appliance.site.gpu import GpuReport
 
 
 @dataclass(frozen=True)

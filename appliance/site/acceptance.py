@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from appliance.bundle.manifest import Manifest, Model, Sample
 from appliance.errors import AcceptanceError, HealthTimeoutError
-from appliance.manifest import Manifest, Model, Sample
 
 POLL_S = 0.2
 REQUEST_TIMEOUT_S = 30.0

@@ -15,9 +15,9 @@ import shutil
 import tarfile
 from pathlib import Path, PurePosixPath
 
+from appliance.bundle.store import ContentStore
 from appliance.errors import LayerError, StoreError
 from appliance.fsutil import fsync_dir
-from appliance.store import ContentStore
 
 CHUNK = 1024 * 1024
 MAX_MEMBERS = 100_000
