@@ -18,7 +18,7 @@ from appliance.errors import ManifestError
 SCHEMA_VERSION = 1
 MANIFEST_PATH = "appliance/manifest.json"
 ENVELOPE_PATH = "appliance/manifest.dsse.json"
-PAYLOAD_TYPE = "application/vnd.appliance.bundle.manifest.v1+json"
+PAYLOAD_TYPE = "application/vnd.appliance.manifest.v1+json"
 MAX_MANIFEST_BYTES = 8 * 1024 * 1024
 
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")

@@ -50,7 +50,7 @@ from appliance.site.placement import Placement
 
 log = logging.getLogger(__name__)
 NS = 1_000_000_000
-LABEL_SITE = "io.appliance.site.layout"
+LABEL_SITE = "io.appliance.site"
 LABEL_RELEASE = "io.appliance.release"
 LABEL_SERVICE = "io.appliance.service"
 REMOVE_RETRY_S = (0.5, 1.0, 2.0)  # waits between attempts to remove a container
