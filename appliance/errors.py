@@ -4,16 +4,42 @@ Roots: `BundleError` (the bundle on the stick), `SpecError` (appliance.yaml),
 `StoreError` (the local content store), `SiteError` (site state and releases),
 `EngineError` (the container engine or process supervisor), `PlacementError`
 (GPU plan), `InstallError` (a step of the install plan).
+
+Each error carries the documented exit code of the commands that end with it
+(`exit_code`; the table is in docs/field-guide.md), so a front end never needs an
+`isinstance` chain of its own.
 """
+
+from signing import SigningError
+
+EXIT_ERROR = 1  # anything without a more precise code
+EXIT_PREFLIGHT = 3  # preflight failed, nothing changed
+EXIT_BUNDLE = 4  # bundle refused (signature, expiry, sequence, corrupted)
+EXIT_PLACEMENT = 5  # does not fit the GPUs
+EXIT_ENGINE = 6  # engine or image load failed before start, nothing changed
+EXIT_ROLLED_BACK = 7  # new release failed after start; the previous release is serving
+EXIT_NOTHING_SERVING = 8  # failed and nothing earlier could be restored
+EXIT_LOCKED = 9  # another installer holds the site lock
 
 
 class ApplianceError(Exception):
     """Root of every error the appliance reports to a person."""
 
+    exit_code: int = EXIT_ERROR
+
+
+def exit_code(e: BaseException) -> int:
+    """The documented exit code for any error a command may end with."""
+    if isinstance(e, SigningError):  # the trust library knows nothing of our exit codes
+        return EXIT_BUNDLE
+    return e.exit_code if isinstance(e, ApplianceError) else EXIT_ERROR
+
 
 # -- the bundle -------------------------------------------------------------
 class BundleError(ApplianceError):
     """The bundle cannot be trusted or read."""
+
+    exit_code = EXIT_BUNDLE
 
 
 class BundleFormatError(BundleError):
@@ -77,6 +103,8 @@ class SiteError(ApplianceError):
 class TrustError(ApplianceError):
     """The trust root file is missing, malformed, or a rotation is invalid."""
 
+    exit_code = EXIT_BUNDLE
+
 
 class LayerError(StoreError):
     """A layer holds a member that must not be written to disk (link, device, `..`)."""
@@ -85,6 +113,8 @@ class LayerError(StoreError):
 # -- engines and placement --------------------------------------------------
 class EngineError(ApplianceError):
     """The container engine or the process supervisor failed."""
+
+    exit_code = EXIT_ENGINE
 
 
 class EngineUnavailableError(EngineError):
@@ -102,6 +132,8 @@ class HealthTimeoutError(EngineError):
 class PlacementError(ApplianceError):
     """The models do not fit the GPUs (or the CPU plan) of this server."""
 
+    exit_code = EXIT_PLACEMENT
+
 
 class NodeCapacityError(PlacementError):
     """A model needs more GPU memory than the cluster's nodes declare (`appliance k8s render`)."""
@@ -114,11 +146,17 @@ class InstallError(ApplianceError):
 class PreflightError(InstallError):
     """A preflight check failed; nothing was changed."""
 
+    exit_code = EXIT_PREFLIGHT
+
 
 class ReleaseFailedError(InstallError):
     """The new release failed after it was started; the previous release was restored."""
 
     previous_serving: bool = True  # False on a first install: nothing serves now
+
+    @property
+    def exit_code(self) -> int:  # type: ignore[override]
+        return EXIT_ROLLED_BACK if self.previous_serving else EXIT_NOTHING_SERVING
 
 
 class AcceptanceError(ReleaseFailedError):
@@ -128,6 +166,10 @@ class AcceptanceError(ReleaseFailedError):
 class RestoreError(InstallError):
     """The new release failed and the previous release could not be brought back."""
 
+    exit_code = EXIT_NOTHING_SERVING
+
 
 class InstallLockedError(InstallError):
     """Another installer is working on the same site."""
+
+    exit_code = EXIT_LOCKED

@@ -23,8 +23,8 @@ from pathlib import Path
 
 from appliance.bundle import VerifiedBundle, verify_bundle
 from appliance.bundle.store import ContentStore
-from appliance.cli.bundle import human
 from appliance.fsutil import atomic_write
+from appliance.units import human
 from bundler.build import build_bundle
 from bundler.samples import make_mlp_onnx
 from bundler.spec import load_spec

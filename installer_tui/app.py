@@ -18,7 +18,7 @@ from pathlib import Path
 from textual.app import App
 from textual.binding import Binding
 
-from appliance.engines.base import Engine
+from appliance.engines import Engine, make_engine
 from appliance.site.gpu import GpuProbe, NvmlProbe, RecordedProbe
 from appliance.site.layout import DEFAULT_ROOT, Site
 from installer_tui.config import InstallerConfig
@@ -96,8 +96,8 @@ def config_from_args(args: argparse.Namespace) -> InstallerConfig:
     site = Site(args.root)
 
     def engine(s: Site) -> Engine:
-        from appliance.cli.site import make_site_engine
-        return make_site_engine(args, s)
+        return make_engine(args.engine, s, docker_host=args.docker_host,
+                           unit_dir=args.unit_dir)
 
     probe: GpuProbe = RecordedProbe.from_file(args.gpu_state) if args.gpu_state else NvmlProbe()
     return InstallerConfig(

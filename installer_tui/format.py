@@ -1,8 +1,8 @@
-"""Plain words for numbers: sizes, rates, times left, and what an error means for the site."""
+"""Plain words for times left, and for what an error means for the site."""
 
 from __future__ import annotations
 
-from appliance.cli.site import (
+from appliance.errors import (
     EXIT_BUNDLE,
     EXIT_ENGINE,
     EXIT_LOCKED,
@@ -12,15 +12,6 @@ from appliance.cli.site import (
     EXIT_ROLLED_BACK,
     exit_code,
 )
-
-
-def human(n: float) -> str:
-    """A byte count for people: 1.5 GiB, 320.0 KiB, 12 B."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"  # pragma: no cover - the loop returns at GiB
 
 
 def duration(seconds: float) -> str:

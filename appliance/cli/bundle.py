@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from datetime import UTC, datetime
@@ -17,31 +16,8 @@ from appliance.bundle.store import ContentStore
 from appliance.errors import BundleWriteError, SpecError
 from appliance.progress import Progress, ProgressFn, no_progress
 from appliance.site.state import SiteState
+from appliance.units import human, parse_size
 from signing import fingerprint
-
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
-          "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
-
-
-def parse_size(text: str) -> int:
-    """Bytes from '3900MiB', '4GB', '1048576'.
-
-    Raises:
-        SpecError: not a size.
-    """
-    m = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", text)
-    if not m or m.group(2).lower() not in _UNITS:
-        raise SpecError(f"{text!r} is not a size; write e.g. 3900MiB")
-    return int(m.group(1)) * _UNITS[m.group(2).lower()]
-
-
-def human(n: float) -> str:
-    """A byte count for people: 1.5 GiB, 320 KiB."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
 
 
 class ProgressBar:

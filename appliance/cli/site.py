@@ -1,13 +1,7 @@
 """`appliance install|status|rollback|releases`: the site side, headless.
 
-Exit codes scripts can use (also in docs/field-guide.md):
-  0 installed / done            3 preflight failed, nothing changed
-  4 bundle refused (signature, expiry, sequence, corrupted)
-  5 placement refused (does not fit the GPUs)
-  6 engine or image load failed before start, nothing changed
-  7 new release failed after start; the previous release is serving
-  8 failed and nothing earlier could be restored (see the message)
-  9 another installer holds the site lock
+Exit codes scripts can use are the errors' own (`appliance.errors`, listed in
+docs/field-guide.md).
 """
 
 from __future__ import annotations
@@ -15,34 +9,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
-from appliance.errors import (
-    ApplianceError,
-    BundleError,
-    EngineError,
-    InstallLockedError,
-    PlacementError,
-    PreflightError,
-    ReleaseFailedError,
-    RestoreError,
-    TrustError,
-)
+from appliance.engines import Engine, make_engine
+from appliance.errors import ApplianceError, exit_code
 from appliance.progress import Progress
 from appliance.site.layout import DEFAULT_ROOT, Site
 from signing import SigningError
-
-EXIT_PREFLIGHT = 3
-EXIT_BUNDLE = 4
-EXIT_PLACEMENT = 5
-EXIT_ENGINE = 6
-EXIT_ROLLED_BACK = 7
-EXIT_NOTHING_SERVING = 8
-EXIT_LOCKED = 9
-RUNTIME_COMMAND_ENV = "APPLIANCE_RUNTIME_COMMAND"  # process engine: command template
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -80,6 +55,10 @@ def _default_root() -> Path:
     return Path(os.environ.get("APPLIANCE_ROOT", str(DEFAULT_ROOT)))
 
 
+def _engine(args: argparse.Namespace, site: Site) -> Engine:
+    return make_engine(args.engine, site, docker_host=args.docker_host, unit_dir=args.unit_dir)
+
+
 def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", type=Path, default=_default_root(), help="site root directory")
     p.add_argument("--engine", choices=("docker", "process"), default=None,
@@ -87,40 +66,6 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
                         "default: the current release's, else docker")
     p.add_argument("--docker-host", help="engine socket URL, e.g. unix:///run/podman/podman.sock")
     p.add_argument("--unit-dir", type=Path, help="process engine: where to write systemd units")
-
-
-def make_site_engine(args: argparse.Namespace, site: Site) -> Any:
-    """The engine the arguments (or the current release) name."""
-    from appliance.engines import make_engine
-    kind = args.engine
-    if kind is None:
-        cur = site.current() if site.root.exists() else None
-        kind = cur.record.engine if cur is not None and cur.record.engine else "docker"
-    if kind == "process":
-        from appliance.engines.process import DEFAULT_COMMAND, DEFAULT_UNIT_DIR, ProcessEngine
-        template = os.environ.get(RUNTIME_COMMAND_ENV)
-        return ProcessEngine(site, command=shlex.split(template) if template else DEFAULT_COMMAND,
-                             unit_dir=args.unit_dir or DEFAULT_UNIT_DIR)
-    return make_engine(kind, site, docker_host=args.docker_host)
-
-
-def exit_code(e: BaseException) -> int:
-    """The documented exit code for an error."""
-    if isinstance(e, InstallLockedError):
-        return EXIT_LOCKED
-    if isinstance(e, PreflightError):
-        return EXIT_PREFLIGHT
-    if isinstance(e, RestoreError):
-        return EXIT_NOTHING_SERVING
-    if isinstance(e, ReleaseFailedError):
-        return EXIT_ROLLED_BACK if e.previous_serving else EXIT_NOTHING_SERVING
-    if isinstance(e, BundleError | TrustError | SigningError):
-        return EXIT_BUNDLE
-    if isinstance(e, PlacementError):
-        return EXIT_PLACEMENT
-    if isinstance(e, EngineError):
-        return EXIT_ENGINE
-    return 1
 
 
 class PlainProgress:
@@ -168,7 +113,7 @@ def cmd_install(args: argparse.Namespace) -> int:
         probe: GpuProbe = RecordedProbe.from_file(args.gpu_state) if args.gpu_state \
             else NvmlProbe()
         plan = InstallPlan(InstallOptions(
-            bundle=args.bundle, site=site, engine=make_site_engine(args, site), gpu_probe=probe,
+            bundle=args.bundle, site=site, engine=_engine(args, site), gpu_probe=probe,
             trust=args.trust, allow_expired=args.allow_expired,
             health_timeout_s=args.health_timeout), progress=out)
         result = plan.run()
@@ -212,7 +157,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     from appliance.site.rollback import rollback
     site = Site(args.root)
     try:
-        seq = rollback(site, make_site_engine(args, site), args.sequence,
+        seq = rollback(site, _engine(args, site), args.sequence,
                        progress=PlainProgress(False), health_timeout_s=args.health_timeout)
     except ApplianceError as e:
         print(f"error: {e}", file=sys.stderr)

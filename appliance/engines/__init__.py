@@ -2,26 +2,36 @@
 
 from __future__ import annotations
 
+import os
+import shlex
 from pathlib import Path
 
 from appliance.engines.base import Engine, Launch, launches, with_port
 from appliance.errors import EngineError
 from appliance.site.layout import Site
 
-__all__ = ["Engine", "Launch", "launches", "make_engine", "with_port"]
+__all__ = ["RUNTIME_COMMAND_ENV", "Engine", "Launch", "launches", "make_engine", "with_port"]
+
+RUNTIME_COMMAND_ENV = "APPLIANCE_RUNTIME_COMMAND"  # process engine: command template
 
 
-def make_engine(kind: str, site: Site, *, docker_host: str | None = None,
+def make_engine(kind: str | None, site: Site, *, docker_host: str | None = None,
                 unit_dir: Path | None = None) -> Engine:
-    """The engine named `kind` ("docker" or "process") for `site`.
+    """The engine named `kind` ("docker" or "process") for `site`; with no kind, the one
+    the current release runs on, else docker.
 
     Raises:
         EngineError: an unknown kind.
     """
+    if kind is None:
+        cur = site.current() if site.root.exists() else None
+        kind = cur.record.engine if cur is not None and cur.record.engine else "docker"
     if kind == "docker":
         from appliance.engines.docker import DockerEngine
         return DockerEngine(site, base_url=docker_host)
     if kind == "process":
-        from appliance.engines.process import ProcessEngine
-        return ProcessEngine(site, unit_dir=unit_dir) if unit_dir else ProcessEngine(site)
+        from appliance.engines.process import DEFAULT_COMMAND, DEFAULT_UNIT_DIR, ProcessEngine
+        template = os.environ.get(RUNTIME_COMMAND_ENV)
+        return ProcessEngine(site, command=shlex.split(template) if template else DEFAULT_COMMAND,
+                             unit_dir=unit_dir or DEFAULT_UNIT_DIR)
     raise EngineError(f"unknown engine {kind!r}; use --engine docker or --engine process")

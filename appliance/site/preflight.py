@@ -20,6 +20,7 @@ from appliance.bundle.store import ContentStore
 from appliance.engines.base import Engine
 from appliance.errors import ApplianceError
 from appliance.site.gpu import GpuReport
+from appliance.units import human
 from signing import SigningError, TrustRoot
 
 Level = Literal["pass", "warn", "fail"]
@@ -67,9 +68,9 @@ def check_disk(manifest: Manifest, store: ContentStore, extract_bytes: int = 0) 
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     free = shutil.disk_usage(probe).free
-    text = f"{_gib(need)} needed (blobs not yet stored), {_gib(free)} free on {probe}"
+    text = f"{human(need)} needed (blobs not yet stored), {human(free)} free on {probe}"
     if need + DISK_MARGIN_BYTES > free:
-        return Check("disk", "fail", f"{text}; free {_gib(need + DISK_MARGIN_BYTES - free)} "
+        return Check("disk", "fail", f"{text}; free {human(need + DISK_MARGIN_BYTES - free)} "
                                      "more (e.g. remove old releases) and run again")
     if need * 2 + DISK_MARGIN_BYTES > free:
         return Check("disk", "warn", f"{text}; little room is left for the next update")
@@ -142,7 +143,3 @@ def check_clock(manifest: Manifest, now: datetime, allow_expired: bool) -> Check
 def run_checks(checks: list[Callable[[], Check]]) -> list[Check]:
     """Run every check (one failing does not hide the others)."""
     return [c() for c in checks]
-
-
-def _gib(n: int) -> str:
-    return f"{n / 1024**3:.2f} GiB" if n >= 1024**3 else f"{n / 1024**2:.1f} MiB"

@@ -12,7 +12,7 @@ from textual.widgets import Footer, Header, Input, Label, OptionList
 from textual.widgets.option_list import Option
 
 from appliance.bundle import find_bundle_parts, read_manifest_unverified
-from installer_tui.format import human
+from appliance.units import human
 from installer_tui.media import FoundBundle, find_bundles
 from installer_tui.messages import BundleOpened, BundlesFound, Failed
 from installer_tui.screens.base import InstallerScreen

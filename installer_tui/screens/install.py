@@ -27,8 +27,8 @@ from appliance.bundle.manifest import Manifest
 from appliance.progress import Progress
 from appliance.site.acceptance import is_ready
 from appliance.site.plan import STEPS, CheckEvent, InstallOptions, InstallPlan, StepEvent
+from appliance.units import human
 from installer_tui.errors import InstallCancelledError
-from installer_tui.format import human
 from installer_tui.messages import Failed, InstallFinished, PlanProgress, ReviewReady
 from installer_tui.screens.base import InstallerScreen
 from installer_tui.widgets import ErrorPanel, StepList, TransferBar

@@ -20,8 +20,8 @@ from appliance.site.acceptance import is_ready
 from appliance.site.layout import Site
 from appliance.site.plan import StepEvent
 from appliance.site.rollback import rollback, rollback_target
+from appliance.units import human
 from installer_tui.figures import FiguresSource, export_logs
-from installer_tui.format import human
 from installer_tui.messages import (
     Failed,
     FiguresHistory,

@@ -19,8 +19,8 @@ from textual.containers import VerticalScroll
 from textual.widgets import Button, Checkbox, Footer, Header, Input, Label, Static
 
 from appliance.bundle.manifest import Manifest
+from appliance.units import human
 from installer_tui.errors import TrustRootChoiceError
-from installer_tui.format import human
 from installer_tui.media import TRUST_ROOT_NAME
 from installer_tui.screens.base import InstallerScreen
 from installer_tui.widgets import ErrorPanel

@@ -9,7 +9,8 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Label, ProgressBar
 
-from installer_tui.format import duration, human
+from appliance.units import human
+from installer_tui.format import duration
 
 
 class TransferBar(Vertical):

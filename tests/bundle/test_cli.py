@@ -162,7 +162,7 @@ def test_progress_bar_draws_one_line_and_ends_it():
 @pytest.mark.parametrize(("text", "size"), [("3900MiB", 3900 * 2**20), ("4GB", 4 * 10**9),
                                             ("1048576", 2**20), ("2 GiB", 2 * 2**30)])
 def test_parse_size(text, size):
-    from appliance.cli.bundle import parse_size
+    from appliance.units import parse_size
 
     assert parse_size(text) == size
 
