@@ -73,7 +73,7 @@ t0 = time.perf_counter()
 import numpy as np
 sys.path.insert(0, sys.argv[3])
 from runtime.backends import load_backend, mapped_bytes, warm_up
-from runtime.modelspec import load_spec
+from modelcontract import load_spec
 
 def status():
     out = {}

@@ -27,8 +27,7 @@ from appliance.bundle.manifest import (
     parse_time,
 )
 from appliance.errors import ManifestError, SpecError
-from runtime.errors import ModelLoadError
-from runtime.modelspec import check_spec
+from modelcontract import ModelContractError, check_spec
 
 MAX_SPEC_BYTES = 4 * 1024 * 1024
 TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")  # an image tag
@@ -256,7 +255,7 @@ def _model(doc: Any, here: Path) -> ModelSpec:
               "max_batch_size": batch, "max_queue_delay_ms": delay}
     try:  # the runtime's own rules: a bundle never carries a model the server refuses
         check_spec(merged, directory, f"model {name}: {mj_path}")
-    except ModelLoadError as e:
+    except ModelContractError as e:
         raise SpecError(str(e)) from e
     prov = doc.get("provenance") or {}
     if not isinstance(prov, dict):

@@ -8,8 +8,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from modelcontract import ModelSpec
+from runtime.dtypes import DATATYPES
 from runtime.errors import ModelLoadError
-from runtime.modelspec import DATATYPES, ModelSpec
 
 log = logging.getLogger("runtime.backends")
 
@@ -231,7 +232,7 @@ def warm_up(spec: ModelSpec, backend: Backend) -> None:
                 f"model {spec.name}: output {t.name} has shape "
                 f"{None if out is None else list(out.shape)}, model.json says {list(t.shape)}"
             )
-        if out.dtype != t.dtype:
+        if out.dtype != DATATYPES[t.datatype]:
             raise ModelLoadError(
                 f"model {spec.name}: output {t.name} is {out.dtype}, model.json says {t.datatype}"
             )

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from modelcontract import ModelSpec
 from runtime.backends import Backend, Tensors
 from runtime.errors import UnavailableError
-from runtime.modelspec import ModelSpec
 
 log = logging.getLogger("runtime.batching")
 

@@ -10,9 +10,10 @@ from typing import Any
 
 import numpy as np
 
+from modelcontract import ModelSpec
 from runtime.backends import Tensors
+from runtime.dtypes import DATATYPES, WIRE_DTYPES
 from runtime.errors import BadRequestError
-from runtime.modelspec import WIRE_DTYPES, ModelSpec
 
 HEADER_LENGTH = "inference-header-content-length"
 
@@ -120,14 +121,14 @@ def decode_request(spec: ModelSpec, body: bytes, header_length: int | None) -> I
             if offset + size > len(binary):
                 raise BadRequestError(f"input {name!r}: binary data ends before {size} bytes")
             chunk = binary[offset:offset + size]
-            arr = np.frombuffer(chunk, dtype=wire).astype(t.dtype, copy=False)
+            arr = np.frombuffer(chunk, dtype=wire).astype(DATATYPES[t.datatype], copy=False)
             offset += size
         else:
             data = raw.get("data")
             if not isinstance(data, list):
                 raise BadRequestError(f"input {name!r} needs \"data\" (a list) or binary data")
             try:
-                arr = np.asarray(data, dtype=t.dtype)
+                arr = np.asarray(data, dtype=DATATYPES[t.datatype])
             except (ValueError, TypeError, OverflowError) as e:
                 raise BadRequestError(f"input {name!r}: data is not {t.datatype}: {e}") from e
             if arr.size != count:

@@ -4,36 +4,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
+from modelcontract import GpuState
 from runtime.errors import GpuUnavailableError
 
 log = logging.getLogger("runtime.gpu")
 MIB = 1024 * 1024
 
 
-@dataclass(frozen=True)
-class DeviceState:
-    """One GPU as NVML reports it at one moment."""
-
-    index: int
-    name: str
-    memory_total_mib: int
-    memory_free_mib: int
-    utilization_pct: float = 0.0
-    temperature_c: float = 0.0
-
-    @property
-    def memory_used_mib(self) -> int:
-        """Memory in use by anyone."""
-        return self.memory_total_mib - self.memory_free_mib
-
-
 class GpuSource(Protocol):
     """Where device states come from: NVML on a real box, a recording in tests."""
 
-    def devices(self) -> list[DeviceState]:
+    def devices(self) -> list[GpuState]:
         """Current state of every device.
 
         Raises:
@@ -59,7 +42,7 @@ class NvmlSource:
             self._nvml = pynvml
         return self._nvml
 
-    def devices(self) -> list[DeviceState]:
+    def devices(self) -> list[GpuState]:
         """Query every device; see `GpuSource.devices`."""
         nvml = self._init()
         try:
@@ -70,7 +53,7 @@ class NvmlSource:
                 util = nvml.nvmlDeviceGetUtilizationRates(h)
                 temp = nvml.nvmlDeviceGetTemperature(h, nvml.NVML_TEMPERATURE_GPU)
                 name = nvml.nvmlDeviceGetName(h)
-                out.append(DeviceState(
+                out.append(GpuState(
                     index=i, name=name.decode() if isinstance(name, bytes) else str(name),
                     memory_total_mib=int(mem.total) // MIB, memory_free_mib=int(mem.free) // MIB,
                     utilization_pct=float(util.gpu), temperature_c=float(temp),
@@ -85,10 +68,10 @@ class NvmlSource:
 class RecordedSource:
     """Device states recorded earlier (tests, and boxes without a GPU)."""
 
-    def __init__(self, states: Sequence[DeviceState] | None) -> None:
+    def __init__(self, states: Sequence[GpuState] | None) -> None:
         self._states = None if states is None else list(states)
 
-    def devices(self) -> list[DeviceState]:
+    def devices(self) -> list[GpuState]:
         """The recorded states; `None` recorded means NVML was missing."""
         if self._states is None:
             raise GpuUnavailableError("NVML unavailable (recorded)")
@@ -97,7 +80,7 @@ class RecordedSource:
         return list(self._states)
 
 
-def choose_device(states: Sequence[DeviceState], need_mib: int) -> int | None:
+def choose_device(states: Sequence[GpuState], need_mib: int) -> int | None:
     """The index of the device with the most free memory that fits `need_mib`, or None."""
     fitting = [s for s in states if s.memory_free_mib >= need_mib]
     if not fitting:
@@ -132,7 +115,7 @@ def plan_devices(needs: Sequence[tuple[str, int]], source: GpuSource, setting: s
             plan[key] = "cpu"
             continue
         s = states[idx]
-        states[idx] = DeviceState(s.index, s.name, s.memory_total_mib,
+        states[idx] = GpuState(s.index, s.name, s.memory_total_mib,
                                   s.memory_free_mib - need, s.utilization_pct, s.temperature_c)
         plan[key] = f"cuda:{idx}"
         log.info("model %s on cuda:%d (%s, %d MiB free before it)", key, idx, s.name,

@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from runtime.gpu import DeviceState
+from modelcontract import GpuState
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -137,7 +137,7 @@ class Metrics:
                                  "Model compute time per batch.", ("model",), LATENCY_BUCKETS)
         self.batch = Histogram("runtime_batch_size", "Rows per dispatched batch.",
                                ("model",), BATCH_BUCKETS)
-        self.gpus: list[DeviceState] = []
+        self.gpus: list[GpuState] = []
         self.queue_depth: dict[str, int] = {}
         self.ready_models: dict[tuple[str, str], bool] = {}
         self._proc: Any = None

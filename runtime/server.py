@@ -8,12 +8,12 @@ import sys
 from pathlib import Path
 from types import FrameType
 
+from modelcontract import ModelContractError, discover
 from runtime.app import V2App
-from runtime.errors import SettingsError
+from runtime.errors import ModelLoadError, SettingsError
 from runtime.gpu import GpuSource, NvmlSource
 from runtime.history import MetricsHistory
 from runtime.logs import JsonLinesLog, configure
-from runtime.modelspec import discover
 from runtime.offline import go_offline
 from runtime.settings import Settings
 from runtime.state import ModelRegistry
@@ -62,7 +62,10 @@ def serve(settings: Settings, gpu: GpuSource | None = None) -> int:
     logs_dir, history_dir = _data_dirs(settings)
     sink = JsonLinesLog(logs_dir, settings.log_max_bytes, settings.log_backups)
     configure(sink)
-    specs = discover(settings.models)
+    try:
+        specs = discover(settings.models)
+    except ModelContractError as e:
+        raise ModelLoadError(str(e)) from e
     history = MetricsHistory(history_dir, settings.history_max_bytes,
                              settings.history_days * 86400)
     fatal: list[str] = []

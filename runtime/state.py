@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modelcontract import ModelSpec
 from runtime.backends import Backend, load_backend, warm_up
 from runtime.batching import Batcher, BatchStats
 from runtime.errors import GpuUnavailableError, NotFoundError, ServeError
@@ -22,7 +23,6 @@ from runtime.gpu import GpuSource, plan_devices
 from runtime.history import MetricsHistory
 from runtime.logs import JsonLinesLog
 from runtime.metrics import Metrics
-from runtime.modelspec import ModelSpec
 from runtime.settings import Settings
 
 log = logging.getLogger("runtime.state")

@@ -15,31 +15,16 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from appliance.errors import PlacementError
+from modelcontract import GpuState
 
 MIB = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class GpuInfo:
-    """One GPU as NVML reported it at probe time."""
-
-    index: int
-    name: str
-    uuid: str
-    memory_total_mib: int
-    memory_free_mib: int
-    utilization_pct: int = 0
-
-    @property
-    def memory_used_mib(self) -> int:
-        return self.memory_total_mib - self.memory_free_mib
 
 
 @dataclass(frozen=True)
 class GpuReport:
     """The GPUs of this server, the driver and CUDA versions, or why there are none."""
 
-    gpus: list[GpuInfo] = field(default_factory=list)
+    gpus: list[GpuState] = field(default_factory=list)
     driver: str = ""
     cuda: str = ""
     unavailable: str = ""  # why NVML gave no answer ("" when it did)
@@ -56,9 +41,12 @@ class GpuReport:
         """
         try:
             return cls(
-                gpus=[GpuInfo(int(g["index"]), str(g["name"]), str(g.get("uuid", "")),
-                              int(g["memory_total_mib"]), int(g["memory_free_mib"]),
-                              int(g.get("utilization_pct", 0)))
+                gpus=[GpuState(index=int(g["index"]), name=str(g["name"]),
+                               uuid=str(g.get("uuid", "")),
+                               memory_total_mib=int(g["memory_total_mib"]),
+                               memory_free_mib=int(g["memory_free_mib"]),
+                               utilization_pct=float(g.get("utilization_pct", 0)),
+                               temperature_c=float(g.get("temperature_c", 0)))
                       for g in doc.get("gpus", [])],
                 driver=str(doc.get("driver", "")),
                 cuda=str(doc.get("cuda", "")),
@@ -70,7 +58,7 @@ class GpuReport:
     def table(self) -> list[tuple[str, ...]]:
         """Rows for a GPU table: index, name, memory total/free (MiB), util, driver, CUDA."""
         return [(str(g.index), g.name, str(g.memory_total_mib), str(g.memory_free_mib),
-                 f"{g.utilization_pct}%", self.driver, self.cuda) for g in self.gpus]
+                 f"{g.utilization_pct:.0f}%", self.driver, self.cuda) for g in self.gpus]
 
 
 TABLE_HEADER = ("GPU", "Name", "Total MiB", "Free MiB", "Util", "Driver", "CUDA")
@@ -109,9 +97,10 @@ class NvmlProbe:
                     util = int(pynvml.nvmlDeviceGetUtilizationRates(h).gpu)
                 except pynvml.NVMLError:
                     util = 0  # some boards (MIG, vGPU) do not report utilisation
-                gpus.append(GpuInfo(i, _text(pynvml.nvmlDeviceGetName(h)),
-                                    _text(pynvml.nvmlDeviceGetUUID(h)),
-                                    int(mem.total) // MIB, int(mem.free) // MIB, util))
+                gpus.append(GpuState(index=i, name=_text(pynvml.nvmlDeviceGetName(h)),
+                                     uuid=_text(pynvml.nvmlDeviceGetUUID(h)),
+                                     memory_total_mib=int(mem.total) // MIB,
+                                     memory_free_mib=int(mem.free) // MIB, utilization_pct=util))
             return GpuReport(gpus, driver, cuda)
         except pynvml.NVMLError as e:
             return GpuReport(unavailable=f"NVML query failed: {e}")

@@ -281,7 +281,7 @@ class InstallPlan:
                                                "runtime", driver=report.driver, cuda=report.cuda)
             for g in report.gpus:
                 self._info("placement", f"GPU {g.index} {g.name}: {g.memory_free_mib} of "
-                                        f"{g.memory_total_mib} MiB free, {g.utilization_pct}% "
+                                        f"{g.memory_total_mib} MiB free, {g.utilization_pct:.0f}% "
                                         f"busy (driver {report.driver}, CUDA {report.cuda})")
             self.placement = plan_placement(self.manifest, report)
             atomic_write(recorded, self.placement.to_json())

@@ -278,7 +278,7 @@ class InstallScreen(InstallerScreen):
                 gpus.add_column(col, no_wrap=col != "Name")
             for g in report.gpus:
                 gpus.add_row(str(g.index), g.name, str(g.memory_total_mib),
-                             str(g.memory_free_mib), f"{g.utilization_pct}%")
+                             str(g.memory_free_mib), f"{g.utilization_pct:.0f}%")
         else:
             why = report.unavailable if report is not None and report.unavailable else \
                 "NVML found no GPU"

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from bundler.samples import make_mlp_onnx, mlp_reference
+from modelcontract import load_spec
 from runtime.backends import OnnxBackend, Tensors
 from runtime.batching import Batcher, BatchStats
 from runtime.errors import UnavailableError
-from runtime.modelspec import load_spec
 
 
 class GatedBackend:

@@ -6,11 +6,12 @@ import logging
 
 import pytest
 
-from runtime.gpu import DeviceState, NvmlSource, RecordedSource, choose_device, plan_devices
+from modelcontract import GpuState
+from runtime.gpu import NvmlSource, RecordedSource, choose_device, plan_devices
 
-A100 = DeviceState(0, "A100", 40960, 30000, 12.0, 40.0)
-T4 = DeviceState(1, "T4", 15360, 15000, 0.0, 35.0)
-BUSY = DeviceState(2, "A100", 40960, 2000, 99.0, 80.0)
+A100 = GpuState(0, "A100", 40960, 30000, 12.0, 40.0)
+T4 = GpuState(1, "T4", 15360, 15000, 0.0, 35.0)
+BUSY = GpuState(2, "A100", 40960, 2000, 99.0, 80.0)
 
 
 def test_choose_picks_most_free_memory_that_fits() -> None:
@@ -21,7 +22,7 @@ def test_choose_picks_most_free_memory_that_fits() -> None:
 
 
 def test_plan_takes_placed_memory_off_the_device() -> None:
-    source = RecordedSource([DeviceState(0, "g0", 16000, 10000), DeviceState(1, "g1", 16000, 9000)])
+    source = RecordedSource([GpuState(0, "g0", 16000, 10000), GpuState(1, "g1", 16000, 9000)])
     plan = plan_devices([("a:1", 8000), ("b:1", 6000), ("c:1", 5000)], source)
     # a (largest) on g0 -> 2000 left; b fits only g1 -> 3000 left; c fits nowhere.
     assert plan == {"a:1": "cuda:0", "b:1": "cuda:1", "c:1": "cpu"}

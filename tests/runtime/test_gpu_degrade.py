@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from runtime.gpu import DeviceState, RecordedSource
+from modelcontract import GpuState, discover
+from runtime.gpu import RecordedSource
 from runtime.metrics import Metrics
-from runtime.modelspec import discover
 from runtime.settings import Settings
 from runtime.state import ModelRegistry
 
-GPU = DeviceState(0, "A100", 40960, 30000, 37.0, 55.0)
+GPU = GpuState(0, "A100", 40960, 30000, 37.0, 55.0)
 
 
 def test_assigned_gpu_without_cuda_provider_falls_back_to_cpu(

@@ -10,9 +10,9 @@ import onnx
 import pytest
 
 from bundler.samples import make_mlp_onnx, mlp_reference
+from modelcontract import ModelContractError, load_spec
 from runtime.backends import load_backend, mapped_bytes, warm_up
 from runtime.errors import ModelLoadError
-from runtime.modelspec import load_spec
 from tests.runtime.conftest import http, start_server
 
 SIZES = (64, 512, 512, 10)
@@ -79,7 +79,7 @@ def test_bad_prepack_weights_is_refused(tmp_path: Path) -> None:
     doc = json.loads((tmp_path / "m" / "model.json").read_text())
     doc["prepack_weights"] = "yes"
     (tmp_path / "m" / "model.json").write_text(json.dumps(doc))
-    with pytest.raises(ModelLoadError, match="prepack_weights must be true or false"):
+    with pytest.raises(ModelContractError, match="prepack_weights must be true or false"):
         load_spec(tmp_path / "m" / "model.json")
 
 

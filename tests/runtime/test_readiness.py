@@ -8,9 +8,9 @@ from pathlib import Path
 
 import httpx
 
+from modelcontract import discover
 from runtime.app import V2App
 from runtime.gpu import RecordedSource
-from runtime.modelspec import discover
 from runtime.settings import Settings
 from runtime.state import ModelRegistry
 

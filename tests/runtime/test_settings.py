@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from bundler.samples import make_mlp_onnx
-from runtime.errors import ModelLoadError, SettingsError
-from runtime.modelspec import discover, load_spec
+from modelcontract import ModelContractError, discover, load_spec
+from runtime.errors import SettingsError
 from runtime.settings import Settings, from_args, from_env
 from tests.runtime.conftest import REPO
 
@@ -64,14 +64,14 @@ def _write(d: Path, **changes: object) -> Path:
     ({"max_batch_size": -1}, "max_batch_size"),
 ])
 def test_bad_model_json(tmp_path: Path, changes: dict[str, object], text: str) -> None:
-    with pytest.raises(ModelLoadError, match=text):
+    with pytest.raises(ModelContractError, match=text):
         load_spec(_write(tmp_path / "m", **changes))
 
 
 def test_discover_needs_models(tmp_path: Path) -> None:
-    with pytest.raises(ModelLoadError, match="no model found"):
+    with pytest.raises(ModelContractError, match="no model found"):
         discover(tmp_path)
-    with pytest.raises(ModelLoadError, match="does not exist"):
+    with pytest.raises(ModelContractError, match="does not exist"):
         discover(tmp_path / "nope")
     _write(tmp_path / "mlp" / "1")
     assert [(s.name, s.version) for s in discover(tmp_path)] == [("mlp", "1")]

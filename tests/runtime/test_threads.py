@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 
 from bundler.samples import make_cnn_onnx, make_mlp_onnx
-from runtime.errors import ModelLoadError
+from modelcontract import ModelContractError, discover, load_spec
 from runtime.gpu import RecordedSource
-from runtime.modelspec import discover, load_spec
 from runtime.settings import Settings
 from runtime.state import ModelRegistry
 
@@ -28,7 +27,7 @@ def _set(model_dir: Path, **changes: object) -> None:
 def test_bad_intra_op_threads_is_refused(tmp_path: Path, bad: object) -> None:
     make_mlp_onnx(tmp_path / "m")
     _set(tmp_path / "m", intra_op_threads=bad)
-    with pytest.raises(ModelLoadError, match="intra_op_threads must be an integer >= 0"):
+    with pytest.raises(ModelContractError, match="intra_op_threads must be an integer >= 0"):
         load_spec(tmp_path / "m" / "model.json")
 
 

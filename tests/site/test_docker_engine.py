@@ -16,9 +16,10 @@ import pytest
 from appliance.engines.base import launches
 from appliance.engines.docker import DockerEngine
 from appliance.errors import EngineUnavailableError, ImageLoadError
-from appliance.site.gpu import GpuInfo, GpuReport
+from appliance.site.gpu import GpuReport
 from appliance.site.layout import Site
 from appliance.site.placement import plan_placement
+from modelcontract import GpuState
 from tests.enginekit import podman_service, wait_for
 from tests.site.releasekit import free_port_pair, release_manifest
 
@@ -274,8 +275,8 @@ def test_a_removal_the_engine_fails_for_a_moment_is_tried_again(tmp_path, monkey
 def test_gpu_placement_asks_the_engine_for_that_device(tmp_path):
     from tests.site.factory import manifest
     m = manifest([("mlp", [("mlp", 1000)], "required")])
-    report = GpuReport([GpuInfo(0, "L4", "GPU-aa", 23000, 1000), GpuInfo(1, "L4", "GPU-bb",
-                                                                         23000, 20000)])
+    report = GpuReport([GpuState(0, "L4", 23000, 1000, uuid="GPU-aa"),
+                        GpuState(1, "L4", 23000, 20000, uuid="GPU-bb")])
     launch = launches(m, plan_placement(m, report), slot=0)[0]
     spec = DockerEngine(Site(tmp_path)).container_spec(launch, {"Cmd": ["python", "-m",
                                                                        "runtime", "--port",

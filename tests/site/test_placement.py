@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from appliance.errors import PlacementError
-from appliance.site.gpu import GpuInfo, GpuReport, NvmlProbe, RecordedProbe
+from appliance.site.gpu import GpuReport, NvmlProbe, RecordedProbe
 from appliance.site.placement import Placement, plan_placement
+from modelcontract import GpuState
 from tests.site.factory import manifest
 
 STATES = Path(__file__).parent / "gpu_states"
@@ -124,8 +125,8 @@ def test_nvml_probe_reads_devices_through_pynvml(monkeypatch):
         monkeypatch.setattr(pynvml, name, fn)
     r = NvmlProbe().probe()
     assert (r.driver, r.cuda, r.unavailable) == ("550.54.15", "12.4", "")
-    assert r.gpus == [GpuInfo(0, "NVIDIA A100-SXM4-40GB", "GPU-0", 40960, 6000, 87),
-                      GpuInfo(1, "NVIDIA A100-SXM4-40GB", "GPU-1", 40960, 38000, 0)]
+    assert r.gpus == [GpuState(0, "NVIDIA A100-SXM4-40GB", 40960, 6000, 87, uuid="GPU-0"),
+                      GpuState(1, "NVIDIA A100-SXM4-40GB", 40960, 38000, 0, uuid="GPU-1")]
 
 
 def test_nvml_that_does_not_start_gives_an_empty_report_saying_why(monkeypatch):

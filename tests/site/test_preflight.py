@@ -6,7 +6,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 from appliance.bundle.manifest import Member
-from appliance.site.gpu import GpuInfo, GpuReport
+from appliance.site.gpu import GpuReport
 from appliance.site.layout import Site
 from appliance.site.preflight import (
     check_clock,
@@ -16,10 +16,11 @@ from appliance.site.preflight import (
     check_gpus,
     check_trust,
 )
+from modelcontract import GpuState
 from signing import PrivateKey, TrustRoot
 from tests.site.factory import manifest
 
-GPUS = GpuReport([GpuInfo(0, "NVIDIA L4", "GPU-a", 23034, 22000)], "550.54", "12.4")
+GPUS = GpuReport([GpuState(0, "NVIDIA L4", 23034, 22000, uuid="GPU-a")], "550.54", "12.4")
 
 
 class FakeEngine:

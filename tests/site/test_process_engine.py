@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from appliance.engines.process import ProcessEngine
-from appliance.site.gpu import GpuInfo, GpuReport
+from appliance.site.gpu import GpuReport
 from appliance.site.layout import Site
 from appliance.site.placement import plan_placement
+from modelcontract import GpuState
 from tests.enginekit import wait_for
 from tests.site.releasekit import free_port_pair, release_manifest
 
@@ -98,7 +99,7 @@ def test_gpu_placement_sets_visible_device(tmp_path):
     m = release_manifest(site.store, 2, free_port_pair(), gpu="required")
     rel = site.stage_release(m.to_json(), b"{}", 2, "process")
     eng = fake_engine(site, tmp_path)
-    report = GpuReport([GpuInfo(0, "L4", "GPU-x", 23000, 20000)], "550", "12.4")
+    report = GpuReport([GpuState(0, "L4", 23000, 20000, uuid="GPU-x")], "550", "12.4")
     eng.load(m, rel, site.store)
     eng.start(m, rel, plan_placement(m, report), slot=1)
     try:

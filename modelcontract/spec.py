@@ -9,23 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from runtime.errors import ModelLoadError
+from modelcontract.errors import ModelContractError
 
 FRAMEWORKS = ("onnx", "torch-export", "torchscript", "safetensors")
 
-# V2 datatype names and the numpy types they travel as.
-DATATYPES: dict[str, np.dtype[Any]] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8), "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32), "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8), "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32), "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16), "FP32": np.dtype(np.float32), "FP64": np.dtype(np.float64),
+# V2 datatype names and their size in bytes on the wire (binary tensor extension).
+DATATYPES: dict[str, int] = {
+    "BOOL": 1, "UINT8": 1, "UINT16": 2, "UINT32": 4, "UINT64": 8,
+    "INT8": 1, "INT16": 2, "INT32": 4, "INT64": 8, "FP16": 2, "FP32": 4, "FP64": 8,
 }
-# The byte order on the wire is little-endian (binary tensor extension).
-WIRE_DTYPES: dict[str, np.dtype[Any]] = {k: v.newbyteorder("<") for k, v in DATATYPES.items()}
 
 
 @dataclass(frozen=True)
@@ -35,11 +27,6 @@ class TensorSpec:
     name: str
     datatype: str
     shape: tuple[int, ...]
-
-    @property
-    def dtype(self) -> np.dtype[Any]:
-        """The numpy dtype of this tensor."""
-        return DATATYPES[self.datatype]
 
     def accepts(self, shape: Sequence[int]) -> bool:
         """Whether a concrete shape fits this signature."""
@@ -90,19 +77,20 @@ class ModelSpec:
 
 def _tensor(raw: Any, where: str) -> TensorSpec:
     if not isinstance(raw, dict):
-        raise ModelLoadError(f"{where}: each tensor must be an object with name, datatype, shape")
+        raise ModelContractError(
+            f"{where}: each tensor must be an object with name, datatype, shape")
     name, datatype, shape = raw.get("name"), raw.get("datatype"), raw.get("shape")
     if not isinstance(name, str) or not name:
-        raise ModelLoadError(f"{where}: a tensor has no name; add \"name\"")
+        raise ModelContractError(f"{where}: a tensor has no name; add \"name\"")
     if datatype not in DATATYPES:
-        raise ModelLoadError(
+        raise ModelContractError(
             f"{where}: tensor {name!r} has datatype {datatype!r}; use one of "
             + ", ".join(DATATYPES)
         )
     if not isinstance(shape, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) and (d == -1 or d > 0) for d in shape
     ):
-        raise ModelLoadError(
+        raise ModelContractError(
             f"{where}: tensor {name!r} shape must be a list of -1 or positive ints")
     return TensorSpec(name, datatype, tuple(shape))
 
@@ -111,15 +99,15 @@ def load_spec(model_json: Path) -> ModelSpec:
     """Read and check one model.json.
 
     Raises:
-        ModelLoadError: missing file, bad JSON, a missing or ill-typed field.
+        ModelContractError: missing file, bad JSON, a missing or ill-typed field.
     """
     where = str(model_json)
     try:
         doc = json.loads(model_json.read_bytes())
     except OSError as e:
-        raise ModelLoadError(f"cannot read {where}: {e.strerror}") from e
+        raise ModelContractError(f"cannot read {where}: {e.strerror}") from e
     except ValueError as e:
-        raise ModelLoadError(f"{where} is not valid JSON: {e}; fix the file") from e
+        raise ModelContractError(f"{where} is not valid JSON: {e}; fix the file") from e
     return check_spec(doc, model_json.parent, where)
 
 
@@ -130,40 +118,40 @@ def check_spec(doc: Any, directory: Path, where: str) -> ModelSpec:
     bundle cannot carry a model this server would refuse.
 
     Raises:
-        ModelLoadError: a missing or ill-typed field, or the weights file is absent.
+        ModelContractError: a missing or ill-typed field, or the weights file is absent.
     """
     if not isinstance(doc, dict):
-        raise ModelLoadError(f"{where} must hold a JSON object")
+        raise ModelContractError(f"{where} must hold a JSON object")
     for key in ("name", "version", "framework", "file"):
         if not isinstance(doc.get(key), str) or not doc[key]:
-            raise ModelLoadError(f"{where}: \"{key}\" must be a non-empty string")
+            raise ModelContractError(f"{where}: \"{key}\" must be a non-empty string")
     if doc["framework"] not in FRAMEWORKS:
-        raise ModelLoadError(
+        raise ModelContractError(
             f"{where}: framework {doc['framework']!r} is not one of {', '.join(FRAMEWORKS)}"
         )
     file = Path(doc["file"])
     if file.is_absolute() or ".." in file.parts:
-        raise ModelLoadError(f"{where}: \"file\" must be a name inside the model directory")
+        raise ModelContractError(f"{where}: \"file\" must be a name inside the model directory")
     inputs = doc.get("inputs") or []
     outputs = doc.get("outputs") or []
     if not isinstance(inputs, list) or not inputs or not isinstance(outputs, list) or not outputs:
-        raise ModelLoadError(f"{where}: \"inputs\" and \"outputs\" must be non-empty lists")
+        raise ModelContractError(f"{where}: \"inputs\" and \"outputs\" must be non-empty lists")
     mbs = doc.get("max_batch_size", 0)
     delay = doc.get("max_queue_delay_ms", 0.0)
     gpu = doc.get("gpu_memory_mib", 0)
     threads = doc.get("intra_op_threads", 0)
     prepack = doc.get("prepack_weights")
     if not isinstance(mbs, int) or mbs < 0:
-        raise ModelLoadError(f"{where}: max_batch_size must be an integer >= 0")
+        raise ModelContractError(f"{where}: max_batch_size must be an integer >= 0")
     if not isinstance(delay, int | float) or delay < 0 or not math.isfinite(delay):
-        raise ModelLoadError(f"{where}: max_queue_delay_ms must be a number >= 0")
+        raise ModelContractError(f"{where}: max_queue_delay_ms must be a number >= 0")
     if not isinstance(gpu, int) or gpu < 0:
-        raise ModelLoadError(f"{where}: gpu_memory_mib must be an integer >= 0")
+        raise ModelContractError(f"{where}: gpu_memory_mib must be an integer >= 0")
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 0:
-        raise ModelLoadError(
+        raise ModelContractError(
             f"{where}: intra_op_threads must be an integer >= 0 (0: the server's setting)")
     if prepack is not None and not isinstance(prepack, bool):
-        raise ModelLoadError(f"{where}: prepack_weights must be true or false")
+        raise ModelContractError(f"{where}: prepack_weights must be true or false")
     spec = ModelSpec(
         name=doc["name"], version=doc["version"], framework=doc["framework"],
         directory=directory, file=str(file),
@@ -174,9 +162,9 @@ def check_spec(doc: Any, directory: Path, where: str) -> ModelSpec:
     )
     names = [t.name for t in spec.inputs] + [t.name for t in spec.outputs]
     if len(set(names)) != len(names):
-        raise ModelLoadError(f"{where}: tensor names must be unique")
+        raise ModelContractError(f"{where}: tensor names must be unique")
     if not spec.path.is_file():
-        raise ModelLoadError(f"{where}: weights file {spec.file!r} is missing next to it")
+        raise ModelContractError(f"{where}: weights file {spec.file!r} is missing next to it")
     return spec
 
 
@@ -184,19 +172,19 @@ def discover(models_dir: Path) -> list[ModelSpec]:
     """Every model under `models_dir/<name>/<version>/model.json`, sorted.
 
     Raises:
-        ModelLoadError: the directory is missing or holds no model, or a model.json is bad.
+        ModelContractError: the directory is missing or holds no model, or a model.json is bad.
     """
     if not models_dir.is_dir():
-        raise ModelLoadError(f"models directory {models_dir} does not exist; pass --models DIR")
+        raise ModelContractError(f"models directory {models_dir} does not exist; pass --models DIR")
     specs = [load_spec(p) for p in sorted(models_dir.glob("*/*/model.json"))]
     if not specs:
-        raise ModelLoadError(
+        raise ModelContractError(
             f"no model found in {models_dir}; expected {models_dir}/<name>/<version>/model.json"
         )
     seen: set[tuple[str, str]] = set()
     for s in specs:
         if (s.name, s.version) in seen:
-            raise ModelLoadError(
+            raise ModelContractError(
                 f"model {s.name} version {s.version} appears twice in {models_dir}")
         seen.add((s.name, s.version))
     return specs
