@@ -10,16 +10,11 @@ hidden temp names, so an interrupted build never leaves a file that looks whole.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import BinaryIO
 
+from appliance.bundle.parts import parse_part, part_name
 from appliance.fsutil import fsync_dir
-
-
-def part_name(out: Path, index: int) -> Path:
-    """Name of part `index` (1-based): out.001, out.002, ..."""
-    return out.with_name(f"{out.name}.{index:03d}")
 
 
 class BundleOutput:
@@ -93,10 +88,9 @@ class BundleOutput:
         for i, final in enumerate(finals):
             os.replace(self._temp(i), final)
         if self.split is not None:
-            pattern = re.compile(re.escape(self.out.name) + r"\.(\d{3})$")
             for p in self.out.parent.iterdir():
-                m = pattern.match(p.name)
-                if m and int(m.group(1)) > len(finals):
+                m = parse_part(p.name)
+                if m and m[0] == self.out.name and m[1] > len(finals):
                     p.unlink()
         fsync_dir(self.out.parent)
         self._files.clear()

@@ -12,12 +12,12 @@ be typed into the path field.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.bundle.manifest import MANIFEST_PATH
+from appliance.bundle.parts import parse_part
 
 DEFAULT_MEDIA_ROOTS = (Path("/media"), Path("/mnt"), Path("/run/media"))
 MAX_DEPTH = 4
@@ -25,7 +25,6 @@ MAX_FOUND = 200
 TRUST_ROOT_NAME = "root.json"
 CANDIDATE_SUFFIXES = (".tar", ".bundle")
 _HEADER_NAME = MANIFEST_PATH.encode().ljust(100, b"\0")
-_PART_RE = re.compile(r"\.[0-9]{3}$")
 
 
 @dataclass(frozen=True)
@@ -68,16 +67,17 @@ def find_bundles(roots: Iterable[Path], max_depth: int = MAX_DEPTH) -> list[Foun
 
 def _as_bundle(path: Path) -> FoundBundle | None:
     name = path.name
-    if not _PART_RE.search(name) and not name.endswith(CANDIDATE_SUFFIXES):
+    part = parse_part(name)
+    if part is None and not name.endswith(CANDIDATE_SUFFIXES):
         return None
-    if name.endswith(".001"):
+    if part is not None and part[1] == 1:
         if not looks_like_bundle(path):
             return None
-        base = name[: -len(".001")]
-        parts = sorted(p for p in path.parent.glob(f"{_glob_escape(base)}.[0-9][0-9][0-9]"))
+        parts = [p for p in path.parent.iterdir()
+                 if (pp := parse_part(p.name)) is not None and pp[0] == part[0]]
         return FoundBundle(path, len(parts), sum(_size(p) for p in parts))
-    if _PART_RE.search(name):
-        return None  # a later part of a split bundle: offered through its .001
+    if part is not None:
+        return None  # a later part of a split bundle: offered through its first
     if looks_like_bundle(path):
         return FoundBundle(path, 1, _size(path))
     return None
@@ -105,7 +105,3 @@ def _size(p: Path) -> int:
         return p.stat().st_size
     except OSError:
         return 0
-
-
-def _glob_escape(text: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in text)

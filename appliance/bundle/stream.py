@@ -9,12 +9,12 @@ flat whatever the member size. It never seeks backwards and never extracts.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
+from appliance.bundle.parts import parse_part, part_name
 from appliance.bundle.tarfmt import BLOCK, Header, is_zero_block, padding, parse_header
 from appliance.errors import (
     BundleError,
@@ -35,7 +35,6 @@ def idle_core() -> bool:
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
     return cores >= 2 and os.getloadavg()[0] <= cores - 1
-_PART_RE = re.compile(r"^(?P<base>.+)\.(?P<n>\d{3})$")
 
 
 def find_bundle_parts(path: Path) -> list[Path]:
@@ -46,22 +45,23 @@ def find_bundle_parts(path: Path) -> list[Path]:
         SplitPartError: a part other than the first was given, or a part is missing.
     """
     path = Path(path)
-    m = _PART_RE.match(path.name)
+    m = parse_part(path.name)
     if m is None and path.is_file():
         return [path]
-    base = path.with_name(m.group("base")) if m else path
-    if m and m.group("n") != "001":
-        raise SplitPartError(f"{path} is not the first part; give {base.name}.001")
+    base = path.with_name(m[0]) if m else path
+    first = part_name(base, 1).name
+    if m and m[1] != 1:
+        raise SplitPartError(f"{path} is not the first part; give {first}")
     found = {}
     if base.parent.is_dir():
         for p in base.parent.iterdir():
-            pm = _PART_RE.match(p.name)
-            if pm and pm.group("base") == base.name and p.is_file():
-                found[int(pm.group("n"))] = p
+            pm = parse_part(p.name)
+            if pm and pm[0] == base.name and p.is_file():
+                found[pm[1]] = p
     if not found:
-        raise BundleFormatError(f"no bundle at {path}: no such file and no {base.name}.001")
+        raise BundleFormatError(f"no bundle at {path}: no such file and no {first}")
     count = max(found)
-    missing = [f"{base.name}.{i:03d}" for i in range(1, count + 1) if i not in found]
+    missing = [part_name(base, i).name for i in range(1, count + 1) if i not in found]
     if missing:
         raise SplitPartError(f"bundle part {missing[0]} is missing (found {len(found)} of "
                              f"{count} parts); copy every part into {base.parent}")

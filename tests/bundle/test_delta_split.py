@@ -11,6 +11,7 @@ import pytest
 from appliance.bundle import find_bundle_parts, verify_bundle
 from appliance.bundle.imagearchive import write_image_archive
 from appliance.bundle.manifest import image_blobs
+from appliance.bundle.parts import parse_part, part_name
 from appliance.bundle.store import ContentStore
 from appliance.errors import (
     DeltaBaseError,
@@ -185,3 +186,29 @@ def test_read_ahead_or_not_verifies_and_refuses_the_same(split: Built, root: Tru
     with pytest.raises(TruncatedBundleError):
         verify_bundle(tmp_path / "cut.tar", root, now=NOW, store=store2)
     assert_store_clean(store2, split.manifest)
+
+
+def test_a_bundle_split_into_1200_parts_verifies(split: Built, root: TrustRoot, tmp_path: Path):
+    """Past part 999 the names grow a digit (NAME.1000); the reader must take them all."""
+    whole = (split.spec_dir / "whole.tar").read_bytes()
+    size = -(-len(whole) // 1200)
+    out = tmp_path / "many.tar"
+    for i in range(0, len(whole), size):
+        part_name(out, i // size + 1).write_bytes(whole[i:i + size])
+    parts = find_bundle_parts(out)
+    assert len(parts) == 1200 and parts[-1].name == "many.tar.1200"
+    v = verify_bundle(part_name(out, 1), root, now=NOW, store=ContentStore(tmp_path / "site"))
+    assert v.manifest == split.manifest
+    part_name(out, 1000).unlink()
+    with pytest.raises(SplitPartError, match=r"many\.tar\.1000 is missing"):
+        find_bundle_parts(out)
+
+
+@pytest.mark.parametrize(("name", "parsed"), [
+    ("b.tar.001", ("b.tar", 1)), ("b.tar.999", ("b.tar", 999)), ("b.tar.1000", ("b.tar", 1000)),
+    ("b.tar.0001", None), ("b.tar.000", None), ("b.tar.01", None), ("b.tar", None),
+])
+def test_part_names_are_one_rule_for_writer_and_reader(name: str, parsed):
+    assert parse_part(name) == parsed
+    if parsed:
+        assert part_name(Path(parsed[0]), parsed[1]).name == name
