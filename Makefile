@@ -29,7 +29,7 @@ unit: venv
 test: lint typecheck unit
 
 demo: venv
-	$(PY) -m bundler.demo
+	$(PY) -m appliance demo
 
 # Every benchmark, each printing its table with a baseline measured in the same run.
 bench: bench-bundle bench-runtime bench-install

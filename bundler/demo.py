@@ -1,22 +1,11 @@
-"""`make demo`: a signed bundle from a model made by code, installed, serving, answering.
-
-Everything lives under out/demo (or the directory given): a vendor key and
-trust root, an ONNX MLP from `bundler.samples`, appliance.yaml, the bundle,
-and a site directory the headless install plan installs it into, with a
-container engine when one answers (over the runtime image, built or cached)
-or else the process engine (`bundler.demo_site` decides and says why). It
-ends with the endpoint, a sample curl and one real inference answer.
-`--bundle-only` stops after building and verifying.
+"""The demo bundle: a vendor key and trust root, an ONNX MLP made by code
+(`bundler.samples`), its appliance.yaml, the signed bundle, verified into a site's
+store. `appliance demo` (`make demo`) installs and serves it.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import shutil
-import sys
-import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +13,6 @@ from pathlib import Path
 from appliance.bundle import VerifiedBundle, verify_bundle
 from appliance.bundle.store import ContentStore
 from appliance.fsutil import atomic_write
-from appliance.units import human
 from bundler.build import build_bundle
 from bundler.samples import make_mlp_onnx
 from bundler.spec import load_spec
@@ -95,52 +83,3 @@ def make_demo_bundle(root: Path, sequence: int = 1, *, runtime_archive: Path | N
     verified = verify_bundle(bundle, trust, now=datetime.now(UTC),
                              store=ContentStore(site))
     return DemoResult(root, key_path, root_path, bundle, site, verified)
-
-
-def print_bundle(r: DemoResult) -> None:
-    """What the bundle holds, one line per thing."""
-    m = r.verified.manifest
-    print(f"demo bundle  {r.bundle} ({human(r.bundle.stat().st_size)})")
-    print(f"trust root   {r.trust_root}  (key {r.key})")
-    print(f"verified     {m.name} {m.version} sequence {m.sequence}, {len(m.members)} members, "
-          f"manifest {r.verified.manifest_digest[:19]}")
-    for mod in m.models:
-        print(f"model        {mod.name} v{mod.version} {mod.framework} weights "
-              f"{mod.weights_digest[:19]} ({human(mod.weights_size)}) in image {mod.image}")
-    for img in m.images:
-        print(f"image        {img.reference} {img.manifest_digest[:19]}")
-    print(f"site store   {r.site / 'blobs' / 'sha256'} "
-          f"({len(ContentStore(r.site).digests())} verified blobs)")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the demo: build, verify, install, serve, answer; print what it did."""
-    parser = argparse.ArgumentParser(prog="python -m bundler.demo", description=__doc__)
-    parser.add_argument("--out", default="out/demo", help="working directory (default out/demo)")
-    parser.add_argument("--clean", action="store_true", help="start from an empty directory")
-    parser.add_argument("--engine", choices=("auto", "docker", "process"), default="auto",
-                        help="auto: a container engine when one answers, else the process one")
-    parser.add_argument("--port", type=int, default=8000, help="the service port (default 8000)")
-    parser.add_argument("--bundle-only", action="store_true",
-                        help="only build the bundle and verify it into the site's store")
-    parser.add_argument("--stop", action="store_true",
-                        help="stop what an earlier demo left serving, remove its site, exit")
-    args = parser.parse_args(argv)
-    root = Path(args.out)
-    started = time.monotonic()
-    if args.stop:
-        from bundler.demo_site import stop_demo
-        return stop_demo(root)
-    if args.bundle_only:
-        if args.clean and root.exists():
-            shutil.rmtree(root)
-        print_bundle(make_demo_bundle(root))
-        print(f"done in {time.monotonic() - started:.1f} s")
-        return 0
-    from bundler.demo_site import run_demo
-    return run_demo(root, engine=args.engine, port=args.port, clean=args.clean,
-                    started=started)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,15 +9,24 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from signing.errors import BadSignatureError, EnvelopeFormatError, ThresholdError
-from signing.keys import PrivateKey
+from signing.keys import PrivateKey, PublicKey
 
-if TYPE_CHECKING:
-    from signing.trust import TrustRoot
+
+class Signers(Protocol):
+    """Who may sign and how many must: a trust root (`signing.trust.TrustRoot`)."""
+
+    @property
+    def version(self) -> int: ...
+    @property
+    def threshold(self) -> int: ...
+    @property
+    def keys(self) -> Mapping[str, PublicKey]: ...
+
 
 MAX_ENVELOPE_BYTES = 4 * 1024 * 1024
 MAX_SIGNATURES = 64
@@ -109,7 +118,7 @@ def sign(payload: bytes, payload_type: str, keys: Sequence[PrivateKey]) -> Envel
     return Envelope(payload_type, payload, sigs)
 
 
-def verified_key_ids(envelope: Envelope, root: TrustRoot) -> set[str]:
+def verified_key_ids(envelope: Envelope, root: Signers) -> set[str]:
     """Distinct trusted key ids whose signature over the envelope verifies."""
     message = pae(envelope.payload_type, envelope.payload)
     good: set[str] = set()
@@ -120,7 +129,7 @@ def verified_key_ids(envelope: Envelope, root: TrustRoot) -> set[str]:
     return good
 
 
-def verify(envelope: Envelope, root: TrustRoot, payload_type: str) -> bytes:
+def verify(envelope: Envelope, root: Signers, payload_type: str) -> bytes:
     """Return the payload once a threshold of distinct trusted keys signed it.
 
     Raises:

@@ -13,7 +13,7 @@ from tests.e2e.kit import cli_env
 
 
 def _demo(out: Path, *args: str, env: dict[str, str] | None = None) -> str:
-    r = subprocess.run([sys.executable, "-m", "bundler.demo", "--out", str(out), *args],
+    r = subprocess.run([sys.executable, "-m", "appliance", "demo", "--out", str(out), *args],
                        env=env or cli_env(), capture_output=True, text=True, timeout=600,
                        check=False)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]

@@ -25,9 +25,12 @@ from typing import Any
 
 import numpy as np
 
+from appliance.bundle.store import ContentStore
 from appliance.engines.base import Engine
 from appliance.errors import ApplianceError, EngineUnavailableError
 from appliance.site.layout import SLOT_PORT_STEP, Site
+from appliance.units import human
+from bundler.demo import DemoResult
 
 SOCKETS = ("unix:///run/podman/podman.sock", "unix:///var/run/docker.sock")
 ENGINE_FILE = "engine.json"
@@ -223,12 +226,28 @@ def choose_engine(wanted: str, site: Site, work: Path, stack: ExitStack) -> Engi
                                          "installed")
 
 
+def print_bundle(r: DemoResult) -> None:
+    """What the bundle holds, one line per thing."""
+    m = r.verified.manifest
+    print(f"demo bundle  {r.bundle} ({human(r.bundle.stat().st_size)})")
+    print(f"trust root   {r.trust_root}  (key {r.key})")
+    print(f"verified     {m.name} {m.version} sequence {m.sequence}, {len(m.members)} members, "
+          f"manifest {r.verified.manifest_digest[:19]}")
+    for mod in m.models:
+        print(f"model        {mod.name} v{mod.version} {mod.framework} weights "
+              f"{mod.weights_digest[:19]} ({human(mod.weights_size)}) in image {mod.image}")
+    for img in m.images:
+        print(f"image        {img.reference} {img.manifest_digest[:19]}")
+    print(f"site store   {r.site / 'blobs' / 'sha256'} "
+          f"({len(ContentStore(r.site).digests())} verified blobs)")
+
+
 def run_demo(work: Path, *, engine: str, port: int, clean: bool, started: float) -> int:
     """Build, install and serve the demo; print the endpoint, a curl line and one answer."""
     from appliance.cli.site import PlainProgress
     from appliance.site.gpu import NvmlProbe
     from appliance.site.plan import InstallOptions, InstallPlan
-    from bundler.demo import make_demo_bundle, print_bundle
+    from bundler.demo import make_demo_bundle
     from bundler.samples import mlp_reference
 
     def say(line: str) -> None:
