@@ -18,13 +18,17 @@ from pathlib import Path
 from textual.app import App
 from textual.binding import Binding
 
+from appliance.bundle.manifest import Manifest
 from appliance.engines import Engine, make_engine
 from appliance.site.gpu import GpuProbe, NvmlProbe, RecordedProbe
 from appliance.site.layout import DEFAULT_ROOT, Site
 from installer_tui.config import InstallerConfig
 from installer_tui.media import DEFAULT_MEDIA_ROOTS
 from installer_tui.screens.find import FindBundleScreen
+from installer_tui.screens.install import InstallScreen
 from installer_tui.screens.status import StatusScreen
+from installer_tui.screens.trust import TrustScreen
+from signing import Envelope
 
 
 class InstallerApp(App[None]):
@@ -41,7 +45,6 @@ class InstallerApp(App[None]):
 
     async def action_quit(self) -> None:
         """Quit; while the new release is being started, only when asked twice."""
-        from installer_tui.screens.install import InstallScreen
         screen = self.screen
         if isinstance(screen, InstallScreen) and screen.state == "running" \
                 and not self._quit_asked:
@@ -53,6 +56,23 @@ class InstallerApp(App[None]):
         if isinstance(screen, InstallScreen):
             screen.cancel()
         self.exit()
+
+    # -- navigation (installer_tui.screens.base.Navigator) ------------------------------
+    def show_status(self) -> None:
+        self.push_screen(StatusScreen())
+
+    def show_bundles(self) -> None:
+        if not any(isinstance(s, FindBundleScreen) for s in self.screen_stack):
+            self.switch_screen(FindBundleScreen())
+            return
+        while not isinstance(self.screen, FindBundleScreen):
+            self.pop_screen()
+
+    def show_trust(self, parts: list[Path], manifest: Manifest, envelope: Envelope) -> None:
+        self.push_screen(TrustScreen(parts, manifest, envelope))
+
+    def show_install(self, parts: list[Path], manifest: Manifest, trust: Path | None) -> None:
+        self.push_screen(InstallScreen(parts, manifest, trust))
 
     def on_mount(self) -> None:
         if self.config.start_on_status:

@@ -82,8 +82,7 @@ class FindBundleScreen(InstallerScreen):
         self.query_one("#path", Input).focus()
 
     def action_status(self) -> None:
-        from installer_tui.screens.status import StatusScreen
-        self.app.push_screen(StatusScreen())
+        self.nav.show_status()
 
     # -- opening ----------------------------------------------------------------
     @on(OptionList.OptionSelected, "#bundles")
@@ -110,9 +109,8 @@ class FindBundleScreen(InstallerScreen):
 
     @on(BundleOpened)
     def bundle_opened(self, message: BundleOpened) -> None:
-        from installer_tui.screens.trust import TrustScreen
         self.query_one("#find-error").display = False
-        self.app.push_screen(TrustScreen(message.parts, message.manifest, message.envelope))
+        self.nav.show_trust(message.parts, message.manifest, message.envelope)
 
     @on(Failed)
     def bundle_failed(self, message: Failed) -> None:

@@ -229,17 +229,13 @@ class InstallScreen(InstallerScreen):
             self.notify("Stopping the verification...")
             return
         self._lock.close()
-        from installer_tui.screens.find import FindBundleScreen
-        while len(self.app.screen_stack) > 1 and not isinstance(self.app.screen,
-                                                                FindBundleScreen):
-            self.app.pop_screen()
+        self.nav.show_bundles()
 
     def action_status(self) -> None:
         if self.state in ("running", "preparing"):
             self.notify("The install is running; the status screen opens when it is done.")
             return
-        from installer_tui.screens.status import StatusScreen
-        self.app.push_screen(StatusScreen())
+        self.nav.show_status()
 
     def action_show_log(self) -> None:
         switcher = self.query_one(ContentSwitcher)

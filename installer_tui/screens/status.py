@@ -193,8 +193,7 @@ class StatusScreen(InstallerScreen):
         if len(self.app.screen_stack) > 2:
             self.app.pop_screen()
         else:
-            from installer_tui.screens.find import FindBundleScreen
-            self.app.switch_screen(FindBundleScreen())
+            self.nav.show_bundles()
 
     def action_rollback(self) -> None:
         s = self.status

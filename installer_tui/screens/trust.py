@@ -189,9 +189,8 @@ class TrustScreen(InstallerScreen):
         if self.first_install and not self.query_one("#compared", Checkbox).value:
             self.notify("Compare the fingerprints and tick the box first.", severity="warning")
             return
-        from installer_tui.screens.install import InstallScreen
-        self.app.push_screen(InstallScreen(self.parts, self.manifest,
-                                           self.root_path if self.first_install else None))
+        self.nav.show_install(self.parts, self.manifest,
+                              self.root_path if self.first_install else None)
 
     def action_back(self) -> None:
         self.app.pop_screen()
