@@ -17,8 +17,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev,torch]'
 	touch $@
 
+# Style, the layers of docs/architecture.md, and declared == imported dependencies.
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/deptry .
 
 typecheck: venv
 	$(VENV)/bin/mypy

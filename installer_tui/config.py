@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from appliance.engines.base import Engine
+from appliance.site.engine import Engine
 from appliance.site.gpu import GpuProbe
 from appliance.site.layout import Site
 from installer_tui.figures import FiguresSource, RuntimeFigures

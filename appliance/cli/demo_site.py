@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from appliance.bundle.store import ContentStore
-from appliance.engines.base import Engine
 from appliance.errors import ApplianceError, EngineUnavailableError
+from appliance.site.engine import Engine
 from appliance.site.layout import SLOT_PORT_STEP, Site
 from appliance.units import human
 from bundler.demo import DemoResult

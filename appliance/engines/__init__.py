@@ -6,8 +6,8 @@ import os
 import shlex
 from pathlib import Path
 
-from appliance.engines.base import Engine, Launch, launches, with_port
 from appliance.errors import EngineError
+from appliance.site.engine import Engine, Launch, launches, with_port
 from appliance.site.layout import Site
 
 __all__ = ["RUNTIME_COMMAND_ENV", "Engine", "Launch", "launches", "make_engine", "with_port"]

@@ -23,7 +23,10 @@ from typing import Any
 from appliance.bundle.imagearchive import image_archive_chunks
 from appliance.bundle.manifest import Image, Manifest, image_blobs
 from appliance.bundle.store import ContentStore
-from appliance.engines.base import (
+from appliance.engines.podmanload import load_in_place, podman_cli
+from appliance.errors import EngineError, EngineUnavailableError, ImageLoadError, StoreError
+from appliance.progress import Progress, ProgressFn, no_progress
+from appliance.site.engine import (
     HEALTH_INTERVAL_S,
     HEALTH_RETRIES,
     HEALTH_START_PERIOD_S,
@@ -33,9 +36,6 @@ from appliance.engines.base import (
     site_id,
     with_port,
 )
-from appliance.engines.podmanload import load_in_place, podman_cli
-from appliance.errors import EngineError, EngineUnavailableError, ImageLoadError, StoreError
-from appliance.progress import Progress, ProgressFn, no_progress
 from appliance.site.layout import Release, Site
 from appliance.site.placement import Placement
 

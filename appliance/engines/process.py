@@ -21,10 +21,10 @@ from pathlib import Path
 from appliance.bundle.layers import extract_model
 from appliance.bundle.manifest import Manifest
 from appliance.bundle.store import ContentStore
-from appliance.engines.base import Launch, launches, site_id
 from appliance.errors import EngineError, ImageLoadError, StoreError
 from appliance.fsutil import atomic_write
 from appliance.progress import Progress, ProgressFn, no_progress
+from appliance.site.engine import Launch, launches, site_id
 from appliance.site.layout import Release, Site
 from appliance.site.placement import Placement
 

@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Any
 
 from appliance.bundle.manifest import Manifest
-from appliance.engines.base import Engine, launches, port_in_use
 from appliance.errors import (
     AcceptanceError,
     ApplianceError,
@@ -60,6 +59,7 @@ from appliance.errors import (
 from appliance.fsutil import atomic_write
 from appliance.progress import Progress, ProgressFn, no_progress
 from appliance.site.acceptance import check_samples, wait_ready
+from appliance.site.engine import Engine, launches, port_in_use
 from appliance.site.gpu import GpuProbe, GpuReport
 from appliance.site.layout import PLACEMENT_FILE, Release, Site
 from appliance.site.placement import Placement, plan_placement

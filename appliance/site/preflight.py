@@ -17,8 +17,8 @@ from typing import Literal
 
 from appliance.bundle.manifest import Manifest
 from appliance.bundle.store import ContentStore
-from appliance.engines.base import Engine
 from appliance.errors import ApplianceError
+from appliance.site.engine import Engine
 from appliance.site.gpu import GpuReport
 from appliance.units import human
 from signing import SigningError, TrustRoot

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from appliance.engines.base import launches
 from appliance.engines.docker import DockerEngine
 from appliance.errors import EngineUnavailableError, ImageLoadError
+from appliance.site.engine import launches
 from appliance.site.gpu import GpuReport
 from appliance.site.layout import Site
 from appliance.site.placement import plan_placement
