@@ -8,51 +8,22 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
 
 from appliance.bundle import find_bundle_parts, read_manifest_unverified, verify_bundle
 from appliance.bundle.manifest import Manifest, parse_time
 from appliance.bundle.store import ContentStore
+from appliance.cli.progress import ProgressPrinter
 from appliance.errors import BundleWriteError, SpecError
-from appliance.progress import Progress, ProgressFn, no_progress
+from appliance.progress import ProgressFn, no_progress
 from appliance.site.state import SiteState
 from appliance.units import human, parse_size
 from signing import fingerprint
 
 
-class ProgressBar:
-    """A one-line bar on a terminal (stderr), redrawn at most ten times a second."""
-
-    def __init__(self, stream: TextIO = sys.stderr, width: int = 30) -> None:
-        self.stream, self.width = stream, width
-        self._last = 0.0
-        self._drawn = False
-
-    def __call__(self, p: Progress) -> None:
-        now = time.monotonic()
-        final = p.total and p.done >= p.total
-        if now - self._last < 0.1 and not final:
-            return
-        self._last = now
-        frac = min(1.0, p.done / p.total) if p.total else 0.0
-        fill = int(frac * self.width)
-        msg = p.message[:40]
-        self.stream.write(f"\r{p.step:<7} [{'#' * fill}{'.' * (self.width - fill)}] "
-                          f"{frac * 100:5.1f}% {human(p.done):>10} / {human(p.total):<10} "
-                          f"{msg:<40}")
-        self.stream.flush()
-        self._drawn = True
-
-    def close(self) -> None:
-        if self._drawn:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
-def _progress(args: argparse.Namespace) -> tuple[ProgressFn, ProgressBar | None]:
+def _progress(args: argparse.Namespace) -> tuple[ProgressFn, ProgressPrinter | None]:
     if getattr(args, "quiet", False) or not sys.stderr.isatty():
         return no_progress, None
-    bar = ProgressBar()
+    bar = ProgressPrinter(sys.stderr, bar=True)
     return bar, bar
 
 

@@ -244,7 +244,7 @@ def print_bundle(r: DemoResult) -> None:
 
 def run_demo(work: Path, *, engine: str, port: int, clean: bool, started: float) -> int:
     """Build, install and serve the demo; print the endpoint, a curl line and one answer."""
-    from appliance.cli.site import PlainProgress
+    from appliance.cli.progress import ProgressPrinter
     from appliance.site.gpu import NvmlProbe
     from appliance.site.plan import InstallOptions, InstallPlan
     from bundler.demo import make_demo_bundle
@@ -277,7 +277,7 @@ def run_demo(work: Path, *, engine: str, port: int, clean: bool, started: float)
             plan = InstallPlan(InstallOptions(bundle=demo.bundle, site=site, engine=eng,
                                               gpu_probe=NvmlProbe(), trust=demo.trust_root,
                                               health_timeout_s=180.0),
-                               progress=PlainProgress(as_json=False))
+                               progress=ProgressPrinter(bar=False))
             result = plan.run()
     except (ApplianceError, OSError) as e:
         print(f"error: {e}", flush=True)

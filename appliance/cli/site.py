@@ -11,11 +11,10 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
+from appliance.cli.progress import ProgressPrinter
 from appliance.engines import Engine, make_engine
 from appliance.errors import ApplianceError, exit_code
-from appliance.progress import Progress
 from appliance.site.layout import DEFAULT_ROOT, Site
 from signing import SigningError
 
@@ -68,38 +67,6 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--unit-dir", type=Path, help="process engine: where to write systemd units")
 
 
-class PlainProgress:
-    """Renders plan events as plain lines (or JSON lines) for a terminal or a log."""
-
-    def __init__(self, as_json: bool) -> None:
-        self.as_json = as_json
-        self._last_pct: dict[str, int] = {}
-
-    def __call__(self, ev: Progress) -> None:
-        from appliance.site.plan import CheckEvent, StepEvent
-        if self.as_json:
-            doc: dict[str, Any] = {"step": ev.step, "done": ev.done, "total": ev.total,
-                                   "message": ev.message, "kind": type(ev).__name__}
-            if isinstance(ev, StepEvent):
-                doc["status"] = ev.status
-            if isinstance(ev, CheckEvent):
-                doc["level"] = ev.level
-            print(json.dumps(doc), flush=True)
-            return
-        if isinstance(ev, StepEvent):
-            mark = {"running": "==>", "ok": " ok", "warn": "  !", "failed": "  X"}[ev.status]
-            print(f"{mark} {ev.step}: {ev.message}", flush=True)
-        elif isinstance(ev, CheckEvent):
-            print(f"    {ev.message}", flush=True)
-        elif ev.total:
-            pct = ev.done * 100 // ev.total
-            if pct // 10 != self._last_pct.get(ev.step, -1) // 10 or ev.done == ev.total:
-                self._last_pct[ev.step] = pct
-                print(f"    {ev.step}: {pct:3d}% of {ev.total / 1024**2:.1f} MiB", flush=True)
-        elif ev.message:
-            print(f"    {ev.message}", flush=True)
-
-
 def cmd_install(args: argparse.Namespace) -> int:
     from appliance.site.gpu import GpuProbe, NvmlProbe, RecordedProbe
     from appliance.site.plan import InstallOptions, InstallPlan
@@ -108,7 +75,7 @@ def cmd_install(args: argparse.Namespace) -> int:
               "screens)", file=sys.stderr)
         return 2
     site = Site(args.root)
-    out = PlainProgress(args.json)
+    out = ProgressPrinter(as_json=args.json, bar=False)
     try:
         probe: GpuProbe = RecordedProbe.from_file(args.gpu_state) if args.gpu_state \
             else NvmlProbe()
@@ -158,7 +125,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     site = Site(args.root)
     try:
         seq = rollback(site, _engine(args, site), args.sequence,
-                       progress=PlainProgress(False), health_timeout_s=args.health_timeout)
+                       progress=ProgressPrinter(bar=False), health_timeout_s=args.health_timeout)
     except ApplianceError as e:
         print(f"error: {e}", file=sys.stderr)
         return exit_code(e)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from contextlib import suppress
 
-from appliance.engines.base import Engine
+from appliance.site.engine import Engine
 from appliance.errors import ApplianceError, ReleaseFailedError, SiteError
 from appliance.progress import ProgressFn, no_progress
 from appliance.site.acceptance import wait_ready

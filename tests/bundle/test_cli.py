@@ -146,11 +146,11 @@ def test_tiny_split_size_is_refused(tmp_path, keyfiles, capsys):
 def test_progress_bar_draws_one_line_and_ends_it():
     import io
 
-    from appliance.cli.bundle import ProgressBar
+    from appliance.cli.progress import ProgressPrinter
     from appliance.progress import Progress
 
     out = io.StringIO()
-    bar = ProgressBar(out, width=10)
+    bar = ProgressPrinter(out, bar=True, width=10)
     bar(Progress("verify", 5 * 1024 * 1024, 10 * 1024 * 1024, "blobs/sha256/abc"))
     bar(Progress("verify", 10 * 1024 * 1024, 10 * 1024 * 1024, "done"))
     bar.close()
