@@ -20,7 +20,7 @@ from appliance.plan import StepEvent
 from appliance.progress import Progress
 from appliance.rollback import rollback, rollback_target
 from appliance.site import Site
-from installer_tui.figures import FiguresSource, export_logs
+from installer_tui.figures import FiguresSource
 from installer_tui.format import human
 from installer_tui.messages import (
     Failed,
@@ -252,9 +252,11 @@ class StatusScreen(InstallerScreen):
 
     @work(thread=True, exclusive=True, group="export")
     def do_export(self, endpoints: dict[str, str], directory: Path) -> None:
-        try:
-            paths = [export_logs(endpoints[svc], directory, prefix=f"{svc}-")
-                     for svc in sorted(endpoints)]
+        from appliance.support.export import write_support_export
+        try:  # the whole site (every release, install logs, audit), not only what serves
+            paths = [write_support_export(self.config.site, directory,
+                                          engine=self.config.get_engine(),
+                                          gpu_probe=self.config.gpu_probe).path]
         except Exception as e:  # shown on the screen
             self.post_message(Failed(e, "export"))
             return
