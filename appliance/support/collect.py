@@ -102,7 +102,15 @@ def _file_item(p: Path, arcname: str, since: float, key: str,
         mtime = p.stat().st_mtime
         if mtime < since:
             return
-        data = redactor.lines(p.read_bytes(), arcname, keep=_since(since, key))
+        raw = p.read_bytes()
+        # a file whose first line is recent needs no line-by-line time filter
+        first = raw[: raw.find(b"\n")] if b"\n" in raw else raw
+        keep = _since(since, key)
+        try:
+            recent = keep(json.loads(first)) and _ts(json.loads(first).get(key)) is not None
+        except (ValueError, AttributeError):
+            recent = False
+        data = redactor.lines(raw, arcname, keep=None if recent else keep)
     except FileNotFoundError:
         return  # rotated or pruned while we listed
     if data:

@@ -73,6 +73,14 @@ def _hits(line: str, rules: list[Rule]) -> bool:
     return False
 
 
+def _loads(line: str) -> Any:
+    try:
+        import orjson  # the runtime's own dependency: several times faster on a week of logs
+    except ImportError:
+        return json.loads(line)
+    return orjson.loads(line)
+
+
 def _active(text: str) -> list[Rule]:
     """The rules whose hints appear in `text` (case-insensitively)."""
     low = text.lower()
@@ -130,10 +138,13 @@ class Redactor:
         keys = any(f'"{k}"' in low for k in CLIENT_FIELDS | SECRET_FIELDS)
         out: list[str] = []
         for line in text.splitlines():
+            if keep is None and not keys and not _hits(line, rules):
+                out.append(line)  # nothing to filter or scrub: kept byte for byte, unparsed
+                continue
             doc: Any = None
             if line.startswith("{"):
                 try:
-                    doc = json.loads(line)
+                    doc = _loads(line)
                 except ValueError:
                     doc = None
             if isinstance(doc, dict):

@@ -65,12 +65,16 @@ def _series(samples: list[dict[str, Any]]) -> dict[str, Any]:
     import numpy as np
 
     def col(key: str) -> Any:
-        return np.array([float(s[key]) if isinstance(s.get(key), int | float) else np.nan
-                         for s in samples])
+        vals = [x.get(key) for x in samples]
+        try:
+            return np.array(vals, dtype=float)  # None becomes NaN
+        except (TypeError, ValueError):  # a field of the wrong type: keep only the numbers
+            return np.array([v if isinstance(v, int | float) else np.nan for v in vals],
+                            dtype=float)
 
     def gpu(key: str) -> Any:
-        return np.array([sum(float(g.get(key) or 0) for g in s.get("gpus") or [])
-                         if s.get("gpus") else np.nan for s in samples])
+        return np.array([sum(float(g.get(key) or 0) for g in gs) if (gs := x.get("gpus"))
+                         else np.nan for x in samples], dtype=float)
 
     t = col("t")
     errors = col("errors_total")
@@ -89,7 +93,6 @@ def plots_svg(site: SiteData) -> str:
     matplotlib.use("Agg")
     import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
-    import numpy as np
 
     plt.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "appliance",
                          "font.size": 8, "axes.grid": True, "grid.alpha": 0.3})
@@ -110,16 +113,18 @@ def plots_svg(site: SiteData) -> str:
     ax0.set_yticks(range(len(kinds)), kinds)
     for svc, samples in sorted(site.metrics.items()):
         s = _series(samples)
-        when = np.array([datetime.fromtimestamp(x, UTC) for x in s["t"]], dtype=object)
+
+        def dated(xs: Any) -> list[datetime]:
+            return [datetime.fromtimestamp(float(x), UTC) for x in xs]  # only the buckets
         for ax, (key, title, how) in zip(axes[1:], panels, strict=True):
             ax.set_title(title, loc="left")
             if key == "lat":
                 for k, style in (("p50", "-"), ("p99", "--")):
-                    x, y = _buckets(when, s[k], "max" if k == "p99" else "mean")
-                    ax.plot(x, y, style, linewidth=0.8, label=f"{svc} {k}")
+                    x, y = _buckets(s["t"], s[k], "max" if k == "p99" else "mean")
+                    ax.plot(dated(x), y, style, linewidth=0.8, label=f"{svc} {k}")
             else:
-                x, y = _buckets(when, s[key], how)
-                ax.plot(x, y, linewidth=0.8, label=svc)
+                x, y = _buckets(s["t"], s[key], how)
+                ax.plot(dated(x), y, linewidth=0.8, label=svc)
     for ax in axes:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="upper right", fontsize=7, ncols=4)

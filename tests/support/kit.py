@@ -103,14 +103,15 @@ def write_runtime(site: Site, *, start: float, end: float, step_s: float = 60.0,
     os.utime(base / "logs" / LOG_NAME, (end, end))
 
 
-def busy_site(root: Path, *, days: float = 7.0, step_s: float = 10.0) -> Site:
-    """A site with two releases, a week of runtime history and logs, and an audit trail."""
+def busy_site(root: Path, *, days: float = 7.0, step_s: float = 10.0, end: float = NOW) -> Site:
+    """A site with two releases, a week (up to `end`) of runtime history and logs, and an
+    audit trail."""
     site = Site(root)
     site.ensure()
     key = PrivateKey.generate()
     add_release(site, 1, status="stopped", key=key, current=False)
     add_release(site, 2, key=key)
-    start = NOW - days * DAY
+    start = end - days * DAY
     audit.append(root, "install", now=datetime.fromtimestamp(start, UTC), sequence=1,
                  version="1.0.1")
     audit.append(root, "update", now=datetime.fromtimestamp(start + DAY, UTC), sequence=2,
@@ -118,5 +119,5 @@ def busy_site(root: Path, *, days: float = 7.0, step_s: float = 10.0) -> Site:
     lines = [{"ts": iso(start + i * 30), "level": "INFO", "logger": "runtime.access",
               "msg": f"POST /v2/models/mlp/infer 200 {3 + i % 7} ms"}
              for i in range(int(days * DAY / 30))]
-    write_runtime(site, start=start, end=NOW, step_s=step_s, extra_lines=lines)
+    write_runtime(site, start=start, end=end, step_s=step_s, extra_lines=lines)
     return site
