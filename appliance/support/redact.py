@@ -46,11 +46,11 @@ RULES: tuple[tuple[str, re.Pattern[str], tuple[str, ...] | None], ...] = (
      ("token", "passw", "secret", "api", "passphrase", "authorization")),
     ("date-of-birth", re.compile(
         r"(?i)\b(?:dob|d\.o\.b\.|date[ _-]?of[ _-]?birth|birth[ _-]?date|patientbirthdate"
-        r"|\(0010,\s*0030\))\W{0,4}" + _DATE), ("dob", "d.o.b", "birth", "0010,")),
+        r"|\(0010,\s*0030\))\W{0,4}" + _DATE), ("dob", "d.o.b", "birth", "(0010,")),
     ("patient-id", re.compile(
         r"(?i)\b(?:mrn|patient[ _-]?id|patientid|accession(?:[ _-]?(?:no|number|nr))?"
         r"|accessionnumber|\(0010,\s*0020\)|\(0008,\s*0050\))\W{0,4}[A-Za-z0-9-]{3,}"),
-     ("mrn", "patient", "accession", "0010,", "0008,")),
+     ("mrn", "patient", "accession", "(0010,", "(0008,")),
     ("patient-id", re.compile(r"\b(?:MRN|ACC|PID|PAT)[-_]?\d{4,}\b|\b[A-Z]{1,3}\d{7,12}\b"),
      None),
     ("person-name", re.compile(
