@@ -8,10 +8,10 @@ site's earlier export passes it as `expect_key_id`, so a re-signed forgery is ca
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from signing import verify as dsse_verify
 
 MAX_MEMBER_BYTES = 512 * 1024**2
 MAX_MEMBERS = 100_000
+MAX_TOTAL_BYTES = 4 * 1024**3  # far above the default --max-size of 1 GiB
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,24 @@ class VerifiedExport:
         return out
 
 
+def _gunzip(path: Path, name: str, data: bytes) -> bytes:
+    """A gzip member's bytes, refusing one that inflates past the member cap (a bomb).
+
+    Raises:
+        ExportIntegrityError: not gzip, cut short, or too large once inflated.
+    """
+    d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        out = d.decompress(data, MAX_MEMBER_BYTES + 1)
+    except zlib.error as e:
+        raise _bad(path, f"member {name} does not decompress ({e})") from e
+    if len(out) > MAX_MEMBER_BYTES or d.unconsumed_tail:
+        raise _bad(path, f"member {name} inflates past {MAX_MEMBER_BYTES} bytes")
+    if not d.eof:
+        raise _bad(path, f"member {name} is a cut gzip stream")
+    return out
+
+
 def _loads(data: bytes) -> Any:
     """JSON from bytes; orjson (the runtime's own dependency) when present: a week of
     history is 10^5 lines."""
@@ -86,6 +105,7 @@ def verify_export(path: Path, expect_key_id: str | None = None) -> VerifiedExpor
     """
     raw: dict[str, bytes] = {}
     top = ""
+    total = 0
     try:
         with tarfile.open(path, mode="r:") as tar:
             for i, m in enumerate(tar):
@@ -97,7 +117,8 @@ def verify_export(path: Path, expect_key_id: str | None = None) -> VerifiedExpor
                 top = top or head
                 if head != top or not name or ".." in name.split("/") or name.startswith("/"):
                     raise _bad(path, f"member {m.name!r} lies outside {top}/")
-                if m.size > MAX_MEMBER_BYTES:
+                total += m.size
+                if m.size > MAX_MEMBER_BYTES or total > MAX_TOTAL_BYTES:
                     raise _bad(path, f"member {name} is {m.size} bytes, over the cap")
                 if name in raw:
                     raise _bad(path, f"member {name} appears twice")
@@ -136,11 +157,6 @@ def verify_export(path: Path, expect_key_id: str | None = None) -> VerifiedExpor
         raise _bad(path, f"{len(missing)} listed member(s) are missing, first {missing[0]}")
     files: dict[str, bytes] = {}
     for name, data in raw.items():
-        if name.endswith(".gz"):
-            try:
-                files[name[:-3]] = gzip.decompress(data)
-            except (OSError, EOFError) as e:
-                raise _bad(path, f"member {name} does not decompress ({e})") from e
-        else:
-            files[name] = data
+        files[name[:-3] if name.endswith(".gz") else name] = \
+            _gunzip(path, name, data) if name.endswith(".gz") else data
     return VerifiedExport(path, top, pub.key_id, files)
