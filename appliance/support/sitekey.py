@@ -35,6 +35,9 @@ def site_key(root: Path) -> PrivateKey:
         atomic_write(key_path, key.to_pem(), mode=0o600)
         atomic_write(d / PUB_FILE, key.public_key.to_pem(), mode=0o644)
         return key
+    except PermissionError as e:
+        raise SupportError(f"cannot read or make the site's support key {key_path} "
+                           f"({e.strerror}); run as root (sudo)") from e
     except (OSError, SigningError) as e:
         raise SupportError(f"the site's support key {key_path} is unusable ({e}); move it "
                            "aside and run again to make a new one") from e

@@ -261,7 +261,12 @@ def test_logs_export_is_the_site_export_with_root(tmp_path, capsys):
     printed = capsys.readouterr().out.splitlines()
     path = Path(printed[0])
     assert path.parent == out and "files" in printed[1]
-    assert "releases/2/install.log" in verify_export(path).files
+    v = verify_export(path)
+    assert "releases/2/install.log" in v.files
+    assert main(["support", "verify", str(path), "--key-id", v.key_id]) == 0
+    assert f"signed by site key {v.key_id}" in capsys.readouterr().out
+    assert main(["support", "verify", str(path), "--key-id", "0" * 64]) == 1
+    assert "not the expected" in capsys.readouterr().err
     # a root that is no site is an error, not an empty export
     assert main(["logs", "export", "--to", str(out), "--root", str(tmp_path / "nope")]) == 1
     err = capsys.readouterr().err
