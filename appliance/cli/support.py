@@ -12,6 +12,7 @@ import re
 import sys
 from pathlib import Path
 
+from appliance.errors import ApplianceError
 from appliance.site import DEFAULT_ROOT
 
 UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
@@ -47,9 +48,9 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
                    help="logs and history this far back (default 7d)")
     p.add_argument("--max-size", type=parse_size, default=None, metavar="SIZE",
                    help="largest archive; the oldest logs are left out to fit (default 1GiB)")
-    p.add_argument("--engine", choices=("docker", "process"), default=None,
-                   help="also ask this engine for its version and the running containers' "
-                        "output (default: do not contact an engine)")
+    p.add_argument("--engine", choices=("docker", "process", "none"), default=None,
+                   help="the engine to ask for its version and (docker) the running "
+                        "containers' output; default: the current release's; none: ask none")
     p.add_argument("--docker-host", help="engine socket URL")
     p.add_argument("--unit-dir", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--gpu-state", type=Path, help="a recorded GPU state instead of NVML")
@@ -86,9 +87,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     from appliance.support.export import DEFAULT_MAX_BYTES, write_support_export
     site = Site(args.root)
     engine = None
-    if args.engine is not None:
+    if args.engine != "none" and site.root.is_dir():
         from appliance.cli.site import make_site_engine
-        engine = make_site_engine(args, site)
+        try:
+            engine = make_site_engine(args, site)
+        except ApplianceError as e:  # the export matters more than the engine's answer
+            print(f"warning: not asking the engine: {e}", file=sys.stderr)
     probe: GpuProbe | None = RecordedProbe.from_file(args.gpu_state) if args.gpu_state else None
     r = write_support_export(site, args.to, since_s=args.since,
                              max_bytes=args.max_size or DEFAULT_MAX_BYTES, engine=engine,

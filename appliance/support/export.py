@@ -184,8 +184,8 @@ def _meta(now: float, since_s: float, max_bytes: int, key_id: str, redactor: Red
 
 def _engine_items(site: Site, engine: Any, redactor: Redactor, now: float) -> list[Item]:
     """Container output of running releases, from the engine (docker keeps no files)."""
-    if engine is None:
-        return []
+    if engine is None or getattr(engine, "name", "") != "docker":
+        return []  # the process engine's output is in releases/<seq>/run already
     out = []
     try:
         running = sorted(engine.running())

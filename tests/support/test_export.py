@@ -263,6 +263,8 @@ def test_logs_export_is_the_site_export_with_root(tmp_path, capsys):
     assert path.parent == out and "files" in printed[1]
     v = verify_export(path)
     assert "releases/2/install.log" in v.files
+    # the current release's engine was asked for its version
+    assert v.json("system.json")["engine"]["version"].startswith("process supervisor")
     assert main(["support", "verify", str(path), "--key-id", v.key_id]) == 0
     assert f"signed by site key {v.key_id}" in capsys.readouterr().out
     assert main(["support", "verify", str(path), "--key-id", "0" * 64]) == 1
