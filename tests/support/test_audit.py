@@ -9,12 +9,18 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from appliance.cli import main
-from appliance.errors import ApplianceError
+from appliance.errors import (
+    ApplianceError,
+    EngineError,
+    PreflightError,
+    TruncatedBundleError,
+)
 from appliance.gpu import GpuReport, RecordedProbe
 from appliance.plan import InstallOptions, InstallPlan
 from appliance.rollback import rollback
 from appliance.support import audit
 from appliance.support.errors import AuditChainError
+from appliance.support.hooks import refusal_reason
 from signing import PrivateKey
 from tests.bundle.kit import flip_bit
 from tests.site.bundlekit import make_bundle, resign, vendor
@@ -125,3 +131,16 @@ def test_installs_refusals_trust_and_rollback_are_audited_with_reasons(ps):
     assert entries[1].fields["signers"] == [ps.vendor.key.key_id[:16]]
     # the first install made the key that will sign this site's support exports
     assert (ps.site.root / "support" / "site.key").stat().st_mode & 0o077 == 0
+
+
+@pytest.mark.parametrize(("error", "failed", "reason"), [
+    (PreflightError("preflight failed: disk: needs 4 GiB"), ["disk"], "not enough space"),
+    (PreflightError("preflight failed: clock: the bundle expired"), ["clock"], "expired"),
+    (PreflightError("preflight failed: trust root: no trust root"), ["trust root"],
+     "trust root"),
+    (TruncatedBundleError("cut short"), [], "damaged (cut short)"),
+    (PreflightError("preflight failed: engine: does not answer"), ["engine"], None),
+    (EngineError("podman load failed"), [], None),
+])
+def test_refusal_reasons_are_the_auditors_words(error, failed, reason):
+    assert refusal_reason(error, failed) == reason
