@@ -35,7 +35,7 @@ demo: venv
 	$(PY) -m appliance demo
 
 # Every benchmark, each printing its table with a baseline measured in the same run.
-bench: bench-bundle bench-runtime bench-install
+bench: bench-bundle bench-runtime bench-install bench-support
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache out
@@ -61,3 +61,8 @@ bench-runtime: venv
 .PHONY: bench-install
 bench-install: venv
 	$(PY) bench/install_bench.py --rounds 3
+
+# Support export and report over a busy site's week, against tar -czf by hand.
+.PHONY: bench-support
+bench-support: venv
+	$(PY) bench/support_bench.py --days 7 --step 10 --services 2 --sites 3

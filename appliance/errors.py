@@ -173,3 +173,28 @@ class InstallLockedError(InstallError):
     """Another installer is working on the same site."""
 
     exit_code = EXIT_LOCKED
+
+
+# -- support: the audit trail, the export, the report -----------------------
+class SupportError(ApplianceError):
+    """Root of the support export's, the audit trail's and the report's errors."""
+
+
+class AuditChainError(SupportError):
+    """The audit trail's hash chain is broken: a line was edited, removed or inserted."""
+
+
+class ExportWriteError(SupportError):
+    """The export could not be written (stick full, pulled, read-only); nothing whole is left."""
+
+
+class ExportIntegrityError(SupportError):
+    """An export is damaged, edited, unsigned or not an export at all."""
+
+
+class ExportTooLargeError(ExportWriteError):
+    """Even the export's essentials do not fit in `--max-size`."""
+
+
+class ReportError(SupportError):
+    """The report could not be made (no exports given, or one cannot be read)."""

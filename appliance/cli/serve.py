@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
-
-DEFAULT_DATA_DIR = Path("/var/lib/appliance/runtime")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,12 +18,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     logs = sub.add_parser("logs", help="the runtime's logs and metrics history")
     logs_sub = logs.add_subparsers(dest="logs_command", metavar="ACTION", required=True)
     export = logs_sub.add_parser(
-        "export", help="write one archive of logs, metrics history, system and release info")
-    export.add_argument("--to", type=Path, required=True, help="directory to write into")
+        "export", help="the site's support export (as `appliance support export`); with "
+                       "--data-dir, only one runtime's logs and history")
+    from appliance.cli.support import add_export_arguments
+    add_export_arguments(export)
     export.add_argument("--data-dir", type=Path,
-                        help=f"runtime data directory (default $RUNTIME_DATA_DIR or "
-                             f"{DEFAULT_DATA_DIR})")
-    export.add_argument("--models", type=Path, help="models directory to describe")
+                        help="export only this runtime data directory (the runtime's own "
+                             "archive, as `python -m runtime` writes it)")
+    export.add_argument("--models", type=Path, help="with --data-dir: models directory to "
+                                                    "describe")
     export.set_defaults(func=_export)
 
 
@@ -46,7 +46,10 @@ def _export(args: argparse.Namespace) -> int:
     from runtime.errors import ServeError
     from runtime.export import write_export
 
-    data_dir = args.data_dir or Path(os.environ.get("RUNTIME_DATA_DIR", DEFAULT_DATA_DIR))
+    if args.data_dir is None:  # the whole site: the same as `appliance support export`
+        from appliance.cli.support import cmd_export
+        return cmd_export(args)
+    data_dir = args.data_dir
     if not data_dir.is_dir():
         print(f"error: runtime data directory {data_dir} does not exist; pass --data-dir",
               file=sys.stderr)

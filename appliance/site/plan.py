@@ -59,6 +59,7 @@ from appliance.errors import (
 from appliance.fsutil import atomic_write
 from appliance.progress import Progress, ProgressFn, no_progress
 from appliance.site.acceptance import check_samples, wait_ready
+from appliance.site.auditing import audit_allow_expired, audit_step, audit_trust
 from appliance.site.engine import Engine, launches, port_in_use
 from appliance.site.gpu import GpuProbe, GpuReport
 from appliance.site.layout import PLACEMENT_FILE, Release, Site
@@ -192,9 +193,11 @@ class InstallPlan:
         except ApplianceError as e:
             if name in STARTED_STEPS:
                 e = self._roll_back(name, e)
+            audit_step(self, name, e)
             self._event(StepEvent(name, message=str(e), status="failed"))
             raise e from e.__cause__
         self._done.append(name)
+        audit_step(self, name, None)
         warned = (name == "preflight" and any(c.level == "warn" for c in self.checks)) or (
             name == "stop_old" and bool(self._warnings))
         self._event(StepEvent(name, message=title, status="warn" if warned else "ok"))
@@ -256,6 +259,7 @@ class InstallPlan:
         self._new_root = self._rotated_root()  # a bad rotation refuses the bundle up front
         if self.o.trust and not self.site.trust_path.exists():
             atomic_write(self.site.trust_path, self.o.trust.read_bytes())
+            audit_trust(self.site.root, self.trust_root, "first trust (--trust)")
         self.previous = self.site.current()
         self.release = self.site.stage_release(v.manifest_bytes, v.envelope_bytes,
                                                v.manifest.sequence, self.engine.name)
@@ -265,6 +269,7 @@ class InstallPlan:
         if self.o.allow_expired and self.o.now() > v.manifest.expires_at:
             self.release.log("override", reason=f"installed expired bundle (expired "
                                                 f"{v.manifest.expires}) with --allow-expired")
+            audit_allow_expired(self, v.manifest.expires)
         self._info("verify", f"signed by {', '.join(k[:16] for k in v.signers)}; "
                              f"release {v.manifest.sequence} ({v.manifest.version})")
 
@@ -360,6 +365,7 @@ class InstallPlan:
         self.engine.enable(seq)
         if new_root is not None:
             atomic_write(self.site.trust_path, new_root.to_json())
+            audit_trust(self.site.root, new_root, f"rotated by release {seq}")
         self.site.accept_sequence(seq, new_root.version if new_root else
                                   (self.trust_root.version if self.trust_root else None))
         self._record(status="serving", reason="")

@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 from contextlib import suppress
 
-from appliance.site.engine import Engine
 from appliance.errors import ApplianceError, ReleaseFailedError, SiteError
 from appliance.progress import ProgressFn, no_progress
 from appliance.site.acceptance import wait_ready
+from appliance.site.audit import record as audit
+from appliance.site.engine import Engine
 from appliance.site.layout import PLACEMENT_FILE, Release, Site
 from appliance.site.placement import Placement
 from appliance.site.plan import StepEvent, site_lock
@@ -51,6 +52,7 @@ def rollback(site: Site, engine: Engine, sequence: int | None = None, *,
                 engine.stop(seq)
                 site.update_record(target, status="failed", reason=str(e))
                 keeps = f"release {cur.sequence} keeps serving" if cur else "nothing serves"
+                audit(site.root, "rollback_failed", sequence=seq, error=str(e))
                 raise ReleaseFailedError(f"release {seq} did not come back: {e}; {keeps}") \
                     from e
             site.switch_current(seq)
@@ -60,6 +62,7 @@ def rollback(site: Site, engine: Engine, sequence: int | None = None, *,
             engine.stop(other)
             with suppress(SiteError):
                 site.update_record(site.release(other), status="stopped")
+        audit(site.root, "rollback", sequence=seq, previous=cur.sequence if cur else None)
         progress(StepEvent("rollback", message=f"release {seq} is serving", status="ok"))
         return seq
 

@@ -21,7 +21,7 @@ from appliance.site.layout import Site
 from appliance.site.plan import StepEvent
 from appliance.site.rollback import rollback, rollback_target
 from appliance.units import human
-from installer_tui.figures import FiguresSource, export_logs
+from installer_tui.figures import FiguresSource
 from installer_tui.messages import (
     Failed,
     FiguresHistory,
@@ -251,9 +251,11 @@ class StatusScreen(InstallerScreen):
 
     @work(thread=True, exclusive=True, group="export")
     def do_export(self, endpoints: dict[str, str], directory: Path) -> None:
-        try:
-            paths = [export_logs(endpoints[svc], directory, prefix=f"{svc}-")
-                     for svc in sorted(endpoints)]
+        from appliance.support.export import write_support_export
+        try:  # the whole site (every release, install logs, audit), not only what serves
+            paths = [write_support_export(self.config.site, directory,
+                                          engine=self.config.get_engine(),
+                                          gpu_probe=self.config.gpu_probe).path]
         except Exception as e:  # shown on the screen
             self.post_message(Failed(e, "export"))
             return

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import threading
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from appliance.site.gpu import GpuReport
+from appliance.support.verify import verify_export
 from installer_tui.screens.find import FindBundleScreen
 from installer_tui.screens.install import InstallScreen
 from installer_tui.screens.status import StatusScreen
@@ -103,12 +103,12 @@ async def test_first_install_from_stick_to_serving_then_status_figures_and_expor
         assert field.has_focus and field.value == str(rig.tmp / "export")
         field.value = str(out)
         await pilot.press("enter")
-        await wait_for(pilot, lambda: list(out.glob("*.tar.gz")) and not status.busy,
-                       what="the log export")
-        (archive,) = out.glob("*.tar.gz")
-        assert archive.name.startswith("mlp-")
-        assert gzip.decompress(archive.read_bytes())  # a whole gzip stream, not a part
-        assert not list(out.glob(".*.tmp"))
+        await wait_for(pilot, lambda: list(out.glob("*.tar")) and not status.busy,
+                       what="the support export")
+        (archive,) = out.glob("*.tar")
+        export = verify_export(archive)  # whole, signed by the site's key
+        assert any(n.endswith("/install.log") for n in export.files)
+        assert not list(out.glob(".*.partial"))
         assert "Wrote" in text_of(status.query_one("#status-message"))
     assert bundle.exists()
 
