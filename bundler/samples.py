@@ -113,7 +113,9 @@ def make_cnn_onnx(
     rng = np.random.default_rng(seed)
 
     def arr(*shape: int) -> np.ndarray:
-        return (rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32)
+        out: np.ndarray = (rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))).astype(
+            np.float32)
+        return out
 
     inits = [
         numpy_helper.from_array(arr(c1, 3, 3, 3), "c1w"),
@@ -160,7 +162,8 @@ def make_torch_model(
     example = torch.zeros(2, sizes[0])
     if kind == "torchscript":
         file = "model.pt"
-        torch.jit.save(torch.jit.trace(module, example), str(directory / file))
+        torch.jit.save(torch.jit.trace(module, example),  # type: ignore[no-untyped-call]
+                       str(directory / file))
         framework = "torchscript"
     elif kind == "torch-export":
         file = "model.pt2"

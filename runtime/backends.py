@@ -162,7 +162,8 @@ class TorchBackend:
             if spec.framework == "torchscript":
                 # TorchScript archives hold code and tensors, read by the JIT loader (no pickle
                 # of arbitrary classes); map_location keeps weights off a GPU we were not given.
-                self._module: Any = torch.jit.load(str(spec.path), map_location=self.device)
+                self._module: Any = torch.jit.load(  # type: ignore[no-untyped-call]
+                    str(spec.path), map_location=self.device)
                 self._module.eval()
             else:
                 program = torch.export.load(str(spec.path))

@@ -19,8 +19,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import ExportError
-from runtime.gpu import GpuSource, GpuUnavailableError, NvmlSource
+from runtime.errors import ExportError, GpuUnavailableError
+from runtime.gpu import GpuSource, NvmlSource
 
 PACKAGES = ("offline-appliance", "onnxruntime", "onnxruntime-gpu", "torch", "numpy", "uvicorn",
             "nvidia-ml-py", "psutil")

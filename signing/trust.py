@@ -11,10 +11,11 @@ from signing.dsse import Envelope, sign, verify
 from signing.errors import (
     BadSignatureError,
     EnvelopeFormatError,
+    KeyFormatError,
     RootRotationError,
     TrustRootFormatError,
 )
-from signing.keys import KeyFormatError, PrivateKey, PublicKey
+from signing.keys import PrivateKey, PublicKey
 
 ROOT_PAYLOAD_TYPE = "application/vnd.appliance.root.v1+json"
 MAX_ROOT_BYTES = 512 * 1024

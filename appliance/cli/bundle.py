@@ -13,6 +13,7 @@ from appliance.bundle import find_bundle_parts, read_manifest_unverified, verify
 from appliance.bundle.manifest import Manifest, parse_time
 from appliance.bundle.store import ContentStore
 from appliance.cli.progress import ProgressPrinter
+from appliance.cli.types import SubParsers
 from appliance.errors import BundleWriteError, SpecError
 from appliance.progress import ProgressFn, no_progress
 from appliance.site.state import SiteState
@@ -131,7 +132,7 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: SubParsers) -> None:
     """Add `appliance bundle ...` to the top-level parser."""
     p = sub.add_parser("bundle", help="build, verify and inspect signed bundles")
     bs = p.add_subparsers(dest="bundle_command", metavar="ACTION", required=True)

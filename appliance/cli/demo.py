@@ -18,10 +18,11 @@ import time
 from pathlib import Path
 
 from appliance.cli.demo_site import print_bundle, run_demo, stop_demo
+from appliance.cli.types import SubParsers
 from bundler.demo import make_demo_bundle
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: SubParsers) -> None:
     """Add `appliance demo` to the top-level parser."""
     parser = sub.add_parser("demo", help="build a demo bundle, install it, serve it, answer once",
                             description=__doc__,

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from appliance.bundle.imagearchive import write_image_archive
 from appliance.bundle.store import ContentStore
 from appliance.cli.keys import load_trust_root
+from appliance.cli.types import SubParsers
 from appliance.errors import RollbackError, SiteError
 from appliance.fsutil import atomic_write, fsync_dir
 from appliance.k8s.names import archive_name
@@ -156,7 +157,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="accept an expired bundle (the site clock may be wrong); logged")
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: SubParsers) -> None:
     """Add `appliance k8s render|images` to the top-level parser."""
     p = sub.add_parser("k8s", help="Kubernetes (k3s air-gap): manifests and image archive")
     ks = p.add_subparsers(dest="k8s_command", metavar="ACTION", required=True)

@@ -6,6 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
+from appliance.cli.types import SubParsers
 from appliance.errors import TrustError
 from appliance.fsutil import atomic_write
 from signing import PrivateKey, PublicKey, TrustRoot, rotate_root, sign_root
@@ -105,7 +106,7 @@ def _fingerprint(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: SubParsers) -> None:
     p = sub.add_parser("keys", help="signing keys and trust roots")
     ks = p.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
 

@@ -6,8 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from appliance.cli.types import SubParsers
 
-def register(sub: argparse._SubParsersAction) -> None:
+
+def register(sub: SubParsers) -> None:
     """Add this module's subcommands to the top-level parser."""
     from runtime.settings import add_arguments
 

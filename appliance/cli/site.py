@@ -13,13 +13,14 @@ import sys
 from pathlib import Path
 
 from appliance.cli.progress import ProgressPrinter
+from appliance.cli.types import SubParsers
 from appliance.engines import Engine, make_engine
 from appliance.errors import ApplianceError, exit_code
 from appliance.site.layout import DEFAULT_ROOT, Site
 from signing import SigningError
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: SubParsers) -> None:
     """Add this module's subcommands to the top-level parser."""
     p = sub.add_parser("install", help="verify a bundle and install it as the serving release")
     p.add_argument("bundle", type=Path, help="the bundle file (or the first of its parts)")

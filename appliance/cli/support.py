@@ -12,6 +12,7 @@ import re
 import sys
 from pathlib import Path
 
+from appliance.cli.types import SubParsers
 from appliance.errors import ApplianceError
 from appliance.site.layout import DEFAULT_ROOT
 
@@ -56,7 +57,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu-state", type=Path, help="a recorded GPU state instead of NVML")
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: SubParsers) -> None:
     """Add this module's subcommands to the top-level parser."""
     sup = sub.add_parser("support", help="support export for the vendor, and its report")
     ssub = sup.add_subparsers(dest="support_command", metavar="ACTION", required=True)

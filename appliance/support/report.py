@@ -128,7 +128,8 @@ def plots_svg(site: SiteData) -> str:
     for ax in axes:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="upper right", fontsize=7, ncols=4)
-    axes[-1].xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M", tz=UTC))
+    axes[-1].xaxis.set_major_formatter(mdates.DateFormatter(  # type: ignore[no-untyped-call]
+        "%m-%d %H:%M", tz=UTC))
     buf = io.StringIO()
     fig.savefig(buf, format="svg", metadata={"Date": None})
     plt.close(fig)
