@@ -17,17 +17,15 @@ from typing import Any
 import yaml
 
 from appliance.bundle.manifest import (
-    FRAMEWORKS,
     GPU_POLICIES,
     NAME_RE,
     Provenance,
     Sample,
-    TensorSpec,
     format_time,
     parse_time,
 )
 from appliance.errors import ManifestError, SpecError
-from modelcontract import ModelContractError, check_spec
+from modelcontract import FRAMEWORKS, ModelContractError, TensorSpec, check_spec
 
 MAX_SPEC_BYTES = 4 * 1024 * 1024
 TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")  # an image tag
@@ -220,7 +218,7 @@ def _runtime(doc: Any, here: Path) -> RuntimeImageSpec | None:
 def _tensors(items: Any, what: str) -> list[TensorSpec]:
     if not isinstance(items, list) or not items:
         raise SpecError(f"{what} must be a non-empty list of tensors")
-    return [TensorSpec(str(t["name"]), str(t["datatype"]), [int(d) for d in t["shape"]])
+    return [TensorSpec(str(t["name"]), str(t["datatype"]), tuple(int(d) for d in t["shape"]))
             for t in items]
 
 

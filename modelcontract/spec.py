@@ -28,6 +28,9 @@ class TensorSpec:
     datatype: str
     shape: tuple[int, ...]
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shape", tuple(self.shape))  # a list from JSON or a caller
+
     def accepts(self, shape: Sequence[int]) -> bool:
         """Whether a concrete shape fits this signature."""
         return len(shape) == len(self.shape) and all(

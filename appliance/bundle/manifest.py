@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from appliance.errors import ManifestError
+from modelcontract import DATATYPES, FRAMEWORKS, TensorSpec
 
 SCHEMA_VERSION = 1
 MANIFEST_PATH = "appliance/manifest.json"
@@ -25,9 +26,7 @@ DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 HEX_RE = re.compile(r"^[0-9a-f]{64}$")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 
-Framework = Literal["onnx", "torch-export", "torchscript", "safetensors"]
 GpuPolicy = Literal["required", "preferred", "none"]
-FRAMEWORKS = ("onnx", "torch-export", "torchscript", "safetensors")
 GPU_POLICIES = ("required", "preferred", "none")
 
 
@@ -53,13 +52,6 @@ class Member:
     path: str
     size: int
     sha256: str  # 64 hex digits
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    datatype: str  # V2 datatype: FP32, INT64, ...
-    shape: list[int]  # -1 for a variable dimension
 
 
 @dataclass(frozen=True)
@@ -310,8 +302,15 @@ def _list(doc: Any, key: str) -> list[Any]:
 
 
 def _tensors(doc: Any, key: str) -> list[TensorSpec]:
-    return [TensorSpec(_str(t, "name"), _str(t, "datatype"), [int(d) for d in _list(t, "shape")])
-            for t in _list(doc, key)]
+    out = []
+    for t in _list(doc, key):
+        shape = tuple(int(d) for d in _list(t, "shape"))
+        spec = TensorSpec(_str(t, "name"), _str(t, "datatype"), shape)
+        if spec.datatype not in DATATYPES:
+            raise ValueError(f"tensor {spec.name!r} has datatype {spec.datatype!r}, "
+                             f"not one of {', '.join(DATATYPES)}")
+        out.append(spec)
+    return out
 
 
 def _model(e: Any) -> Model:

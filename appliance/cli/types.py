@@ -1,5 +1,11 @@
 """Types the command modules share."""
 
-import argparse
+from __future__ import annotations
 
-SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]  # what register() receives
+import argparse
+from typing import TYPE_CHECKING, TypeAlias
+
+if TYPE_CHECKING:  # argparse's class is generic only to type checkers
+    SubParsers: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
+else:
+    SubParsers = argparse._SubParsersAction

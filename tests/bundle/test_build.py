@@ -248,7 +248,7 @@ def test_real_onnx_model_from_samples_bundles_and_verifies(tmp_path: Path, vendo
                                 "  - {name: mlp, path: models/mlp, max_batch_size: 4}\n")
     m = build_bundle(load_spec(spec), tmp_path / "b.tar", [vendor])
     v = verify_bundle(tmp_path / "b.tar", root, now=m.created_at)
-    assert v.manifest.model("mlp").inputs[0].shape == [-1, 64]
+    assert v.manifest.model("mlp").inputs[0].shape == (-1, 64)
     assert m.model("mlp").max_batch_size == 4
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 
-from appliance.bundle.manifest import Image, Manifest, Model, Service, TensorSpec
+from appliance.bundle.manifest import Image, Manifest, Model, Service
+from modelcontract import TensorSpec
 
 MANIFEST_DIGEST = "sha256:" + hashlib.sha256(b"signed manifest bytes").hexdigest()
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from appliance.bundle.manifest import Image, Manifest, Model, Sample, Service, TensorSpec
+from appliance.bundle.manifest import Image, Manifest, Model, Sample, Service
+from modelcontract import TensorSpec
 
 D = "sha256:" + "a" * 64
 

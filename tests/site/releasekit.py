@@ -9,8 +9,9 @@ import json
 import socket
 from collections.abc import Sequence
 
-from appliance.bundle.manifest import Image, Manifest, Model, Sample, Service, TensorSpec
+from appliance.bundle.manifest import Image, Manifest, Model, Sample, Service
 from appliance.bundle.store import ContentStore
+from modelcontract import TensorSpec
 from tests.enginekit import layer_of, tiny_image
 
 
