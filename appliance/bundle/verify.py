@@ -1,4 +1,4 @@
-"""Verify a bundle and ingest its blobs, in the order shared/DESIGN.md gives.
+"""Verify a bundle and ingest its blobs, in the order docs/bundle-format.md gives.
 
 1. Read members 1 and 2 (manifest, envelope), each under a size cap.
 2. Check the signature against the trust root (threshold of distinct keys),
