@@ -1,5 +1,8 @@
 """One tar that is both an OCI image layout and a docker-archive, over the same blobs.
 
+Written by hand because no library writes both indexes over one set of blobs,
+streamed from the store, with the same bytes for the same inputs.
+
 `oci-layout` + `index.json` serve podman, skopeo and containerd; Docker's
 `manifest.json` (Config, RepoTags, Layers) serves `docker load`. Both point
 at `blobs/sha256/<hex>`, so every blob is stored once. The bundle writer uses

@@ -1,5 +1,8 @@
 """The few tar header bytes a bundle uses: ustar regular files, written and parsed by hand.
 
+Why not `tarfile`: it accepts many encodings of one member (pax, GNU, old-style,
+bits no field reads), and a verifier must accept exactly one, the bundler's.
+
 A bundle holds only regular files with short names, so the reader accepts
 exactly that and refuses everything else by type (links, devices,
 directories, pax and GNU extension headers) instead of interpreting it.
