@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TORCH ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: venv test lint typecheck unit demo bench runtime-image clean
+.PHONY: venv test lint typecheck unit demo bench runtime-image proxy-image clean
 
 venv: $(STAMP)
 
@@ -45,6 +45,10 @@ runtime-image: venv
 
 runtime-image-torch: venv
 	$(PY) -m images.build --variant torch
+
+# The front-door proxy image (HAProxy from Debian's packages, same base): out/proxy-image.tar.
+proxy-image: venv
+	$(PY) -m images.proxy
 
 .PHONY: bench-bundle bench-runtime
 bench-bundle: venv
