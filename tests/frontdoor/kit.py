@@ -119,7 +119,7 @@ def front_url(site: Site, path: str) -> str:
 
 def https(site: Site, method: str, path: str, body: bytes | None = None,
           headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    """One request to the front door, trusting the site CA."""
+    """One request to the front door, trusting the site CA; header names in lower case."""
     import urllib.error
     import urllib.request
 
@@ -127,6 +127,6 @@ def https(site: Site, method: str, path: str, body: bytes | None = None,
                                  headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=30, context=site.ssl_context()) as r:
-            return r.status, dict(r.headers), r.read()
+            return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
     except urllib.error.HTTPError as e:
-        return e.code, dict(e.headers), e.read()
+        return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
