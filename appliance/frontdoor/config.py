@@ -140,11 +140,17 @@ def render(services: list[ServiceDoor], s: ProxySettings) -> str:
         "    log global" if s.log else "    no log",
         "    option dontlognull",
         "    option http-keep-alive",
+        # Retries on the same server wait a turn-around (up to a second), long enough for
+        # a refused connection to mark it down; the last retry is redispatched, and then
+        # the balancer no longer picks the dead server. Redispatching every retry would
+        # pick it again before its state change lands.
         "    option redispatch 1",
         "    retries 3",
         # Retry only what the runtime cannot have answered (inference has no side
         # effects, so an empty answer is safe to repeat on another server).
-        "    retry-on conn-failure empty-response",
+        "    retry-on conn-failure empty-response junk-response",
+        # L7 retries can resend only a request held whole in the buffer (tune.bufsize).
+        "    option http-buffer-request",
         "    http-reuse safe",
         f"    timeout connect {t.connect:g}s",
         f"    timeout client {t.client:g}s",
@@ -194,7 +200,10 @@ def _frontend(svc: ServiceDoor, s: ProxySettings) -> list[str]:
 
 
 def _server_opts(svc: ServiceDoor) -> str:
-    return f"check inter 1s fall 2 rise 2 maxconn {svc.server_maxconn}"
+    # A refused or reset connection marks the server down at once (not after two
+    # missed checks), so the retry of that very request goes to the fallback.
+    return (f"check inter 1s fall 2 rise 2 maxconn {svc.server_maxconn} "
+            "observe layer4 error-limit 1 on-error mark-down")
 
 
 def _backend(svc: ServiceDoor) -> list[str]:

@@ -81,9 +81,9 @@ class Server:
 def start_server(models: Path, data_dir: Path, *, token: str | None = None,
                  extra_env: dict[str, str] | None = None, wait_ready: bool = True,
                  prefix: list[str] | None = None, module: tuple[str, ...] = ("runtime",),
-                 host: str = "127.0.0.1") -> Server:
-    """Start the runtime on a free port and (by default) wait until it reports ready."""
-    port = free_port()
+                 host: str = "127.0.0.1", port: int | None = None) -> Server:
+    """Start the runtime on `port` (a free one unless given); by default wait until ready."""
+    port = port or free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNTIME_")}
     env["PYTHONPATH"] = str(REPO)
     if token:
