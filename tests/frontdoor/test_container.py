@@ -117,8 +117,8 @@ def test_proxy_container_is_hardened_and_serves_https_with_the_token(
                 if ln.startswith("Max open files")] == [[str(NOFILE)] * 2]
         assert ct.exec_run(["touch", "/etc/x"]).exit_code != 0  # read-only root
         # As root (no capabilities still) so that no directory is closed to the search.
-        setuid = ct.exec_run(["find", "/", "-xdev", "-type", "f", "-perm", "/6000"], user="0", workdir="/",
-                             demux=True)
+        setuid = ct.exec_run(["find", "/", "-xdev", "-type", "f", "-perm", "/6000"], user="0",
+                             workdir="/", demux=True)
         assert setuid.exit_code == 0, setuid.output
         assert (setuid.output[0] or b"").split() == []
         for binary in ("/usr/bin/su", "/bin/su", "/usr/bin/passwd", "/usr/bin/mount",
