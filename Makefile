@@ -32,7 +32,7 @@ demo: venv
 	$(PY) -m bundler.demo
 
 # Every benchmark, each printing its table with a baseline measured in the same run.
-bench: bench-bundle bench-runtime bench-install
+bench: bench-bundle bench-runtime bench-install bench-frontdoor
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache out
@@ -56,6 +56,11 @@ bench-bundle: venv
 
 bench-runtime: venv
 	$(PY) bench/runtime_bench.py --seconds 10 --soak 300
+
+# The front door's overhead against straight to the runtime (needs haproxy and wrk).
+.PHONY: bench-frontdoor
+bench-frontdoor: venv
+	$(PY) bench/frontdoor_bench.py --seconds 10 --repeat 3
 
 # From a 1 GiB-weights bundle on the "stick" to the first inference, against
 # podman load + podman run by hand (docs/benchmarks.md); needs root and podman.
