@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import resource
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -69,6 +71,7 @@ def conf(site: Site, runtimes: list[Server], tmp_path: Path) -> Iterator[contain
         maxconn=4000)
     svc = config.ServiceDoor("mlp", site.port, servers={"a": runtimes[0].hostport})
     (conf_dir / "haproxy.cfg").write_text(config.render([svc], settings))
+    (conf_dir / "settings.json").write_text(json.dumps({"stats_port": settings.stats_port}))
     container.own_for_proxy([conf_dir / "site.pem", run_dir])
     yield container.ProxyContainer("", f"fd-proxy-{site.port}", conf_dir, run_dir, (site.port,))
 
@@ -146,3 +149,48 @@ def test_low_port_on_the_host_network_is_refused() -> None:
     assert bridged["ports"] == {"443/tcp": ("0.0.0.0", 443)}
     assert "cap_add" not in bridged and bridged["cap_drop"] == ["ALL"]
     assert json.dumps(bridged["restart_policy"]) == '{"Name": "always"}'
+
+
+def test_switch_through_the_proxy_image_on_podman_fails_no_request(
+        podman_url: str, proxy_image: BuiltImage, site: Site, runtimes: list[Server],
+        conf: container.ProxyContainer) -> None:
+    from appliance.frontdoor import switch
+    from tests.frontdoor.test_switch import PHASE_REQUESTS, after, steady_load
+
+    client = _client(podman_url)
+    spec = container.ProxyContainer(_image_in(client, proxy_image), conf.name, conf.conf_dir,
+                                    conf.run_dir, conf.ports, nofile=NOFILE)
+    ct = client.containers.run(**container.create_kwargs(spec))
+    try:
+        wait_for(lambda: https(site, "GET", "/v2/health/ready")[0] == 200, 60, "the proxy")
+        api = container_api(conf)
+        load = steady_load(site)
+        try:
+            after(load, PHASE_REQUESTS, "on release A")
+            assert switch.switch(api, "mlp", "127.0.0.1", runtimes[1].port) == "b"
+            assert runtimes[0].stop() == 0
+            after(load, PHASE_REQUESTS, "on release B")
+            report = load.stop()
+        finally:
+            load.stop()
+        assert report.failures == [], report.summary()
+        assert api.servers(config.backend_name("mlp"))["b"].requests >= PHASE_REQUESTS // 2
+        # The installer rewrites the config after a switch, so a restart serves release B.
+        inside = container.CONF_IN_CONTAINER
+        settings = config.ProxySettings(
+            socket=container.RUN_IN_CONTAINER / "admin.sock",
+            stats_port=json.loads((conf.conf_dir / "settings.json").read_text())["stats_port"],
+            tls_pem=inside / "site.pem", token_map=inside / "tokens.map", bind="127.0.0.1",
+            maxconn=4000)
+        svc = config.ServiceDoor("mlp", site.port, servers={"b": runtimes[1].hostport})
+        (conf.conf_dir / "haproxy.cfg").write_text(config.render([svc], settings))
+
+        # A crashed proxy (its process killed, not `podman stop`) comes back by itself.
+        pid = client.api.inspect_container(ct.id)["State"]["Pid"]
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: client.api.inspect_container(ct.id)["State"]["Pid"] not in (0, pid),
+                 60, "podman to restart the proxy")
+        wait_for(lambda: https(site, "POST", INFER, infer_body(), site.auth)[0] == 200, 60,
+                 "the restarted proxy to serve release B")
+    finally:
+        ct.remove(force=True)
