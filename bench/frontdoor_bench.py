@@ -83,7 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="HAProxy nbthread (default: one per CPU)")
     args = ap.parse_args(argv)
+    load_before = os.getloadavg()[0]
     haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
     if not Path(haproxy).exists() or shutil.which("wrk") is None:
         raise SystemExit("needs haproxy and wrk (apt-get install haproxy wrk)")
@@ -96,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         rt, tls_port, plain_port = _free_port(), _free_port(), _free_port()
         with_tls = config.ProxySettings(
             socket=root / "admin.sock", stats_port=_free_port(), tls_pem=cert.pem_file,
-            token_map=root / "tokens.map", bind="127.0.0.1", maxconn=4000, log=False)
+            token_map=root / "tokens.map", bind="127.0.0.1", maxconn=4000, log=False,
+            threads=args.threads)
         plain = dataclasses.replace(with_tls, socket=root / "admin2.sock",
                                     stats_port=_free_port(), tls_pem=None, token_map=None)
         for name, port, settings in (("tls", tls_port, with_tls), ("plain", plain_port, plain)):
@@ -129,8 +133,9 @@ def main(argv: list[str] | None = None) -> int:
                     c32[name].append(wrk(url, BODY, 32, args.seconds, headers))
     base_p50 = statistics.median(r.p50_ms for r in c1["direct (HTTP)"])
     base_rps = statistics.median(r.rps for r in c32["direct (HTTP)"])
-    print(f"{os.cpu_count()} cores shared by runtime, HAProxy and wrk; {args.repeat} rounds of "
-          f"{args.seconds:g} s, median")
+    print(f"{os.cpu_count()} cores shared by runtime, HAProxy ({args.threads or 'default'} "
+          f"threads) and wrk; {args.repeat} rounds of {args.seconds:g} s, median; load average "
+          f"before: {load_before:.1f}, after: {os.getloadavg()[0]:.1f}")
     print(f"{'path':24} {'p50 c=1 (ms)':>13} {'vs direct':>10} {'req/s c=32':>11} "
           f"{'vs direct':>10} {'errors':>7}")
     for name in paths:

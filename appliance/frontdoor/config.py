@@ -77,6 +77,7 @@ class ProxySettings:
     maxconn: int = 20000
     timeouts: Timeouts = field(default_factory=Timeouts)
     log: bool = True
+    threads: int | None = None  # None: one per CPU (HAProxy's default)
 
 
 def backend_name(service: str) -> str:
@@ -120,6 +121,7 @@ def render(services: list[ServiceDoor], s: ProxySettings) -> str:
         "# Rendered by appliance.frontdoor.config; the installer rewrites it on every switch.",
         "global",
         f"    maxconn {s.maxconn}",
+        *([f"    nbthread {s.threads}"] if s.threads else []),
         # expose-fd lets a reloaded process take over the listening sockets: no refused
         # connection during a reload.
         f"    stats socket {s.socket} mode 600 level admin expose-fd listeners",
