@@ -142,10 +142,8 @@ def render(services: list[ServiceDoor], s: ProxySettings) -> str:
         "    log global" if s.log else "    no log",
         "    option dontlognull",
         "    option http-keep-alive",
-        # Retries on the same server wait a turn-around (up to a second), long enough for
-        # a refused connection to mark it down; the last retry is redispatched, and then
-        # the balancer no longer picks the dead server. Redispatching every retry would
-        # pick it again before its state change lands.
+        # Every retry goes through the balancer again: once a refused connection has
+        # marked a server down, the retry lands on another slot or on the fallback.
         "    option redispatch 1",
         "    retries 3",
         # Retry only what the runtime cannot have answered (inference has no side
@@ -193,8 +191,6 @@ def _frontend(svc: ServiceDoor, s: ProxySettings) -> list[str]:
             f"string '{UNAUTHORIZED}' hdr WWW-Authenticate 'Bearer realm=\"appliance\"' "
             "if !health !bearer || !health !token_ok",
         ]
-    # The client must not choose who answered.
-    lines.append(f"    http-request del-header {SERVED_BY}")
     if svc.fallback is not None:
         lines.append(f"    use_backend fb_{svc.name} if {{ queue({be}) ge {svc.max_queue} }}")
     lines.append(f"    default_backend {be}")

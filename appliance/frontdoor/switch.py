@@ -128,3 +128,19 @@ def rotate_token_finish(api: ProxyApi, map_file: Path, old: str, new: str) -> No
     """
     atomic_write(map_file, render_token_map([new]).encode(), MAP_MODE)
     api.del_token(map_file, token_digest(old))
+
+
+def end_canary(api: ProxyApi, service: str, old_slot: str, promote: bool) -> str:
+    """Give one side all new requests and drain the other; return the slot left serving.
+
+    promote: the canary slot takes everything and the old release drains (then stop it);
+    otherwise the old release takes everything back and the canary drains.
+
+    Raises:
+        ProxyApiError: refused, or the drained side did not finish in time.
+    """
+    keep, leave = (other_slot(old_slot), old_slot) if promote else (old_slot,
+                                                                      other_slot(old_slot))
+    api.set_weight(backend_name(service), keep, 100)
+    drain(api, service, leave)
+    return keep

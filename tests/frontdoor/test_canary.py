@@ -74,7 +74,7 @@ def test_weights_give_the_share() -> None:
     assert canary.CanaryPlan(0.001, 60).weights()[1] == 1  # never zero: the canary gets some
 
 
-def test_share_through_haproxy_matches_the_weights(
+def test_share_through_haproxy_matches_the_weights_then_promotion_fails_no_request(
         site: Site, runtimes: list[Server],
         proxy_for: Callable[[list[config.ServiceDoor]], Proxy]) -> None:
     a, b = runtimes
@@ -89,6 +89,13 @@ def test_share_through_haproxy_matches_the_weights(
         switch.set_share(proxy.api, SERVICE, "a", plan.weights())
         after(load, 600, "during the canary")
         during = proxy.api.servers(be)
+        verdict = canary.decide(WindowFigures(during["a"].requests - before["a"].requests,
+                                              during["a"].responses_5xx, 10.0),
+                                WindowFigures(during["b"].requests - before["b"].requests,
+                                              during["b"].responses_5xx, 10.0))
+        assert verdict.action == "promote", verdict.reason
+        assert switch.end_canary(proxy.api, SERVICE, "a", promote=True) == "b"
+        after(load, 200, "after the promotion")
         report = load.stop()
     finally:
         load.stop()
@@ -96,6 +103,5 @@ def test_share_through_haproxy_matches_the_weights(
     old = during["a"].requests - before["a"].requests
     assert report.failures == [], report.summary()
     assert new / (new + old) == pytest.approx(plan.share, abs=0.05)
-    verdict = canary.decide(WindowFigures(old, during["a"].responses_5xx, 10.0),
-                            WindowFigures(new, during["b"].responses_5xx, 10.0))
-    assert verdict.action == "promote", verdict.reason
+    final = proxy.api.servers(be)
+    assert final["a"].status == "MAINT" and final["b"].up

@@ -44,7 +44,7 @@ def test_config_has_tls_token_drain_fallback_and_exporter() -> None:
     assert "use_backend fb_mlp if { queue(be_mlp) ge 32 }" in text
     assert "bind 127.0.0.1:8404" in text and "prometheus-exporter" in text
     assert "-m reg -i ^bearer" in text and "map(/etc/p/t.map)" in text
-    assert "http-request del-header X-Appliance-Served-By" in text
+    assert "http-response set-header X-Appliance-Served-By fallback" in text
 
 
 @pytest.mark.parametrize(("service", "message"), [
