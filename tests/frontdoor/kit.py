@@ -47,13 +47,6 @@ class Proxy:
     api: ProxyApi
     log: Path
 
-    def render(self, site: Site, services: list[config.ServiceDoor]) -> None:
-        self.cfg.write_text(config.render(services, site.settings))
-
-    def reload(self) -> None:
-        """Hitless reload: the master starts a new worker that takes over the sockets."""
-        self.proc.send_signal(signal.SIGUSR2)
-
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

@@ -60,3 +60,4 @@ def test_switch_and_switch_back_under_load_fail_no_request(
     assert report.sent >= 3 * PHASE_REQUESTS, report.summary()
     # Keep-alive connections survived both switches: no client connection was closed.
     assert report.reconnects == 0, report.summary()
+
