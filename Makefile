@@ -61,6 +61,7 @@ bench-runtime: venv
 .PHONY: bench-frontdoor
 bench-frontdoor: venv
 	$(PY) bench/frontdoor_bench.py --seconds 10 --repeat 3
+	$(PY) bench/frontdoor_killgap.py --rounds 3
 
 # From a 1 GiB-weights bundle on the "stick" to the first inference, against
 # podman load + podman run by hand (docs/benchmarks.md); needs root and podman.
