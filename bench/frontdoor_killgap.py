@@ -80,10 +80,11 @@ def main(argv: list[str] | None = None) -> int:
         client = docker.DockerClient(base_url=url, version="1.41", timeout=120)
         spec = container.ProxyContainer(image.tag, f"fdgap-{port}", files.conf_dir,
                                         files.run_dir, (port,), nofile=16384)
-        ct = client.containers.run(**container.create_kwargs(spec))
+        ct = client.containers.create(**container.create_kwargs(spec))
         ctx = ssl.create_default_context(cafile=str(files.ca_file))
         rows = []
         try:
+            ct.start()
             for _ in range(args.rounds):
                 load = SteadyLoad("127.0.0.1", port, "/v2/models/mlp/infer", rate=300,
                                   connections=16, ssl_context=ctx,

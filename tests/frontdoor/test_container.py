@@ -83,8 +83,9 @@ def test_proxy_container_is_hardened_and_serves_https_with_the_token(
     image_id = _image_in(client, proxy_image)
     spec = container.ProxyContainer(image_id, conf.name, conf.conf_dir, conf.run_dir, conf.ports,
                                     nofile=NOFILE)
-    ct = client.containers.run(**container.create_kwargs(spec))
+    ct = client.containers.create(**container.create_kwargs(spec))
     try:
+        ct.start()
         def serving() -> bool:
             ct.reload()
             assert ct.status in ("created", "running"), ct.logs().decode()[-1500:]
@@ -160,8 +161,9 @@ def test_switch_through_the_proxy_image_on_podman_fails_no_request(
     client = _client(podman_url)
     spec = container.ProxyContainer(_image_in(client, proxy_image), conf.name, conf.conf_dir,
                                     conf.run_dir, conf.ports, nofile=NOFILE)
-    ct = client.containers.run(**container.create_kwargs(spec))
+    ct = client.containers.create(**container.create_kwargs(spec))
     try:
+        ct.start()
         wait_for(lambda: https(site, "GET", "/v2/health/ready")[0] == 200, 60, "the proxy")
         api = container_api(conf)
         load = steady_load(site)
