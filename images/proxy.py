@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -29,6 +30,7 @@ PROXY_VERSION = "1"
 PROXY_PACKAGES = ("haproxy",)
 REPO = "localhost/appliance-proxy"
 ARCHIVE = "proxy-image.tar"
+_INST = re.compile(r"^Inst (\S+) \((\S+) .*\[(\S+)\]\)", re.MULTILINE)
 CONTAINERFILE = HERE / "Containerfile.proxy"
 
 
@@ -91,21 +93,26 @@ def download_debs(base_tar: Path, dest: Path, *, log: bool = False) -> list[Path
                               stdout=out, stderr=subprocess.PIPE, check=False)
     if proc.returncode != 0:
         raise BaseImageError(f"cannot read dpkg status from {base_tar}: {proc.stderr[-200:]!r}")
-    # Only this run's set counts: a stale .deb from an older point release must not ride along.
-    for old in dest.glob("*.deb"):
-        old.unlink()
+    apt = ["apt-get", "-q", "-o", f"Dir::State::status={status}", "-o",
+           f"Dir::Cache::archives={dest}", "-o", "Debug::NoLocking=1"]
+    # Files already in `dest` are not fetched again: a rebuild with them present needs
+    # no network.
     run_tool(
-        ["apt-get", "install", "--download-only", "--no-install-recommends", "-y", "-q",
-         "-o", f"Dir::State::status={status}", "-o", f"Dir::Cache::archives={dest}",
-         "-o", "Debug::NoLocking=1", *PROXY_PACKAGES],
+        [*apt, "install", "--download-only", "--no-install-recommends", "-y", *PROXY_PACKAGES],
         what="apt-get download of haproxy (run `apt-get update` on a networked host first)",
         verbose=log,
         error=BaseImageError,
     )
-    debs = sorted(dest.glob("*.deb"))
-    if not any(d.name.startswith("haproxy_") for d in debs):
-        raise BaseImageError(f"apt downloaded no haproxy .deb into {dest}: run `apt-get update`")
-    return debs
+    # Exactly this resolution's files, not a stale .deb of an older point release.
+    plan = run_tool([*apt, "-s", "install", "--no-install-recommends", *PROXY_PACKAGES],
+                    what="apt-get -s install haproxy", error=BaseImageError)
+    debs = [dest / f"{name}_{version.replace(':', '%3a')}_{arch}.deb"
+            for name, version, arch in _INST.findall(plan)]
+    missing = [d.name for d in debs if not d.exists()]
+    if missing or not any(d.name.startswith("haproxy_") for d in debs):
+        raise BaseImageError(f"apt left {', '.join(missing) or 'haproxy'} out of {dest}: "
+                             "run `apt-get update` and build again")
+    return sorted(debs)
 
 
 def _input_hash(base_tag: str, debs: list[Path]) -> str:
