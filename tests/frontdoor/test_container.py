@@ -6,6 +6,7 @@ import json
 import os
 import resource
 import signal
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from tests.image.fixtures import require_podman
 from tests.runtime.conftest import Server, free_port
 
 MiB = 1024 * 1024
+IDLE_CONNECTIONS = 1100
 # The engines here run inside a box whose hard limit may be under 65536; the test asks
 # for what the box allows (HAProxy needs about 2 x maxconn 4000).
 NOFILE = min(container.NOFILE, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
@@ -128,6 +130,15 @@ def test_proxy_container_is_hardened_and_serves_https_with_the_token(
         for binary in ("/usr/bin/su", "/bin/su", "/usr/bin/passwd", "/usr/bin/mount",
                        "/bin/mount"):
             assert ct.exec_run(["test", "-e", binary]).exit_code != 0, binary
+        # 1,100 idle connections (more than the 1024 a default nofile limit allows)
+        # leave the service answering.
+        idle = [socket.create_connection(("127.0.0.1", site.port), timeout=5)
+                for _ in range(IDLE_CONNECTIONS)]
+        try:
+            assert https(site, "POST", INFER, infer_body(), site.auth)[0] == 200
+        finally:
+            for c in idle:
+                c.close()
         # The runtime API socket is on the host, for the installer.
         assert "pxname" in container_api(conf).command("show stat")
     finally:
