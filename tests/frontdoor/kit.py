@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import signal
 import ssl
 import subprocess
 import tempfile
@@ -12,7 +11,7 @@ from pathlib import Path
 
 from appliance.frontdoor import config, tls, token
 from appliance.frontdoor.runtime_api import ProxyApi
-from tests.enginekit import need, wait_for
+from tests.enginekit import need, stop_process, wait_for
 from tests.runtime.conftest import Server, free_port
 
 SERVICE = "mlp"
@@ -48,13 +47,7 @@ class Proxy:
     log: Path
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
 
 
 def make_site(tmp_path: Path) -> Site:
