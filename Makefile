@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TORCH ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: venv test lint typecheck unit demo bench runtime-image clean
+.PHONY: venv test lint typecheck unit demo bench runtime-image proxy-image clean
 
 venv: $(STAMP)
 
@@ -35,7 +35,7 @@ demo: venv
 	$(PY) -m appliance demo
 
 # Every benchmark, each printing its table with a baseline measured in the same run.
-bench: bench-bundle bench-runtime bench-install bench-support
+bench: bench-bundle bench-runtime bench-install bench-support bench-frontdoor
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache out
@@ -49,12 +49,22 @@ runtime-image: venv
 runtime-image-torch: venv
 	$(PY) -m images.build --variant torch
 
+# The front-door proxy image (HAProxy from Debian's packages, same base): out/proxy-image.tar.
+proxy-image: venv
+	$(PY) -m images.proxy
+
 .PHONY: bench-bundle bench-runtime
 bench-bundle: venv
 	$(PY) bench/bundle_bench.py --sizes 0.5,2 --repeat 5
 
 bench-runtime: venv
 	$(PY) bench/runtime_bench.py --seconds 10 --soak 300
+
+# The front door's overhead against straight to the runtime (needs haproxy and wrk).
+.PHONY: bench-frontdoor
+bench-frontdoor: venv
+	$(PY) bench/frontdoor_bench.py --seconds 10 --repeat 3
+	$(PY) bench/frontdoor_killgap.py --rounds 3
 
 # From a 1 GiB-weights bundle on the "stick" to the first inference, against
 # podman load + podman run by hand (docs/benchmarks.md); needs root and podman.

@@ -198,3 +198,28 @@ class ExportTooLargeError(ExportWriteError):
 
 class ReportError(SupportError):
     """The report could not be made (no exports given, or one cannot be read)."""
+
+
+# -- the front door (appliance/frontdoor) -------------------------------------
+class FrontDoorError(ApplianceError):
+    """The front-door proxy, its certificate, token or canary cannot do what was asked."""
+
+
+class TlsError(FrontDoorError):
+    """A site certificate or key is unreadable, mismatched, expired or not for this host."""
+
+
+class TokenError(FrontDoorError):
+    """The site token file is missing, unreadable, or has loose permissions."""
+
+
+class CanaryFlagError(FrontDoorError):
+    """A `--canary SHARE:WINDOW` flag or a canary bound is malformed."""
+
+
+class ProxyConfigError(FrontDoorError):
+    """The proxy configuration asked for is inconsistent (clashing ports, bad names)."""
+
+
+class ProxyApiError(FrontDoorError):
+    """HAProxy's runtime API is unreachable or refused a command."""

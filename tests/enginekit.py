@@ -68,6 +68,18 @@ def wait_for(cond: Callable[[], T], timeout: float, what: str, interval: float =
     raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last error: {last})")
 
 
+def stop_process(proc: subprocess.Popen[bytes], grace: float = 20) -> int:
+    """SIGTERM, wait up to `grace` seconds, then SIGKILL; return the exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    return proc.returncode
+
+
 def _ping(sock: Path) -> bool:
     """GET /_ping over the unix socket (plain sockets: nothing left open on failure)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:

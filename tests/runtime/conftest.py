@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from bundler.samples import make_cnn_onnx, make_mlp_onnx, make_torch_model
-from tests.enginekit import wait_for
+from tests.enginekit import stop_process, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "s3cret-token-for-tests"
@@ -68,22 +67,15 @@ class Server:
         return self.log.read_text(errors="replace")
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
+        return stop_process(self.proc)
 
 
 def start_server(models: Path, data_dir: Path, *, token: str | None = None,
                  extra_env: dict[str, str] | None = None, wait_ready: bool = True,
                  prefix: list[str] | None = None, module: tuple[str, ...] = ("runtime",),
-                 host: str = "127.0.0.1") -> Server:
-    """Start the runtime on a free port and (by default) wait until it reports ready."""
-    port = free_port()
+                 host: str = "127.0.0.1", port: int | None = None) -> Server:
+    """Start the runtime on `port` (a free one unless given); by default wait until ready."""
+    port = port or free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNTIME_")}
     env["PYTHONPATH"] = str(REPO)
     if token:
