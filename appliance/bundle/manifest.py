@@ -21,6 +21,9 @@ MANIFEST_PATH = "appliance/manifest.json"
 ENVELOPE_PATH = "appliance/manifest.dsse.json"
 PAYLOAD_TYPE = "application/vnd.appliance.manifest.v1+json"
 MAX_MANIFEST_BYTES = 8 * 1024 * 1024
+# The image of the front door's proxy (HAProxy), when a bundle carries it: no service
+# runs it; the installer starts it in front of the services (docs/frontdoor.md).
+FRONTDOOR_IMAGE = "frontdoor"
 
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 HEX_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -160,6 +163,10 @@ class Manifest:
             if i.name == name:
                 return i
         raise ManifestError(f"manifest names no image {name!r}")
+
+    def frontdoor_image(self) -> Image | None:
+        """The front door's proxy image (`FRONTDOOR_IMAGE`), when the bundle carries one."""
+        return next((i for i in self.images if i.name == FRONTDOOR_IMAGE), None)
 
     def model(self, name: str) -> Model:
         for m in self.models:
