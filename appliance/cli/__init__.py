@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "appliance.cli.serve",
     "appliance.cli.k8s",
     "appliance.cli.demo",
+    "appliance.cli.frontdoor",
     "appliance.cli.support",
 )
 

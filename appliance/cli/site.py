@@ -10,12 +10,14 @@ import argparse
 import json
 import os
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 from appliance.cli.progress import ProgressPrinter
 from appliance.cli.types import SubParsers
 from appliance.engines import Engine, make_engine
 from appliance.errors import ApplianceError, exit_code
+from appliance.site.door import DoorRecord, certificate_warning
 from appliance.site.layout import DEFAULT_ROOT, Site
 from signing import SigningError
 
@@ -31,6 +33,9 @@ def register(sub: SubParsers) -> None:
     p.add_argument("--health-timeout", type=float, default=300.0, metavar="SECONDS")
     p.add_argument("--gpu-state", type=Path, help="use a recorded GPU state instead of NVML")
     p.add_argument("--json", action="store_true", help="progress as JSON lines on stdout")
+    p.add_argument("--tls-cert", type=Path, help="the front door's certificate (PEM, with its "
+                   "chain): the hospital's own instead of the site certificate made here")
+    p.add_argument("--tls-key", type=Path, help="the private key of --tls-cert (PEM)")
     _engine_args(p)
     p.set_defaults(func=cmd_install)
 
@@ -75,6 +80,10 @@ def cmd_install(args: argparse.Namespace) -> int:
         print("error: headless install needs --yes (or run appliance-installer for the "
               "screens)", file=sys.stderr)
         return 2
+    if (args.tls_cert is None) != (args.tls_key is None):
+        print("error: --tls-cert and --tls-key go together: give both, or neither for the "
+              "site certificate", file=sys.stderr)
+        return 2
     site = Site(args.root)
     out = ProgressPrinter(as_json=args.json, bar=False)
     try:
@@ -83,7 +92,8 @@ def cmd_install(args: argparse.Namespace) -> int:
         plan = InstallPlan(InstallOptions(
             bundle=args.bundle, site=site, engine=_engine(args, site), gpu_probe=probe,
             trust=args.trust, allow_expired=args.allow_expired,
-            health_timeout_s=args.health_timeout), progress=out)
+            health_timeout_s=args.health_timeout, tls_cert=args.tls_cert,
+            tls_key=args.tls_key), progress=out)
         result = plan.run()
     except (ApplianceError, SigningError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -92,8 +102,16 @@ def cmd_install(args: argparse.Namespace) -> int:
         print(f"release {result.sequence} is serving"
               + (f" (release {result.previous} stopped)" if result.previous
                  and result.previous != result.sequence else ""))
-        for svc, url in sorted(result.endpoints.items()):
-            print(f"    {svc}: {url}")
+        if result.door is not None:
+            for line in result.door.lines(plan.manifest or site.release(result.sequence)
+                                          .manifest()):
+                print(f"    {line}")
+        else:
+            for svc, url in sorted(result.endpoints.items()):
+                print(f"    {svc}: {url}")
+        if result.token:
+            print(f"    the site token (shown this once; kept in {site.root / 'token'}, 0600):\n"
+                  f"        {result.token}")
         print(f"    roll back with: appliance rollback --root {site.root}")
     return 0
 
@@ -108,16 +126,28 @@ def cmd_status(args: argparse.Namespace) -> int:
     rec = cur.record
     m = cur.manifest()
     health = {s.name: is_ready(rec.endpoints.get(s.name, "") + s.health) for s in m.services}
+    door = DoorRecord.read(site)
+    door = door if door is not None and door.sequence == cur.sequence else None
+    warning = certificate_warning(site, datetime.now(UTC))
     if args.json:
         print(json.dumps({"current": cur.sequence, "version": m.version, "name": m.name,
                           "engine": rec.engine, "status": rec.status,
                           "endpoints": rec.endpoints, "ready": health,
+                          "urls": {s.name: door.url(s.name) for s in m.services} if door
+                          else {}, "fingerprint": door.fingerprint if door else None,
+                          "certificate_warning": warning,
                           "highest_sequence": site.state().highest_sequence}, sort_keys=True))
     else:
         print(f"{m.name} {m.version}: release {cur.sequence} ({rec.status}, engine {rec.engine})")
         for s in m.services:
             url = rec.endpoints.get(s.name, "?")
-            print(f"    {s.name}: {url} {'ready' if health[s.name] else 'NOT READY'}")
+            where = f"{door.url(s.name)} (runtime {url})" if door else url
+            print(f"    {s.name}: {where} {'ready' if health[s.name] else 'NOT READY'}")
+        if door is not None:
+            for line in door.lines(m):
+                print(f"    {line}")
+        if warning:
+            print(f"warning: {warning}")
     return 0 if all(health.values()) else 1
 
 

@@ -25,6 +25,7 @@ from appliance.bundle.manifest import Image, Manifest, image_blobs
 from appliance.bundle.store import ContentStore
 from appliance.engines.podmanload import load_in_place, podman_cli
 from appliance.errors import EngineError, EngineUnavailableError, ImageLoadError, StoreError
+from appliance.frontdoor.container import ProxyContainer, create_kwargs
 from appliance.progress import Progress, ProgressFn, no_progress
 from appliance.site.engine import (
     HEALTH_INTERVAL_S,
@@ -32,9 +33,10 @@ from appliance.site.engine import (
     HEALTH_START_PERIOD_S,
     HEALTH_TIMEOUT_S,
     Launch,
+    behind_front_door,
     launches,
+    runtime_command,
     site_id,
-    with_port,
 )
 from appliance.site.layout import Release, Site
 from appliance.site.placement import Placement
@@ -44,6 +46,7 @@ NS = 1_000_000_000
 LABEL_SITE = "io.appliance.site"
 LABEL_RELEASE = "io.appliance.release"
 LABEL_SERVICE = "io.appliance.service"
+LABEL_FRONTDOOR = "io.appliance.frontdoor"  # the proxy: the site it serves
 REMOVE_RETRY_S = (0.5, 1.0, 2.0)  # waits between attempts to remove a container
 DEFAULT_HEALTH = ("CMD", "python", "-c",
                   "import urllib.request; urllib.request.urlopen("
@@ -113,6 +116,8 @@ class DockerEngine:
             ImageLoadError: the engine refused the archive or holds a different id.
         """
         wanted = [manifest.image(n) for n in dict.fromkeys(s.image for s in manifest.services)]
+        if (door := manifest.frontdoor_image()) is not None:
+            wanted.append(door)
         # Look images up by their signed config digest, never by name: a name can
         # point elsewhere (podman resolves a short name to localhost/... first, and
         # an archive may be tagged docker.io/... by its OCI index), a digest cannot.
@@ -146,7 +151,7 @@ class DockerEngine:
         import docker.errors
         self.stop(release.sequence)
         urls = {}
-        for launch in launches(manifest, placement, slot):
+        for launch in launches(manifest, placement, slot, door=behind_front_door(manifest)):
             try:
                 cfg = self.client.images.get(launch.image_id).attrs.get("Config") or {}
                 self.client.containers.run(**self.container_spec(launch, cfg), detach=True)
@@ -160,7 +165,7 @@ class DockerEngine:
     def container_spec(self, launch: Launch, image_config: dict[str, Any]) -> dict[str, Any]:
         """The keyword arguments of `containers.run` for one service (pure; tested alone)."""
         from docker.types import DeviceRequest
-        cmd = with_port(image_config.get("Cmd") or [], launch.port)
+        cmd = runtime_command(image_config.get("Cmd") or [], launch)
         own = (image_config.get("Healthcheck") or {}).get("Test")
         if self.health_test is None and own and own[0] in ("CMD", "CMD-SHELL"):
             test = list(own)  # the image knows how to probe itself (it reads its own --port)
@@ -188,6 +193,54 @@ class DockerEngine:
         else:
             spec["environment"]["NVIDIA_VISIBLE_DEVICES"] = "void"
         return spec
+
+    # -- the front door's proxy (appliance.site.door.ProxyHost) -------------------
+    def proxy_name(self) -> str:
+        """The proxy container's name on this site."""
+        return f"appliance-{self.tag}-frontdoor"
+
+    def ensure_proxy(self, spec: ProxyContainer, restart: bool = False) -> bool:
+        """Run the proxy container from `spec`: left alone when it already runs that image
+        (its restart policy brings it back), else (re)created. True when (re)started.
+
+        Raises:
+            EngineError: the engine refused to create or start it.
+        """
+        import docker.errors
+        try:
+            old = self.client.containers.get(spec.name)
+        except docker.errors.NotFound:
+            old = None
+        except docker.errors.DockerException as e:
+            raise EngineError(f"cannot inspect the front door {spec.name}: {_short(e)}") from e
+        try:
+            if old is not None:
+                if not restart and old.status == "running" and old.image.id == spec.image:
+                    return False
+                old.remove(force=True)
+            kwargs = create_kwargs(spec)
+            kwargs["labels"] = {**kwargs["labels"], LABEL_FRONTDOOR: self.tag}
+            c = self.client.containers.create(**kwargs)
+            c.start()
+        except docker.errors.DockerException as e:
+            raise EngineError(f"cannot start the front door {spec.name}: {_short(e)}") from e
+        return True
+
+    def stop_proxy(self) -> None:
+        """Remove this site's proxy container (the site itself is being removed).
+
+        Raises:
+            EngineError: the engine refused.
+        """
+        import docker.errors
+        for c in self.client.containers.list(
+                all=True, filters={"label": f"{LABEL_FRONTDOOR}={self.tag}"}):
+            try:
+                c.remove(force=True)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.DockerException as e:
+                raise EngineError(f"cannot remove the front door {c.name}: {_short(e)}") from e
 
     def container_name(self, sequence: int, service: str) -> str:
         return f"appliance-{self.tag}-{sequence}-{service}"

@@ -24,7 +24,7 @@ from appliance.bundle.store import ContentStore
 from appliance.errors import EngineError, ImageLoadError, StoreError
 from appliance.fsutil import atomic_write
 from appliance.progress import Progress, ProgressFn, no_progress
-from appliance.site.engine import Launch, launches, site_id
+from appliance.site.engine import Launch, launches, runtime_command, site_id
 from appliance.site.layout import Release, Site
 from appliance.site.placement import Placement
 
@@ -194,6 +194,8 @@ class ProcessEngine:
         data = self.site.root / "runtime" / launch.service
         data.mkdir(parents=True, exist_ok=True)
         cmd = [a.format(models=models, port=launch.port, data=data) for a in self.command]
+        if launch.loopback_only:
+            cmd = runtime_command(cmd, launch)
         gpu = "" if launch.gpu_index is None else (launch.gpu_uuid or str(launch.gpu_index))
         env = {**self.env, "CUDA_VISIBLE_DEVICES": gpu, "APPLIANCE_RELEASE": str(launch.release),
                "APPLIANCE_SERVICE": launch.service, "HF_HUB_OFFLINE": "1",

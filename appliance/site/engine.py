@@ -13,7 +13,7 @@ from typing import Protocol
 from appliance.bundle.manifest import Manifest
 from appliance.bundle.store import ContentStore
 from appliance.progress import ProgressFn, no_progress
-from appliance.site.layout import Release, slot_port
+from appliance.site.layout import Release, runtime_port, slot_port
 from appliance.site.placement import Placement
 
 HEALTH_INTERVAL_S = 10
@@ -35,31 +35,55 @@ class Launch:
     gpu_index: int | None
     gpu_uuid: str
     health_path: str
+    loopback_only: bool = False  # behind the front door: listen on 127.0.0.1 only
 
 
-def launches(manifest: Manifest, placement: Placement, slot: int) -> list[Launch]:
-    """Every service of `manifest` with its image, port in `slot` and placed device."""
+def behind_front_door(manifest: Manifest) -> bool:
+    """Whether the release's services are reached through the front door (the bundle
+    carries its proxy image) rather than each on its declared port."""
+    return manifest.frontdoor_image() is not None
+
+
+def launches(manifest: Manifest, placement: Placement, slot: int,
+             door: bool = False) -> list[Launch]:
+    """Every service of `manifest` with its image, port in `slot` and placed device.
+
+    Behind the front door (`door`) a runtime listens on loopback only, on `runtime_port`;
+    the proxy owns the declared port. Without one, on the declared port's `slot_port`.
+    """
     out = []
     for svc in manifest.services:
         p = placement.for_service(svc.name)
         image = manifest.image(svc.image)
+        port = runtime_port(svc.port, slot) if door else slot_port(svc.port, slot)
         out.append(Launch(manifest.sequence, svc.name, image.reference, image.config_digest,
-                          list(svc.models), slot_port(svc.port, slot),
-                          p.gpu_index if p.device == "gpu" else None, p.gpu_uuid, svc.health))
+                          list(svc.models), port, p.gpu_index if p.device == "gpu" else None,
+                          p.gpu_uuid, svc.health, loopback_only=door))
     return out
+
+
+def with_option(command: Sequence[str], option: str, value: str) -> list[str]:
+    """The runtime command with `option` (e.g. `--port`) set to `value`, replaced or appended."""
+    cmd = list(command)
+    for i, arg in enumerate(cmd):
+        if arg == option and i + 1 < len(cmd):
+            cmd[i + 1] = value
+            return cmd
+        if arg.startswith(f"{option}="):
+            cmd[i] = f"{option}={value}"
+            return cmd
+    return [*cmd, option, value]
 
 
 def with_port(command: Sequence[str], port: int) -> list[str]:
     """The runtime command with `--port` set to `port` (replaced, or appended)."""
-    cmd = list(command)
-    for i, arg in enumerate(cmd):
-        if arg == "--port" and i + 1 < len(cmd):
-            cmd[i + 1] = str(port)
-            return cmd
-        if arg.startswith("--port="):
-            cmd[i] = f"--port={port}"
-            return cmd
-    return [*cmd, "--port", str(port)]
+    return with_option(command, "--port", str(port))
+
+
+def runtime_command(command: Sequence[str], launch: Launch) -> list[str]:
+    """The runtime command for `launch`: its port, and loopback only behind the front door."""
+    cmd = with_port(command, launch.port)
+    return with_option(cmd, "--host", "127.0.0.1") if launch.loopback_only else cmd
 
 
 def port_in_use(port: int) -> bool:

@@ -40,6 +40,7 @@ TRUST_FILE = "root.json"
 # A new release starts beside the serving one; its ports are the declared
 # ones shifted by one slot so both can answer during the handover.
 SLOT_PORT_STEP = 100
+RUNTIME_PORT_BASE = 20000  # behind the front door: see runtime_port
 
 
 @dataclass(frozen=True)
@@ -251,8 +252,14 @@ class Site:
 
 
 def slot_port(port: int, slot: int) -> int:
-    """The host port a service declared on `port` uses in `slot` (0 or 1)."""
+    """The host port a service declared on `port` uses in `slot` (0 or 1), with no front door."""
     return port + slot * SLOT_PORT_STEP
+
+
+def runtime_port(port: int, slot: int) -> int:
+    """The loopback port a release's runtime listens on in `slot` behind the front door,
+    which itself owns the declared `port` (20000-29999 for slot 0, 30000-39999 for slot 1)."""
+    return RUNTIME_PORT_BASE + slot * 10000 + port % 10000
 
 
 def _now() -> str:

@@ -60,7 +60,8 @@ from appliance.fsutil import atomic_write
 from appliance.progress import Progress, ProgressFn, no_progress
 from appliance.site.acceptance import check_samples, wait_ready
 from appliance.site.auditing import audit_allow_expired, audit_step, audit_trust
-from appliance.site.engine import Engine, launches, port_in_use
+from appliance.site.door import DoorRecord, FrontDoor
+from appliance.site.engine import Engine, behind_front_door, launches, port_in_use
 from appliance.site.gpu import GpuProbe, GpuReport
 from appliance.site.layout import PLACEMENT_FILE, Release, Site
 from appliance.site.placement import Placement, plan_placement
@@ -124,6 +125,8 @@ class InstallOptions:
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     allow_expired: bool = False
     health_timeout_s: float = 300.0
+    tls_cert: Path | None = None  # the hospital's own pair for the front door
+    tls_key: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,8 @@ class InstallResult:
     previous: int | None
     endpoints: dict[str, str]
     placement: Placement
+    door: DoorRecord | None = None  # the stable addresses, when behind the front door
+    token: str = ""  # the site token, only when this install made it (show it once)
 
 
 class InstallPlan:
@@ -152,6 +157,10 @@ class InstallPlan:
         self.previous: Release | None = None
         self.endpoints: dict[str, str] = {}
         self.slot = 0
+        self.door = FrontDoor(self.site, self.engine, options.now(), tls_cert=options.tls_cert,
+                              tls_key=options.tls_key, progress=progress)
+        self.public: DoorRecord | None = None
+        self._door_moved = False
         self._new_root: TrustRoot | None = None
         self._warnings: list[str] = []
         self._done: list[str] = []
@@ -174,7 +183,8 @@ class InstallPlan:
         if self.release is None or self.placement is None:
             raise InstallError("the install has not run yet")
         prev = self.previous.sequence if self.previous else None
-        return InstallResult(self.release.sequence, prev, dict(self.endpoints), self.placement)
+        return InstallResult(self.release.sequence, prev, dict(self.endpoints), self.placement,
+                             self.public or DoorRecord.read(self.site), self.door.token_made)
 
     def run_step(self, name: str) -> None:
         """Run one step (the ones before it must have run).
@@ -322,7 +332,8 @@ class InstallPlan:
             EngineError: a port stays in use after our own leftovers are stopped.
         """
         assert self.manifest is not None and self.release is not None and self.placement
-        ports = {x.port: x.service for x in launches(self.manifest, self.placement, self.slot)}
+        ports = {x.port: x.service for x in launches(self.manifest, self.placement, self.slot,
+                                                     door=self.door.applies(self.manifest))}
         if not any(port_in_use(p) for p in ports):
             return
         # Ours first: this release from an earlier run, or one an earlier update could
@@ -361,6 +372,12 @@ class InstallPlan:
         assert self.manifest is not None and self.release is not None
         seq = self.release.sequence
         new_root = self._new_root
+        if self.door.applies(self.manifest):
+            self._through_front_door()
+        elif behind_front_door(self.manifest):
+            self._info("switch", f"the {self.engine.name} engine serves each service on its "
+                                 "declared port directly; the front door needs a container "
+                                 "engine")
         self.site.switch_current(seq)
         self.engine.enable(seq)
         if new_root is not None:
@@ -370,6 +387,22 @@ class InstallPlan:
                                   (self.trust_root.version if self.trust_root else None))
         self._record(status="serving", reason="")
         self._info("switch", f"current -> releases/{seq}")
+
+    def _through_front_door(self) -> None:
+        """Move every service's traffic to the new release at the front door."""
+        assert self.manifest is not None and self.release is not None
+        prev = self.previous
+        if prev is not None and prev.sequence != self.release.sequence \
+                and not behind_front_door(prev.manifest()):
+            # A release from before the front door holds the declared ports itself: once,
+            # it stops first (a short gap) so the proxy can take them.
+            self._info("switch", f"release {prev.sequence} served without a front door: "
+                                 "stopping it so the front door can take its ports")
+            self.engine.stop(prev.sequence)
+        self._door_moved = True
+        self.public = self.door.serve(self.manifest, self.release.sequence, self.endpoints)
+        for svc in self.manifest.services:
+            self._info("switch", f"{svc.name} serves at {self.public.url(svc.name)}")
 
     def _step_stop_old(self) -> None:
         assert self.release is not None
@@ -394,6 +427,10 @@ class InstallPlan:
         if self._serving_already():
             return ReleaseFailedError(f"{why}; it stays current (it was already serving)")
         prev = self.previous
+        if step == "switch" and self._door_moved and prev is not None \
+                and self.door.applies(prev.manifest()):
+            with suppress(ApplianceError, OSError):  # traffic back to the previous release
+                self.door.serve(prev.manifest(), prev.sequence, prev.record.endpoints)
         if step == "switch":
             with suppress(ApplianceError, OSError):  # put `current` back before stopping
                 if prev is not None:

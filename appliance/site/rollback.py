@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 from contextlib import suppress
+from datetime import UTC, datetime
 
 from appliance.errors import ApplianceError, ReleaseFailedError, SiteError
 from appliance.progress import ProgressFn, no_progress
 from appliance.site.acceptance import wait_ready
 from appliance.site.audit import record as audit
+from appliance.site.door import FrontDoor
 from appliance.site.engine import Engine
 from appliance.site.layout import PLACEMENT_FILE, Release, Site
 from appliance.site.placement import Placement
@@ -55,6 +57,17 @@ def rollback(site: Site, engine: Engine, sequence: int | None = None, *,
                 audit(site.root, "rollback_failed", sequence=seq, error=str(e))
                 raise ReleaseFailedError(f"release {seq} did not come back: {e}; {keeps}") \
                     from e
+            door = FrontDoor(site, engine, datetime.now(UTC), progress=progress)
+            if door.applies(m):
+                try:
+                    door.serve(m, seq, endpoints)
+                except ApplianceError as e:
+                    engine.stop(seq)
+                    site.update_record(target, status="failed", reason=str(e))
+                    audit(site.root, "rollback_failed", sequence=seq, error=str(e))
+                    raise ReleaseFailedError(f"release {seq} could not take the front door: "
+                                             f"{e}; release {cur.sequence if cur else None} "
+                                             "keeps serving") from e
             site.switch_current(seq)
             engine.enable(seq)
             site.update_record(target, status="serving", reason="")
