@@ -131,3 +131,7 @@ class RestoreError(InstallError):
 
 class InstallLockedError(InstallError):
     """Another installer is working on the same site."""
+
+
+class StickError(ApplianceError):
+    """A stick's layout, checksum list or signature is missing, altered, or cannot be written."""
