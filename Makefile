@@ -58,3 +58,10 @@ bench-runtime: venv
 .PHONY: bench-install
 bench-install: venv
 	$(PY) bench/install_bench.py --rounds 3
+
+# The self-contained installer executable for a stick (docs/stick.md):
+# out/appliance-installer, built in a Debian bullseye root (glibc >= 2.31) from
+# pinned wheels; needs root and debootstrap. Cached by its inputs.
+.PHONY: installer
+installer: venv
+	$(PY) -m installer_exe.build
