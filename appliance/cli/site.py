@@ -101,6 +101,9 @@ def make_site_engine(args: argparse.Namespace, site: Site) -> Any:
         template = os.environ.get(RUNTIME_COMMAND_ENV)
         return ProcessEngine(site, command=shlex.split(template) if template else DEFAULT_COMMAND,
                              unit_dir=args.unit_dir or DEFAULT_UNIT_DIR)
+    if kind == "docker" and not args.docker_host:
+        from appliance.engines.discover import find_docker_host
+        return make_engine(kind, site, docker_host=find_docker_host())
     return make_engine(kind, site, docker_host=args.docker_host)
 
 
