@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -68,16 +69,20 @@ def ensure_bare_root() -> Path:
 
 
 def in_bare_root(root: Path, argv: Sequence[str], *, cwd: str = "/",
-                 env: Sequence[str] = (), timeout: float = 300
-                 ) -> subprocess.CompletedProcess[str]:
+                 env: Sequence[str] = (), timeout: float = 300,
+                 binds: Sequence[tuple[Path, str]] = ()) -> subprocess.CompletedProcess[str]:
     """Run `argv` chrooted into `root` in a fresh mount and PID namespace (util-linux only).
 
-    /proc and /dev are mounted inside the namespaces, so they vanish with the command.
+    /proc, /dev and each (host directory, directory in the root) of `binds` are mounted
+    inside the namespaces, so they vanish with the command.
     """
     inner = f'cd {cwd} && exec "$@"'
+    mounts = "".join(f" && mount --bind {shlex.quote(str(src))} \"$0\"{shlex.quote(dst)}"
+                     for src, dst in binds)
     return subprocess.run(
         ["unshare", "--mount", "--pid", "--fork", f"--mount-proc={root}/proc",
-         "/bin/sh", "-c", 'mount --rbind /dev "$0/dev" && exec chroot "$0" "$@"', str(root),
+         "/bin/sh", "-c", f'mount --rbind /dev "$0/dev"{mounts} && exec chroot "$0" "$@"',
+         str(root),
          "/usr/bin/env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root",
          "TERM=dumb", *env, "/bin/sh", "-c", inner, "sh", *argv],
         capture_output=True, text=True, timeout=timeout, check=False)
