@@ -376,6 +376,90 @@ def ours(stick_bundle: Path, root_json: Path, work: Path, want: np.ndarray,
     return run
 
 
+_ESCAPES = rb"\x1b(\[[0-9;?<>=]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[()][0-9A-B]|.)"
+
+
+def _drain(fd: int, seen: bytearray) -> None:
+    """Read what the TUI drew so far (a full pty would stall it)."""
+    import select
+    while select.select([fd], [], [], 0.05)[0]:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError as e:  # the pty closed
+            raise RuntimeError("the TUI exited") from e
+        if not chunk:
+            return
+        seen.extend(chunk)
+
+
+def _screen_until(fd: int, seen: bytearray, text: str, deadline_s: float) -> None:
+    """Read the TUI's output until `text` shows (terminal escapes stripped)."""
+    import re
+    escapes = re.compile(_ESCAPES)
+    deadline = time.monotonic() + deadline_s
+    while text not in escapes.sub(b"", bytes(seen)).decode(errors="replace"):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the TUI never showed {text!r}")
+        _drain(fd, seen)
+
+
+def ours_tui(stick: Path, installer: Path, work: Path, want: np.ndarray,
+             target: Target) -> Run:
+    """The executable with no arguments on a terminal, the keys a person presses sent at once."""
+    import pty
+    import signal
+
+    from appliance.site import Site
+    run = Run("executable TUI")
+    site = work / "site"
+    shutil.rmtree(site, ignore_errors=True)
+    with target.socket() as url:
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TERM": "xterm-256color",
+               "LANG": "C.UTF-8", "TMPDIR": tempfile.gettempdir(), "DOCKER_HOST": url,
+               "APPLIANCE_ROOT": str(site), "COLUMNS": "100", "LINES": "30"}
+        t0 = time.monotonic()
+        pid, fd = pty.fork()
+        if pid == 0:
+            os.chdir(stick)
+            os.execve(str(installer), [str(installer)], env)
+        seen = bytearray()
+        try:
+            _screen_until(fd, seen, "I compared every fingerprint", 120)
+            run.steps["to the trust screen"] = time.monotonic() - t0
+            t = time.monotonic()
+            os.write(fd, b" c")  # tick the comparison, trust and continue
+            _screen_until(fd, seen, "to install release", 600)
+            run.steps["preflight + verify"] = time.monotonic() - t
+            t = time.monotonic()
+            os.write(fd, b"i")
+            while (cur := Site(site).current()) is None:
+                _drain(fd, seen)
+                if time.monotonic() - t > 600:
+                    raise RuntimeError("the TUI's install never switched")
+                time.sleep(0.05)
+            run.steps["load .. switch"] = time.monotonic() - t
+            t = time.monotonic()
+            first_inference(cur.record.endpoints["big"].removeprefix("http://"), want)
+            run.steps["first inference"] = time.monotonic() - t
+        finally:
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 20
+            while os.waitpid(pid, os.WNOHANG) == (0, 0):
+                if time.monotonic() > deadline:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    break
+                with contextlib.suppress(RuntimeError):
+                    _drain(fd, seen)
+                time.sleep(0.05)
+            os.close(fd)
+            from appliance.engines.docker import DockerEngine
+            eng = DockerEngine(Site(site), base_url=url)
+            eng.stop(1)
+            eng.close()
+    return run
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -396,7 +480,8 @@ def main(argv: list[str] | None = None) -> int:
                         "archive before loading it (e.g. /dev/shm); default: podman's own")
     p.add_argument("--installer", type=Path, default=None,
                    help="also time the self-contained executable (out/appliance-installer "
-                        "from `make installer`), copied onto the stick beside the bundle")
+                        "from `make installer`), copied onto the stick beside the bundle: "
+                        "headless, and its TUI with no arguments on a terminal")
     args = p.parse_args(argv)
     for binary in ("podman", *(("dockerd", "docker") if args.engine == "docker" else ())):
         if shutil.which(binary) is None:
@@ -420,6 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.installer:
         on_stick_exe = stick / "appliance-installer"
         shutil.copy2(args.installer, on_stick_exe)
+        shutil.copy2(root_json, stick / "root.json")  # the TUI offers the root beside it
     ref = manifest.image("big").reference
     want = reference(model_dir, PROBE)  # once, outside the timed runs
     weights = sum(m.weights_size for m in manifest.models)
@@ -431,14 +517,18 @@ def main(argv: list[str] | None = None) -> int:
 
     runs: list[Run] = []
     for i in range(args.rounds):
-        for path in ("hand", "ours", *(("exe",) if on_stick_exe else ())):
+        for path in ("hand", "ours", *(("exe", "tui") if on_stick_exe else ())):
             target: Target = (DockerTarget(work) if args.engine == "docker"
                               else PodmanTarget(work, args.service_tmpdir))
             try:
                 drop_caches(drop)
-                r = (by_hand(on_stick, ref, port, want, target) if path == "hand"
-                     else ours(on_stick, root_json, work, want, target,
-                               on_stick_exe if path == "exe" else None))
+                if path == "hand":
+                    r = by_hand(on_stick, ref, port, want, target)
+                elif path == "tui" and on_stick_exe:
+                    r = ours_tui(stick, on_stick_exe, work, want, target)
+                else:
+                    r = ours(on_stick, root_json, work, want, target,
+                             on_stick_exe if path == "exe" else None)
             finally:
                 target.close()
             runs.append(r)
@@ -455,6 +545,9 @@ def main(argv: list[str] | None = None) -> int:
         exe = statistics.median(r.total for r in runs if r.path == "executable install")
         print(f"{'./appliance-installer install (stick)':<40} {exe:9.1f}")
         print(f"{'ratio to by hand (target 1.0)':<40} {exe / hand:9.2f}")
+        tui = statistics.median(r.total for r in runs if r.path == "executable TUI")
+        print(f"{'./appliance-installer, TUI (keys sent)':<40} {tui:9.1f}")
+        print(f"{'ratio to by hand (target 1.0)':<40} {tui / hand:9.2f}")
     print()
     steps = [r for r in runs if r.path == "appliance install"]
     names = list(steps[0].steps)
