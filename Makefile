@@ -76,3 +76,10 @@ bench-install: venv
 .PHONY: bench-support
 bench-support: venv
 	$(PY) bench/support_bench.py --days 7 --step 10 --services 2 --sites 3
+
+# The self-contained installer executable for a stick (docs/stick.md):
+# out/appliance-installer, built in a Debian bullseye root (glibc >= 2.31) from
+# pinned wheels; needs root and debootstrap. Cached by its inputs.
+.PHONY: installer
+installer: venv
+	$(PY) -m installer_exe.build

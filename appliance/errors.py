@@ -223,3 +223,8 @@ class ProxyConfigError(FrontDoorError):
 
 class ProxyApiError(FrontDoorError):
     """HAProxy's runtime API is unreachable or refused a command."""
+
+
+# -- the stick ----------------------------------------------------------------
+class StickError(ApplianceError):
+    """A stick's layout, checksum list or signature is missing, altered, or cannot be written."""

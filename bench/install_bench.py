@@ -330,15 +330,17 @@ def by_hand(stick_bundle: Path, reference_name: str, port: int, want: np.ndarray
 
 
 def ours(stick_bundle: Path, root_json: Path, work: Path, want: np.ndarray,
-         target: Target) -> Run:
-    run = Run("appliance install")
+         target: Target, installer: Path | None = None) -> Run:
+    """`appliance install` from Python, or the self-contained executable's (`installer`)."""
+    run = Run("appliance install" if installer is None else "executable install")
+    command = [str(installer)] if installer else [sys.executable, "-m", "appliance"]
     site = work / "site"
     shutil.rmtree(site, ignore_errors=True)
     (work / "no-gpu.json").write_text(json.dumps({"gpus": [], "unavailable": "bench"}))
     with target.socket() as url:
         t0 = time.monotonic()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "appliance", "install", str(stick_bundle), "--yes", "--json",
+            [*command, "install", str(stick_bundle), "--yes", "--json",
              "--root", str(site), "--engine", "docker", "--docker-host", url,
              "--trust", str(root_json), "--gpu-state", str(work / "no-gpu.json")],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
@@ -361,7 +363,7 @@ def ours(stick_bundle: Path, root_json: Path, work: Path, want: np.ndarray,
             raise RuntimeError(f"appliance install failed: {err.strip()}")
         run.steps["exit"] = time.monotonic() - last
         status = json.loads(subprocess.run(
-            [sys.executable, "-m", "appliance", "status", "--json", "--root", str(site)],
+            [*command, "status", "--json", "--root", str(site)],
             capture_output=True, text=True, check=True, cwd=ROOT).stdout)
         t = time.monotonic()
         first_inference(status["endpoints"]["big"].removeprefix("http://"), want)
@@ -371,6 +373,90 @@ def ours(stick_bundle: Path, root_json: Path, work: Path, want: np.ndarray,
         eng = DockerEngine(Site(site), base_url=url)
         eng.stop(1)
         eng.close()
+    return run
+
+
+_ESCAPES = rb"\x1b(\[[0-9;?<>=]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[()][0-9A-B]|.)"
+
+
+def _drain(fd: int, seen: bytearray) -> None:
+    """Read what the TUI drew so far (a full pty would stall it)."""
+    import select
+    while select.select([fd], [], [], 0.05)[0]:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError as e:  # the pty closed
+            raise RuntimeError("the TUI exited") from e
+        if not chunk:
+            return
+        seen.extend(chunk)
+
+
+def _screen_until(fd: int, seen: bytearray, text: str, deadline_s: float) -> None:
+    """Read the TUI's output until `text` shows (terminal escapes stripped)."""
+    import re
+    escapes = re.compile(_ESCAPES)
+    deadline = time.monotonic() + deadline_s
+    while text not in escapes.sub(b"", bytes(seen)).decode(errors="replace"):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the TUI never showed {text!r}")
+        _drain(fd, seen)
+
+
+def ours_tui(stick: Path, installer: Path, work: Path, want: np.ndarray,
+             target: Target) -> Run:
+    """The executable with no arguments on a terminal, the keys a person presses sent at once."""
+    import pty
+    import signal
+
+    from appliance.site.layout import Site
+    run = Run("executable TUI")
+    site = work / "site"
+    shutil.rmtree(site, ignore_errors=True)
+    with target.socket() as url:
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TERM": "xterm-256color",
+               "LANG": "C.UTF-8", "TMPDIR": tempfile.gettempdir(), "DOCKER_HOST": url,
+               "APPLIANCE_ROOT": str(site), "COLUMNS": "100", "LINES": "30"}
+        t0 = time.monotonic()
+        pid, fd = pty.fork()
+        if pid == 0:
+            os.chdir(stick)
+            os.execve(str(installer), [str(installer)], env)
+        seen = bytearray()
+        try:
+            _screen_until(fd, seen, "I compared every fingerprint", 120)
+            run.steps["to the trust screen"] = time.monotonic() - t0
+            t = time.monotonic()
+            os.write(fd, b" c")  # tick the comparison, trust and continue
+            _screen_until(fd, seen, "to install release", 600)
+            run.steps["preflight + verify"] = time.monotonic() - t
+            t = time.monotonic()
+            os.write(fd, b"i")
+            while (cur := Site(site).current()) is None:
+                _drain(fd, seen)
+                if time.monotonic() - t > 600:
+                    raise RuntimeError("the TUI's install never switched")
+                time.sleep(0.05)
+            run.steps["load .. switch"] = time.monotonic() - t
+            t = time.monotonic()
+            first_inference(cur.record.endpoints["big"].removeprefix("http://"), want)
+            run.steps["first inference"] = time.monotonic() - t
+        finally:
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 20
+            while os.waitpid(pid, os.WNOHANG) == (0, 0):
+                if time.monotonic() > deadline:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    break
+                with contextlib.suppress(RuntimeError):
+                    _drain(fd, seen)
+                time.sleep(0.05)
+            os.close(fd)
+            from appliance.engines.docker import DockerEngine
+            eng = DockerEngine(Site(site), base_url=url)
+            eng.stop(1)
+            eng.close()
     return run
 
 
@@ -392,6 +478,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--service-tmpdir", type=Path, default=None,
                    help="TMPDIR of podman's socket service, where it spools an uploaded "
                         "archive before loading it (e.g. /dev/shm); default: podman's own")
+    p.add_argument("--installer", type=Path, default=None,
+                   help="also time the self-contained executable (out/appliance-installer "
+                        "from `make installer`), copied onto the stick beside the bundle: "
+                        "headless, and its TUI with no arguments on a terminal")
     args = p.parse_args(argv)
     for binary in ("podman", *(("dockerd", "docker") if args.engine == "docker" else ())):
         if shutil.which(binary) is None:
@@ -411,6 +501,11 @@ def main(argv: list[str] | None = None) -> int:
     stick.mkdir(exist_ok=True)
     on_stick = stick / bundle.name
     shutil.copyfile(bundle, on_stick)
+    on_stick_exe = None
+    if args.installer:
+        on_stick_exe = stick / "appliance-installer"
+        shutil.copy2(args.installer, on_stick_exe)
+        shutil.copy2(root_json, stick / "root.json")  # the TUI offers the root beside it
     ref = manifest.image("big").reference
     want = reference(model_dir, PROBE)  # once, outside the timed runs
     weights = sum(m.weights_size for m in manifest.models)
@@ -422,27 +517,39 @@ def main(argv: list[str] | None = None) -> int:
 
     runs: list[Run] = []
     for i in range(args.rounds):
-        for path in ("hand", "ours"):
+        for path in ("hand", "ours", *(("exe", "tui") if on_stick_exe else ())):
             target: Target = (DockerTarget(work) if args.engine == "docker"
                               else PodmanTarget(work, args.service_tmpdir))
             try:
                 drop_caches(drop)
-                r = (by_hand(on_stick, ref, port, want, target) if path == "hand"
-                     else ours(on_stick, root_json, work, want, target))
+                if path == "hand":
+                    r = by_hand(on_stick, ref, port, want, target)
+                elif path == "tui" and on_stick_exe:
+                    r = ours_tui(stick, on_stick_exe, work, want, target)
+                else:
+                    r = ours(on_stick, root_json, work, want, target,
+                             on_stick_exe if path == "exe" else None)
             finally:
                 target.close()
             runs.append(r)
             print(f"round {i + 1} {r.path:<18} {r.total:6.1f} s  " + "  ".join(
                 f"{k} {v:.1f}" for k, v in r.steps.items()), flush=True)
     hand = statistics.median(r.total for r in runs if r.path == "by hand")
-    mine = statistics.median(r.total for r in runs if r.path != "by hand")
+    mine = statistics.median(r.total for r in runs if r.path == "appliance install")
     print()
     print(f"{'path':<40} {'median s':>9}")
     print(f"{f'{args.engine} load + {args.engine} run (by hand)':<40} {hand:9.1f}")
     print(f"{'appliance install (verify included)':<40} {mine:9.1f}")
     print(f"{'ratio (target <= 1.3)':<40} {mine / hand:9.2f}")
+    if on_stick_exe:
+        exe = statistics.median(r.total for r in runs if r.path == "executable install")
+        print(f"{'./appliance-installer install (stick)':<40} {exe:9.1f}")
+        print(f"{'ratio to by hand (target 1.0)':<40} {exe / hand:9.2f}")
+        tui = statistics.median(r.total for r in runs if r.path == "executable TUI")
+        print(f"{'./appliance-installer, TUI (keys sent)':<40} {tui:9.1f}")
+        print(f"{'ratio to by hand (target 1.0)':<40} {tui / hand:9.2f}")
     print()
-    steps = [r for r in runs if r.path != "by hand"]
+    steps = [r for r in runs if r.path == "appliance install"]
     names = list(steps[0].steps)
     print("appliance install by step (median s): " + ", ".join(
         f"{n} {statistics.median(r.steps.get(n, 0.0) for r in steps):.1f}" for n in names))

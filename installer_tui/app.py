@@ -23,7 +23,7 @@ from appliance.engines import Engine, make_engine
 from appliance.site.gpu import GpuProbe, NvmlProbe, RecordedProbe
 from appliance.site.layout import DEFAULT_ROOT, Site
 from installer_tui.config import InstallerConfig
-from installer_tui.media import DEFAULT_MEDIA_ROOTS
+from installer_tui.media import default_media_roots
 from installer_tui.screens.find import FindBundleScreen
 from installer_tui.screens.install import InstallScreen
 from installer_tui.screens.status import StatusScreen
@@ -101,8 +101,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--unit-dir", type=Path, help="process engine: where to write systemd units")
     p.add_argument("--trust", type=Path, help="the vendor's root.json for a first install")
     p.add_argument("--media", type=Path, action="append",
-                   help="where to look for bundles (repeatable; default /media, /mnt, "
-                        "/run/media)")
+                   help="where to look for bundles (repeatable; default the executable's "
+                        "directory, /media, /mnt, /run/media)")
     p.add_argument("--gpu-state", type=Path, help="use a recorded GPU state instead of NVML")
     p.add_argument("--allow-expired", action="store_true",
                    help="install a bundle past its expiry (logged); for a wrong site clock")
@@ -122,7 +122,7 @@ def config_from_args(args: argparse.Namespace) -> InstallerConfig:
     probe: GpuProbe = RecordedProbe.from_file(args.gpu_state) if args.gpu_state else NvmlProbe()
     return InstallerConfig(
         site=site, engine=engine, gpu_probe=probe,
-        media_roots=args.media or DEFAULT_MEDIA_ROOTS, trust=args.trust, bundle=args.bundle,
+        media_roots=args.media or default_media_roots(), trust=args.trust, bundle=args.bundle,
         start_on_status=args.status, allow_expired=args.allow_expired,
         health_timeout_s=args.health_timeout)
 

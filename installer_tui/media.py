@@ -2,7 +2,9 @@
 
 A USB stick mounts at /media/<user>/<label>, /run/media/<user>/<label> or
 /mnt/<label>, so roots are searched a few levels deep. Candidates are files
-named `*.tar`, `*.bundle` or `*.NNN` (split parts); one counts as a bundle
+named `*.tar`, `*.bundle` or `*.NNN` (split parts); the self-contained
+installer executable also searches its own directory first, so run from a
+stick it finds the bundle beside itself; one counts as a bundle
 when its first tar header names `appliance/manifest.json`, which reads 100
 bytes per candidate, so a stick full of other files is cheap. Split bundles
 are offered once, by their first part (`NAME.001`). Any other name can still
@@ -12,6 +14,7 @@ be typed into the path field.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +43,19 @@ class FoundBundle:
         """A `root.json` in the same directory (how vendors ship the first trust root)."""
         p = self.path.parent / TRUST_ROOT_NAME
         return p if p.is_file() else None
+
+
+def executable_dir() -> Path | None:
+    """The directory of the self-contained installer executable, or None under plain Python."""
+    if getattr(sys, "frozen", False):  # set by the executable's bootloader
+        return Path(sys.executable).resolve().parent
+    return None
+
+
+def default_media_roots() -> tuple[Path, ...]:
+    """Where bundles are searched by default: beside the executable, then mounted media."""
+    here = executable_dir()
+    return ((here,) if here is not None else ()) + DEFAULT_MEDIA_ROOTS
 
 
 def looks_like_bundle(path: Path) -> bool:

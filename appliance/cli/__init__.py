@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "appliance.cli.demo",
     "appliance.cli.frontdoor",
     "appliance.cli.support",
+    "appliance.cli.stick",
 )
 
 

@@ -34,8 +34,15 @@ def register(sub: SubParsers) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     from runtime.errors import ServeError
-    from runtime.server import serve
     from runtime.settings import from_args
+
+    try:
+        from runtime.server import serve
+    except ImportError as e:  # the self-contained installer carries no numpy/onnxruntime
+        print(f"error: `appliance serve` needs the runtime's packages ({e.name} is missing): "
+              "serve from the runtime image, or pip install 'offline-appliance[runtime]'",
+              file=sys.stderr)
+        return 1
 
     try:
         return serve(from_args(args))

@@ -18,7 +18,8 @@ RUNTIME_COMMAND_ENV = "APPLIANCE_RUNTIME_COMMAND"  # process engine: command tem
 def make_engine(kind: str | None, site: Site, *, docker_host: str | None = None,
                 unit_dir: Path | None = None) -> Engine:
     """The engine named `kind` ("docker" or "process") for `site`; with no kind, the one
-    the current release runs on, else docker.
+    the current release runs on, else docker (at `docker_host`, else the socket
+    `appliance.engines.discover` finds).
 
     Raises:
         EngineError: an unknown kind.
@@ -27,8 +28,9 @@ def make_engine(kind: str | None, site: Site, *, docker_host: str | None = None,
         cur = site.current() if site.root.exists() else None
         kind = cur.record.engine if cur is not None and cur.record.engine else "docker"
     if kind == "docker":
+        from appliance.engines.discover import find_docker_host
         from appliance.engines.docker import DockerEngine
-        return DockerEngine(site, base_url=docker_host)
+        return DockerEngine(site, base_url=docker_host or find_docker_host())
     if kind == "process":
         from appliance.engines.process import DEFAULT_COMMAND, DEFAULT_UNIT_DIR, ProcessEngine
         template = os.environ.get(RUNTIME_COMMAND_ENV)

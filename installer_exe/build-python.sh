@@ -1,0 +1,20 @@
+#!/bin/sh
+# Runs inside the Debian bullseye build root: builds CPython 3.11 from Debian's
+# own source package (bookworm's python3.11) into /opt/python3.11, linked
+# against bullseye's glibc 2.31, so the executable built with it runs there.
+set -eu
+export DEBIAN_FRONTEND=noninteractive LC_ALL=C
+echo "deb-src http://deb.debian.org/debian bookworm main" > /etc/apt/sources.list.d/python-src.list
+apt-get update -qq
+rm -rf /opt/src && mkdir -p /opt/src && cd /opt/src
+chown _apt /opt/src 2>/dev/null || true
+apt-get source -qq --download-only python3.11
+tar -xf python3.11_*.orig.tar.*
+cd Python-3.11*/
+# --enable-shared: PyInstaller bundles libpython; rpath so the build needs no LD_LIBRARY_PATH.
+./configure -q --prefix=/opt/python3.11 --enable-shared --with-ensurepip=install \
+    LDFLAGS="-Wl,-rpath,/opt/python3.11/lib"
+make -s -j"$(nproc)" >/dev/null
+make -s install >/dev/null
+cd / && rm -rf /opt/src /var/lib/apt/lists/* /etc/apt/sources.list.d/python-src.list
+/opt/python3.11/bin/python3.11 -c 'import ssl, ctypes, lzma, bz2, zlib, uuid; print(ssl.OPENSSL_VERSION)'

@@ -1,0 +1,73 @@
+"""`appliance-installer`'s entry point: TUI with no command, the CLI with one, bundle beside it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from appliance import installer as entry
+from installer_tui.media import DEFAULT_MEDIA_ROOTS, default_media_roots, executable_dir
+from tests.site.bundlekit import Vendor as SiteVendor
+from tests.site.bundlekit import make_bundle
+from tests.stick.kit import make_vendor
+
+
+def as_executable_in(monkeypatch: pytest.MonkeyPatch, directory: Path) -> None:
+    """What the executable's bootloader sets: `sys.frozen`, and `sys.executable` = the file."""
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    monkeypatch.setattr(sys, "executable", str(directory / "appliance-installer"))
+
+
+def test_plain_python_searches_only_mounted_media() -> None:
+    assert executable_dir() is None
+    assert default_media_roots() == DEFAULT_MEDIA_ROOTS
+    assert entry.stick_bundle() is None
+
+
+def test_executable_searches_its_own_directory_first_and_opens_the_one_bundle(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    v = make_vendor(tmp_path)
+    stick = tmp_path / "stick"
+    stick.mkdir()
+    bundle = make_bundle(stick, SiteVendor(v.key, v.root_path), 1)
+    as_executable_in(monkeypatch, stick)
+    assert default_media_roots()[0] == stick.resolve()
+    assert entry.stick_bundle() == bundle.resolve()
+    opened: list[list[str]] = []
+    monkeypatch.setattr("installer_tui.app.main", lambda argv: opened.append(list(argv)) or 0)
+    assert entry.main([]) == 0
+    assert opened == [[str(bundle.resolve())]]
+
+
+def test_two_bundles_beside_the_executable_leave_the_choice_to_the_person(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    v = make_vendor(tmp_path)
+    make_bundle(tmp_path, SiteVendor(v.key, v.root_path), 1)
+    make_bundle(tmp_path, SiteVendor(v.key, v.root_path), 2)
+    as_executable_in(monkeypatch, tmp_path)
+    assert entry.stick_bundle() is None
+
+
+def test_a_command_runs_the_appliance_cli(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    v = make_vendor(tmp_path)
+    assert entry.main(["keys", "fingerprint", str(v.root_path)]) == 0
+    assert v.key.public_key.fingerprint in capsys.readouterr().out
+
+
+def test_help_says_no_arguments_starts_the_tui(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        entry.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("appliance-installer: with no arguments, the installer TUI")
+    assert "install" in out and "stick" in out
+
+
+def test_tui_word_passes_the_rest_to_the_tui(monkeypatch: pytest.MonkeyPatch) -> None:
+    opened: list[list[str]] = []
+    monkeypatch.setattr("installer_tui.app.main", lambda argv: opened.append(list(argv)) or 0)
+    assert entry.main(["tui", "--status"]) == 0
+    assert opened == [["--status"]]
