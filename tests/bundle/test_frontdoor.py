@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import shutil
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -264,6 +265,10 @@ def test_the_real_proxy_image_rides_with_the_real_runtime(tmp_path: Path, vendor
     assert door is not None and door.layers[0] == m.image("svc-a").layers[0]
     blobs = _blobs(tmp_path / "b.tar")
     assert len(blobs) == len(set(blobs))
+    with tarfile.open(proxy) as tar:
+        saved = json.loads(tar.extractfile("manifest.json").read())[0]  # type: ignore[union-attr]
+        config = tar.extractfile(saved["Config"]).read()  # type: ignore[union-attr]
+    assert door.config_digest == _sha(config), "the proxy keeps the image id it was built with"
 
 
 def test_demo_bundle_carries_the_proxy_image_found_beside_the_runtime(tmp_path: Path):
