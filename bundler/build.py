@@ -18,7 +18,10 @@ hash runs on a second thread over the same buffer while the first one writes it
 longer of the two instead of their sum.
 
 A delta (`base`) must know a blob's digest before deciding to omit it, so
-for deltas the weights layers are hashed in a first pass.
+for deltas the weights layers are hashed in a first pass. So are image layers
+whose source states no digest (gzip'd docker-archive layers) when the bundle
+carries the front door's image, so a layer it shares with the runtime is found,
+and stored once, before the layout is planned.
 """
 
 from __future__ import annotations
@@ -168,13 +171,19 @@ def build_bundle(
                                                                    prefix=".bundle-")))
         base_image = (stack.enter_context(open_base_image(spec.runtime_image, spec.platform, tmp))
                       if spec.runtime_image is not None else None)
+        frontdoor = (stack.enter_context(open_base_image(spec.frontdoor_image, spec.platform,
+                                                         tmp, "front door image"))
+                     if spec.frontdoor_image is not None else None)
         pool = (stack.enter_context(ThreadPoolExecutor(max_workers=1))
                 if hash_thread_pays() else None)
-        comp = Composition(spec, base_image)
+        comp = Composition(spec, base_image, frontdoor)
         have: set[str] = set()
         if base is not None:
             have = _base_blobs(base)
-            _resolve_layers(comp, pool, progress)
+            _resolve_layers(comp, comp.blobs(), pool, progress)
+        elif frontdoor is not None:
+            _resolve_layers(comp, [b for b in comp.blobs() if isinstance(b.layer, LayerSource)],
+                            pool, progress)
         blobs = [b for b in comp.blobs() if not (b.digest and b.digest in have)]
         _, draft = _front(spec, comp, blobs, base, keys)
         front_size = sum(member_span(len(d)) for _, d in draft)
@@ -203,12 +212,12 @@ def build_bundle(
     return manifest
 
 
-def _resolve_layers(comp: Composition, pool: ThreadPoolExecutor | None,
+def _resolve_layers(comp: Composition, blobs: Sequence[Blob], pool: ThreadPoolExecutor | None,
                     progress: ProgressFn) -> None:
     """Hash layers whose digest is not stated (for a delta, before choosing what to omit)."""
-    for b in comp.blobs():
+    for b in blobs:
         if b.layer is not None and b.digest is None:
-            sink = _HashingSink(None, pool, progress, 0, b.size, "hashing for the delta")
+            sink = _HashingSink(None, pool, progress, 0, b.size, "hashing layers")
             _stream_layer(b.layer, sink, b.size)
             b.digest = sink.digest
     comp.refresh()
@@ -221,8 +230,7 @@ def _write_blobs(output: BundleOutput, comp: Composition, blobs: Sequence[Blob],
         header_at = output.tell()
         output.write(b"\0" * BLOCK)
         if b.layer is not None:
-            what = (f"model {b.layer.model}" if isinstance(b.layer, WeightsLayer)
-                    else "runtime layer")
+            what = comp.describe(b)
             sink = _HashingSink(output, pool, progress, header_at, total, what)
             _stream_layer(b.layer, sink, b.size)
             if sink.size != b.size:
@@ -230,7 +238,7 @@ def _write_blobs(output: BundleOutput, comp: Composition, blobs: Sequence[Blob],
                                 "did a file change during the build?")
             if b.digest is not None and b.digest != sink.digest:
                 raise SpecError(f"{what} does not match its digest {b.digest[:19]} (the "
-                                "runtime image is corrupted, or a model file changed mid-build)")
+                                "image is corrupted, or a model file changed mid-build)")
             b.digest = sink.digest
         else:
             comp.refresh()

@@ -6,6 +6,11 @@ command override) and a new OCI manifest. Both are pure functions of the
 blob digests, so the writer can compute them with placeholder digests first
 (same length, hence same size) and with the real ones once the layers are
 hashed.
+
+The front door's proxy image is not composed: it is carried as it came (its
+layers, its config bytes, and its OCI manifest when the source has one; from a
+docker-archive the manifest is written over them here). A layer it shares with
+the runtime image is the same `Blob`, so the bundle stores it once.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from appliance.bundle.imagearchive import (
     MANIFEST_MEDIA_TYPE,
     canonical_json,
 )
-from appliance.bundle.manifest import Image
+from appliance.bundle.manifest import FRONTDOOR_IMAGE, Image
+from appliance.errors import SpecError
 from bundler.layers import WeightsLayer, plan_weights_layer
 from bundler.sources import BaseImage, LayerSource
 from bundler.spec import ModelSpec, ServiceSpec, Spec
@@ -61,10 +67,24 @@ class PlannedImage:
     manifest: Blob = field(init=False)
 
 
-class Composition:
-    """The images a spec asks for, over a base image (or none: weights only)."""
+@dataclass(eq=False)
+class CarriedImage:
+    """An image the bundle carries unchanged (the front door's proxy): no service runs it."""
 
-    def __init__(self, spec: Spec, base: BaseImage | None) -> None:
+    name: str
+    reference: str
+    layers: list[Blob]
+    config: Blob
+    manifest: Blob
+    source_manifest: bytes | None  # the source's own OCI manifest, carried as is
+
+
+class Composition:
+    """The images a spec asks for, over a base image (or none: weights only), plus the
+    front door's image when the spec names one."""
+
+    def __init__(self, spec: Spec, base: BaseImage | None,
+                 frontdoor: BaseImage | None = None) -> None:
         self.spec = spec
         self.base = base
         self.weights: dict[str, Blob] = {}
@@ -84,14 +104,48 @@ class Composition:
             img.config = Blob(placeholder(f"config:{svc.name}"), 0, CONFIG_MEDIA_TYPE)
             img.manifest = Blob(placeholder(f"manifest:{svc.name}"), 0, MANIFEST_MEDIA_TYPE)
             self.images.append(img)
+        self.frontdoor = (self._carry(FRONTDOOR_IMAGE, frontdoor, base_blobs)
+                          if frontdoor is not None else None)
         self.refresh()
+
+    def _carry(self, name: str, src: BaseImage, shared: list[Blob]) -> CarriedImage:
+        """Plan `src` as it is, reusing the blob of every layer it shares with `shared`."""
+        spec = self.spec
+        os_, arch = spec.platform.split("/")[:2]
+        got = (src.config.get("os"), src.config.get("architecture"))
+        if got != (os_, arch):
+            raise SpecError(f"the front door image is for {got[0]}/{got[1]}, the bundle for "
+                            f"{spec.platform}; build the proxy image for {spec.platform}")
+        known = {b.digest: b for b in shared if b.digest}
+        layers = []
+        for i, layer in enumerate(src.layers):
+            known_blob = known.get(layer.digest) if layer.digest else None
+            layers.append(known_blob or Blob(layer.digest or placeholder(f"{name}:{i}"),
+                                             layer.size, layer.media_type, layer, layer.digest))
+        cfg = src.config_bytes
+        config = Blob(_sha(cfg), len(cfg), CONFIG_MEDIA_TYPE, digest=_sha(cfg), data=cfg)
+        return CarriedImage(name, f"appliance/{spec.name}-{name}:{spec.version}", layers, config,
+                            Blob(placeholder(f"manifest:{name}"), 0, MANIFEST_MEDIA_TYPE),
+                            src.manifest_bytes)
+
+    def describe(self, b: Blob) -> str:
+        """What a layer blob is, for error messages."""
+        if isinstance(b.layer, WeightsLayer):
+            return f"model {b.layer.model}"
+        if any(b is x for img in self.images for x in img.layers):
+            return "runtime layer"
+        return "front door image layer"
+
+    def all_images(self) -> list[PlannedImage | CarriedImage]:
+        """The service images, then the front door's."""
+        return [*self.images, *([self.frontdoor] if self.frontdoor else [])]
 
     def blobs(self) -> list[Blob]:
         """Every blob once, in bundle order: per image its layers, config, manifest."""
-        seen: dict[int, Blob] = {}
-        for img in self.images:
+        seen: dict[str, Blob] = {}
+        for img in self.all_images():
             for b in (*img.layers, img.config, img.manifest):
-                seen.setdefault(id(b), b)
+                seen.setdefault(b.current, b)  # one blob per digest, whichever image has it
         return list(seen.values())
 
     def refresh(self) -> None:
@@ -106,6 +160,13 @@ class Composition:
             img.manifest.size = len(man)
             img.manifest.data = man if resolved else None
             img.manifest.digest = _sha(man) if resolved else None
+        fd = self.frontdoor
+        if fd is not None:
+            man = fd.source_manifest or self.manifest_bytes(fd)
+            resolved = fd.source_manifest is not None or all(b.digest for b in fd.layers)
+            fd.manifest.size = len(man)
+            fd.manifest.data = man if resolved else None
+            fd.manifest.digest = _sha(man) if resolved else None
 
     def config_bytes(self, img: PlannedImage) -> bytes:
         spec = self.spec
@@ -148,7 +209,7 @@ class Composition:
                  f"version {m.version}", "comment": "weights layer"} for m in img.models)]
         return canonical_json(doc)
 
-    def manifest_bytes(self, img: PlannedImage) -> bytes:
+    def manifest_bytes(self, img: PlannedImage | CarriedImage) -> bytes:
         return canonical_json({
             "schemaVersion": 2,
             "mediaType": MANIFEST_MEDIA_TYPE,
@@ -160,9 +221,14 @@ class Composition:
 
     def images_for_manifest(self) -> list[Image]:
         """The manifest's image records, with the digests known so far."""
-        return [Image(img.service.name, img.reference, img.manifest.current,
-                      img.config.current, [b.current for b in img.layers])
-                for img in self.images]
+        images = [Image(img.service.name, img.reference, img.manifest.current,
+                        img.config.current, [b.current for b in img.layers])
+                  for img in self.images]
+        if self.frontdoor is not None:
+            fd = self.frontdoor
+            images.append(Image(fd.name, fd.reference, fd.manifest.current, fd.config.current,
+                                [b.current for b in fd.layers]))
+        return images
 
     def image_of_model(self, name: str) -> str:
         for img in self.images:

@@ -41,6 +41,10 @@ RUNTIME = """\
 runtime_image:
   archive: {archive}
 """
+FRONTDOOR = """\
+frontdoor_image:
+  archive: {archive}
+"""
 
 
 @dataclass(frozen=True)
@@ -56,11 +60,12 @@ class DemoResult:
 
 
 def make_demo_bundle(root: Path, sequence: int = 1, *, runtime_archive: Path | None = None,
-                     port: int = 8000) -> DemoResult:
+                     port: int = 8000, proxy_archive: Path | None = None) -> DemoResult:
     """Key + trust root, an MLP, its spec, a signed bundle, verified into root/site's store.
 
     With `runtime_archive` the service image is that runtime plus the weights layer;
-    without, a weights-only image (for the process engine).
+    without, a weights-only image (for the process engine). With `proxy_archive` the
+    bundle also carries the front door's proxy image.
     """
     root.mkdir(parents=True, exist_ok=True)
     key_path, root_path = root / "keys" / "vendor.key", root / "root.json"
@@ -76,6 +81,8 @@ def make_demo_bundle(root: Path, sequence: int = 1, *, runtime_archive: Path | N
     spec = SPEC.format(sequence=sequence, port=port)
     if runtime_archive is not None:
         spec += RUNTIME.format(archive=json.dumps(str(runtime_archive.resolve())))
+    if proxy_archive is not None:
+        spec += FRONTDOOR.format(archive=json.dumps(str(proxy_archive.resolve())))
     (root / "appliance.yaml").write_text(spec)
     bundle = root / "demo-bundle.tar"
     build_bundle(load_spec(root / "appliance.yaml"), bundle, [key])

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from appliance.bundle.manifest import (
+    FRONTDOOR_IMAGE,
     GPU_POLICIES,
     NAME_RE,
     Provenance,
@@ -34,7 +35,8 @@ MODEL_JSON = "model.json"
 
 @dataclass(frozen=True)
 class RuntimeImageSpec:
-    """Where the runtime image comes from: exactly one of archive, oci_layout, engine."""
+    """Where an image comes from (the runtime's, or the front door's proxy): exactly one of
+    archive, oci_layout, engine."""
 
     archive: Path | None = None
     oci_layout: Path | None = None
@@ -80,6 +82,7 @@ class Spec:
     services: list[ServiceSpec]
     source: Path  # the spec file
     trust_root: str | None = None  # a signed successor root (JSON text) riding in the bundle
+    frontdoor_image: RuntimeImageSpec | None = None  # the proxy image, carried unchanged
 
     def model(self, name: str) -> ModelSpec:
         for m in self.models:
@@ -163,8 +166,10 @@ def _spec(doc: dict[str, Any], path: Path) -> Spec:
     return Spec(
         name=name, version=version, sequence=sequence,
         created=format_time(created), expires=format_time(expires), platform=platform,
-        runtime_image=_runtime(doc.get("runtime_image"), here), models=models,
-        services=services, source=path, trust_root=_trust_root(doc.get("trust_root"), here),
+        runtime_image=_image_source(doc.get("runtime_image"), here, "runtime_image"),
+        models=models, services=services, source=path,
+        trust_root=_trust_root(doc.get("trust_root"), here),
+        frontdoor_image=_image_source(doc.get("frontdoor_image"), here, "frontdoor_image"),
     )
 
 
@@ -193,25 +198,35 @@ def _list(doc: dict[str, Any], key: str) -> list[Any]:
     return v
 
 
-def _runtime(doc: Any, here: Path) -> RuntimeImageSpec | None:
+# What to run to make each image when its file is missing.
+_MAKE = {"runtime_image": "make runtime-image", "frontdoor_image": "make proxy-image"}
+
+
+def _image_source(doc: Any, here: Path, key: str) -> RuntimeImageSpec | None:
+    """`runtime_image:` or `frontdoor_image:`: one parser, so both take the same sources."""
     if doc is None:
         return None
     if not isinstance(doc, dict):
-        raise SpecError("runtime_image must be a mapping with archive, oci_layout or engine")
+        raise SpecError(f"{key} must be a mapping with archive, oci_layout or engine")
     given = [k for k in ("archive", "oci_layout", "engine") if doc.get(k)]
     if len(given) != 1:
-        raise SpecError("runtime_image needs exactly one of archive, oci_layout, engine; "
+        raise SpecError(f"{key} needs exactly one of archive, oci_layout, engine; "
                         f"got {given or 'none'}")
     command = doc.get("command")
+    if command is not None and key == "frontdoor_image":
+        # The proxy image travels byte for byte (its config digest is its identity),
+        # so nothing may rewrite its config.
+        raise SpecError("frontdoor_image is carried unchanged and takes no command; "
+                        "remove frontdoor_image.command")
     if command is not None and (not isinstance(command, list)
                                 or not all(isinstance(c, str) for c in command)):
-        raise SpecError("runtime_image.command must be a list of strings")
+        raise SpecError(f"{key}.command must be a list of strings")
     archive = here / doc["archive"] if doc.get("archive") else None
     layout = here / doc["oci_layout"] if doc.get("oci_layout") else None
     for p in (archive, layout):
         if p is not None and not p.exists():
-            raise SpecError(f"runtime image {p} does not exist; build it first "
-                            "(make runtime-image) or fix the path")
+            raise SpecError(f"{key} {p} does not exist; build it first ({_MAKE[key]}) "
+                            "or fix the path")
     return RuntimeImageSpec(archive, layout, doc.get("engine"), command)
 
 
@@ -279,7 +294,8 @@ def _model(doc: Any, here: Path) -> ModelSpec:
 
 def _services(doc: Any, models: list[str], path: Path) -> list[ServiceSpec]:
     if doc is None:
-        return [ServiceSpec(m, [m], 8000 + i) for i, m in enumerate(models)]
+        return _check_service_names(
+            [ServiceSpec(m, [m], 8000 + i) for i, m in enumerate(models)], path)
     if not isinstance(doc, list) or not doc:
         raise SpecError(f"spec {path}: services must be a non-empty list")
     out = []
@@ -302,4 +318,14 @@ def _services(doc: Any, models: list[str], path: Path) -> list[ServiceSpec]:
     unserved = [m for m in models if m not in served]
     if unserved:
         raise SpecError(f"spec {path}: models {unserved} are in no service; add them to one")
-    return out
+    return _check_service_names(out, path)
+
+
+def _check_service_names(services: list[ServiceSpec], path: Path) -> list[ServiceSpec]:
+    """Refuse a service named like the front door's image: both would get its reference."""
+    for s in services:
+        if s.name == FRONTDOOR_IMAGE:
+            raise SpecError(f"spec {path}: service {s.name!r} takes the name reserved for the "
+                            "front door's proxy image; rename it")
+    return services
+

@@ -274,10 +274,16 @@ class Manifest:
                 )
             if model.image not in images:
                 raise ManifestError(f"model {model.name!r} names unknown image {model.image!r}")
+            if model.image == FRONTDOOR_IMAGE:
+                raise ManifestError(f"model {model.name!r} names the front door's image; "
+                                    "weights belong in a service's image")
         models = {m.name for m in self.models}
         for svc in self.services:
             if svc.image not in images:
                 raise ManifestError(f"service {svc.name!r} names unknown image {svc.image!r}")
+            if FRONTDOOR_IMAGE in (svc.name, svc.image):
+                raise ManifestError(f"service {svc.name!r} takes the front door's image or "
+                                    "name; only the installer runs the proxy")
             unknown = [m for m in svc.models if m not in models]
             if unknown:
                 raise ManifestError(f"service {svc.name!r} names unknown models {unknown}")

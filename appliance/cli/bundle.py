@@ -99,6 +99,9 @@ def _verify(args: argparse.Namespace) -> int:
     print(f"  manifest {v.manifest_digest}")
     for kid in v.signers:
         print(f"  signed by {fingerprint(kid)}")
+    door = m.frontdoor_image()
+    if door is not None:
+        print(f"  front door {door.reference} {door.manifest_digest[:19]}")
     if store is not None:
         print(f"  blobs in {store.root}")
     return 0
@@ -119,6 +122,10 @@ def _inspect(args: argparse.Namespace) -> int:
         print(f"delta    on sequence {m.base.sequence} ({m.base.manifest_digest[:19]})")
     print(f"size     {human(m.total_size)} in {len(m.members)} members")
     print("signers  " + (", ".join(fingerprint(k) for k in env.key_ids) or "(none: unsigned)"))
+    door = m.frontdoor_image()
+    print("frontdoor " + (f"the bundle carries the front door's proxy image {door.reference} "
+                          f"({door.manifest_digest[:19]}, {len(door.layers)} layers)"
+                          if door else "none (no proxy image in this bundle)"))
     print("models")
     for mod in m.models:
         print(f"  {mod.name:<16} v{mod.version:<6} {mod.framework:<13} "

@@ -132,6 +132,18 @@ def runtime_image(say: Any) -> Path | None:
     return built.archive
 
 
+def proxy_image(runtime_archive: Path | None, say: Any) -> Path | None:
+    """The front door's proxy image archive, when `make proxy-image` left one beside the
+    runtime image's (the bundle then carries it; the demo does not build it)."""
+    if runtime_archive is None:
+        return None
+    proxy = runtime_archive.with_name("proxy-image.tar")
+    if not proxy.is_file():
+        return None
+    say(f"image        front door proxy image {proxy} (carried in the bundle)")
+    return proxy
+
+
 def free_port(preferred: int) -> int:
     """`preferred` if it and its other-slot port are free, else another such port."""
     def free(p: int) -> bool:
@@ -270,7 +282,8 @@ def run_demo(work: Path, *, engine: str, port: int, clean: bool, started: float)
                 choice = EngineChoice("process", None, "the runtime image is not available")
             say(f"engine       {choice.kind}: {choice.why}")
             port = free_port(port)
-            demo = make_demo_bundle(work, runtime_archive=archive, port=port)
+            demo = make_demo_bundle(work, runtime_archive=archive, port=port,
+                                    proxy_archive=proxy_image(archive, say))
             print_bundle(demo)
             eng = make_engine(choice, site, work)
             record_engine(work, choice)

@@ -14,6 +14,7 @@ from bundler.build import build_bundle
 from bundler.spec import load_spec
 from signing import PrivateKey, TrustRoot
 from tests.bundle.kit import TWO_MODEL_SPEC, make_model_dir, source_date_epoch, write_spec
+from tests.bundle.runtimes import docker_archive, proxy_docker_archive
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,18 @@ def make_spec_dir(directory: Path, sequence: int = 1, beta: bytes = b"beta-weigh
     return write_spec(directory, TWO_MODEL_SPEC.format(sequence=sequence))
 
 
+def make_door_spec_dir(directory: Path, sequence: int = 1, beta: bytes = b"beta-weights" * 50,
+                       ) -> Path:
+    """The two-model spec over the runtime stand-in, carrying the proxy stand-in as
+    the front door's image (both docker-archives, sharing the base layer)."""
+    spec = make_spec_dir(directory, sequence, beta)
+    runtime = docker_archive(directory / "runtime.tar")
+    proxy = proxy_docker_archive(directory / "proxy.tar")
+    return write_spec(directory, spec.read_text().replace(
+        "models:\n", f"runtime_image:\n  archive: {runtime.name}\n"
+        f"frontdoor_image:\n  archive: {proxy.name}\nmodels:\n", 1))
+
+
 @pytest.fixture(scope="session")
 def built(tmp_path_factory: pytest.TempPathFactory, vendor: PrivateKey) -> Built:
     """A two-service, two-model weights-only bundle (about 20 KiB)."""
@@ -66,3 +79,13 @@ def bundle(built: Built, tmp_path: Path) -> Path:
 @pytest.fixture
 def store(tmp_path: Path) -> ContentStore:
     return ContentStore(tmp_path / "site")
+
+
+@pytest.fixture(scope="session")
+def door_built(tmp_path_factory: pytest.TempPathFactory, vendor: PrivateKey) -> Built:
+    """The session bundle's twin over the runtime stand-in, carrying a front door image."""
+    d = tmp_path_factory.mktemp("door")
+    spec_path = make_door_spec_dir(d)
+    with source_date_epoch():
+        manifest = build_bundle(load_spec(spec_path), d / "bundle.tar", [vendor])
+    return Built(d / "bundle.tar", manifest, d)

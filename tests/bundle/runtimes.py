@@ -1,4 +1,9 @@
-"""Tiny runtime images made by code: a docker-archive tar, an OCI layout dir, an OCI tar."""
+"""Tiny images made by code: a docker-archive tar, an OCI layout dir, an OCI tar.
+
+The runtime stand-in has two layers; the front door's proxy stand-in is the runtime's
+bottom layer (the shared debootstrap base) plus one layer of its own, like
+`images/proxy.py` builds the real one.
+"""
 
 from __future__ import annotations
 
@@ -37,9 +42,33 @@ def runtime_parts() -> tuple[list[bytes], bytes]:
     return layers, config
 
 
+def proxy_parts() -> tuple[list[bytes], bytes]:
+    """The runtime's base layer plus a proxy layer, and a config that is not the bundler's
+    kind (no appliance labels, a user, a stop signal, its own key order)."""
+    base, _ = runtime_parts()
+    layers = [base[0], _layer({"usr/sbin/haproxy": b"#!/bin/sh\necho haproxy stand-in\n"})]
+    config = json.dumps({
+        "os": "linux", "architecture": "amd64",
+        "config": {"Entrypoint": ["/usr/sbin/haproxy"], "Cmd": ["-W", "-db"],
+                   "User": "10002:10002", "StopSignal": "SIGUSR1",
+                   "Labels": {"org.opencontainers.image.title": "appliance-proxy"}},
+        "rootfs": {"type": "layers", "diff_ids": [_sha(x) for x in layers]},
+        "history": [{"created_by": "debootstrap"}, {"created_by": "dpkg -i haproxy"}],
+    }, indent=1).encode()  # not canonical JSON: the bundle must keep these bytes as they are
+    return layers, config
+
+
 def docker_archive(path: Path) -> Path:
     """What `docker save` writes: manifest.json, config, <hex>/layer.tar."""
-    layers, config = runtime_parts()
+    return _docker_archive(path, *runtime_parts())
+
+
+def proxy_docker_archive(path: Path) -> Path:
+    """The proxy stand-in as `make proxy-image` writes it (a docker-archive)."""
+    return _docker_archive(path, *proxy_parts(), tag="appliance-proxy:1")
+
+
+def _docker_archive(path: Path, layers: list[bytes], config: bytes, tag: str = "rt:1") -> Path:
     with tarfile.open(path, "w") as tar:
         def add(name: str, data: bytes) -> None:
             ti = tarfile.TarInfo(name)
@@ -53,13 +82,21 @@ def docker_archive(path: Path) -> Path:
             name = hashlib.sha256(data).hexdigest() + "/layer.tar"
             add(name, data)
             names.append(name)
-        add("manifest.json", json.dumps([{"Config": cfg_name, "RepoTags": ["rt:1"],
+        add("manifest.json", json.dumps([{"Config": cfg_name, "RepoTags": [tag],
                                           "Layers": names}]).encode())
     return path
 
 
 def oci_layout(directory: Path) -> Path:
-    layers, config = runtime_parts()
+    return _oci_layout(directory, *runtime_parts())
+
+
+def proxy_oci_layout(directory: Path) -> Path:
+    """The proxy stand-in as an OCI layout (its manifest is not canonical JSON either)."""
+    return _oci_layout(directory, *proxy_parts())
+
+
+def _oci_layout(directory: Path, layers: list[bytes], config: bytes) -> Path:
     blobs = directory / "blobs" / "sha256"
     blobs.mkdir(parents=True)
     for data in (*layers, config):
@@ -92,9 +129,17 @@ def oci_tar(directory: Path, path: Path) -> Path:
 
 def gzip_docker_archive(path: Path) -> Path:
     """A docker-archive whose layers are gzip'd (as some tools save them)."""
+    return _gzip_docker_archive(path, *runtime_parts())
+
+
+def gzip_proxy_docker_archive(path: Path) -> Path:
+    """The proxy stand-in with gzip'd layers: its base layer's bytes are the gzip runtime's."""
+    return _gzip_docker_archive(path, *proxy_parts())
+
+
+def _gzip_docker_archive(path: Path, layers: list[bytes], config: bytes) -> Path:
     import gzip
 
-    layers, config = runtime_parts()
     with tarfile.open(path, "w") as tar:
         def add(name: str, data: bytes) -> None:
             ti = tarfile.TarInfo(name)

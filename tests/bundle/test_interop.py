@@ -71,6 +71,36 @@ def test_podman_load_accepts_the_bundle(built: Built, podman_store: Path):
         assert img.config_digest[7:].startswith(line.split()[1])
 
 
+@needs_skopeo
+@pytest.mark.parametrize("transport", ["oci-archive", "docker-archive"])
+def test_skopeo_inspects_the_front_door_image_as_the_proxy_made_it(door_built: Built,
+                                                                   transport: str):
+    from tests.bundle.runtimes import proxy_parts
+
+    door = door_built.manifest.frontdoor_image()
+    assert door is not None
+    doc = skopeo_inspect(f"{transport}:{door_built.path}:{door.reference}")
+    assert doc["Layers"] == door.layers
+    assert doc["Labels"] == json.loads(proxy_parts()[1])["config"]["Labels"]
+    raw = subprocess.run(["skopeo", "inspect", "--config", "--raw",
+                          f"{transport}:{door_built.path}:{door.reference}"],
+                         check=True, capture_output=True, timeout=60).stdout
+    assert "sha256:" + hashlib.sha256(raw).hexdigest() == door.config_digest
+
+
+@needs_podman
+@pytest.mark.engine
+def test_podman_load_names_the_front_door_image(door_built: Built, podman_store: Path):
+    out = podman(podman_store, "load", "-i", str(door_built.path))
+    door = door_built.manifest.frontdoor_image()
+    assert door is not None and door.reference in out
+    got = podman(podman_store, "image", "inspect", door.reference, "--format", "{{.Id}}")
+    assert got.strip() == door.config_digest[7:]
+    cfg = podman(podman_store, "image", "inspect", door.reference, "--format",
+                 "{{.Config.User}} {{.Config.StopSignal}}")
+    assert cfg.split() == ["10002:10002", "SIGUSR1"]
+
+
 def _archive_from_store(built: Built, root: TrustRoot, tmp_path: Path,
                         digest_names: bool = False) -> Path:
     store = ContentStore(tmp_path / "site")
@@ -105,6 +135,23 @@ def test_skopeo_and_podman_accept_the_store_archive(built: Built, root: TrustRoo
         listed = podman(podman_store, "images", "--format", "{{.Repository}}:{{.Tag}}")
         assert sorted(listed.split()) == sorted(f"localhost/{img.reference}"
                                                 for img in built.manifest.images)
+
+
+@pytest.mark.engine
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("dockerd") is None or os.geteuid() != 0,
+                    reason="needs dockerd and root")
+def test_docker_20_10_loads_the_front_door_image_with_its_own_id(door_built: Built):
+    door = door_built.manifest.frontdoor_image()
+    assert door is not None
+    with dockerd() as host:
+        out = subprocess.run(["docker", "-H", host, "load", "-i", str(door_built.path)],
+                             check=True, capture_output=True, text=True, timeout=120).stdout
+        assert f"Loaded image: {door.reference}" in out.splitlines()
+        got = subprocess.run(["docker", "-H", host, "image", "inspect", door.reference,
+                              "--format", "{{.Id}}"], check=True, capture_output=True,
+                             text=True).stdout.strip()
+    assert got == door.config_digest
 
 
 @pytest.mark.engine
