@@ -12,6 +12,7 @@ move, so a proxy that restarts serves the release that serves now.
 from __future__ import annotations
 
 import json
+import resource
 import socket
 import time
 from dataclasses import asdict, dataclass, replace
@@ -24,7 +25,12 @@ from appliance.bundle.manifest import Manifest
 from appliance.errors import FrontDoorError, ProxyApiError
 from appliance.frontdoor import config, switch, tls, token
 from appliance.frontdoor import site as files_of
-from appliance.frontdoor.container import CONF_IN_CONTAINER, ProxyContainer, own_for_proxy
+from appliance.frontdoor.container import (
+    CONF_IN_CONTAINER,
+    NOFILE,
+    ProxyContainer,
+    own_for_proxy,
+)
 from appliance.frontdoor.runtime_api import ProxyApi
 from appliance.fsutil import atomic_write
 from appliance.progress import Progress, ProgressFn, no_progress
@@ -175,7 +181,8 @@ class FrontDoor:
             self._write_config(files, manifest, addrs, slots)
             own_for_proxy([files.conf_dir / "site.pem", files.run_dir])
             spec = ProxyContainer(image.config_digest, self.engine.proxy_name(),
-                                  files.conf_dir, files.run_dir, tuple(sorted(ports.values())))
+                                  files.conf_dir, files.run_dir, tuple(sorted(ports.values())),
+                                  nofile=_nofile())
             self._say("starting the front door on port(s) "
                       + ", ".join(str(p) for p in sorted(ports.values())))
             self.engine.ensure_proxy(spec, restart=before is not None)
@@ -192,7 +199,10 @@ class FrontDoor:
         doors = [config.ServiceDoor(s.name, s.port, servers={
             slot: (f"{addrs[s.name][0]}:{addrs[s.name][1]}" if slot == slots[s.name] else None)
             for slot in config.SLOTS}) for s in manifest.services]
-        files_of.write_config(files, doors, files_of.settings(files, in_container=True))
+        settings = files_of.settings(files, in_container=True)
+        # HAProxy holds about two descriptors a connection: stay under half the limit
+        settings = replace(settings, maxconn=min(settings.maxconn, _nofile() // 2 - 64))
+        files_of.write_config(files, doors, settings)
 
     def _wait_up(self, api: ProxyApi, services: list[str], name: str) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -284,6 +294,12 @@ def replace_certificate(site: Site, cert: Path, key: Path, now: datetime) -> str
         atomic_write(conf / DOOR_FILE,
                      json.dumps(asdict(record), indent=2, sort_keys=True).encode() + b"\n")
     return tls.fingerprint(leaf)
+
+
+def _nofile() -> int:
+    """The proxy's open-files limit: its design value, or this host's hard limit when lower
+    (an engine cannot give a container more than the host allows)."""
+    return min(NOFILE, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
 
 
 def _answers(api: ProxyApi) -> bool:
