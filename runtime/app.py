@@ -1,28 +1,28 @@
 """The Open Inference Protocol (KServe V2) REST server as a plain ASGI application.
 
-No framework sits on the hot path: for a small model the HTTP handling is the cost, so
-routing is a split of the path and responses are two ASGI messages.
+Hand-written, not FastAPI, on the hot path (infer, metadata, health): for a small model the
+HTTP handling is the cost, so routing is a split of the path and responses are two ASGI
+messages. Everything else (the OpenAPI document, /metrics, /appliance/...) goes to the
+FastAPI application in `runtime.api`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import json
 import logging
 import time
-import urllib.parse
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
 from runtime import __version__
+from runtime.api import admin_app
 from runtime.codec import HEADER_LENGTH, decode_request, encode_response
 from runtime.errors import (
     BadRequestError,
-    ForbiddenError,
     MethodNotAllowedError,
     NotFoundError,
     PayloadTooLargeError,
@@ -72,6 +72,7 @@ class V2App:
         self.metrics = registry.metrics
         self._token = (b"Bearer " + self.settings.token.encode()) if self.settings.token else None
         self._max_body = self.settings.max_body_bytes
+        self.admin = admin_app(registry, token_required=self._token is not None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI entry point."""
@@ -130,8 +131,11 @@ class V2App:
                 else:
                     resp = self._model_get(model, action, method, path)
             else:
-                resp = await self._other(parts, method, path, scope.get("query_string", b""),
-                                         (scope.get("client") or ("", 0))[0])
+                hot = self._hot(parts, method, path)
+                if hot is None:
+                    await self._admin_app(scope, receive, send, start, path, method)
+                    return
+                resp = hot
         except RequestError as e:
             resp = _json({"error": str(e)}, e.status)
         except Exception as e:  # a bug: answer 500, keep serving
@@ -149,6 +153,33 @@ class V2App:
         if model is not None or (resp.status >= 400 and not path.startswith("/v2/health/")):
             self._account(model, path, method, resp.status, time.perf_counter() - start,
                           rid or (request_id.decode(errors="replace") if request_id else None))
+
+    async def _admin_app(self, scope: Scope, receive: Receive, send: Send, start: float,
+                         path: str, method: str) -> None:
+        status = 500
+
+        async def send_status(msg: MutableMapping[str, Any]) -> None:
+            nonlocal status
+            if msg["type"] == "http.response.start":
+                status = msg["status"]
+            await send(dict(msg))
+        await self.admin(scope, receive, send_status)
+        if status >= 400:
+            self._account(None, path, method, status, time.perf_counter() - start, None)
+
+    def _hot(self, parts: list[str], method: str, path: str) -> Response | None:
+        route = "/" + "/".join(parts)
+        if route == "/v2/health/live":
+            return _json({"live": True})
+        if route == "/v2/health/ready":
+            if not self.registry.ready:
+                raise UnavailableError(self.registry.not_ready_reason())
+            return _json({"ready": True})
+        if route == "/v2":
+            return _json({"name": "appliance-runtime", "version": __version__,
+                          "extensions": ["binary_tensor_data", "model_configuration",
+                                         "model_repository"]})
+        return None
 
     def _account(self, model: LoadedModel | None, path: str, method: str, status: int,
                  elapsed: float, rid: str | None) -> None:
@@ -238,69 +269,6 @@ class V2App:
             "inputs": [t.metadata() for t in spec.inputs],
             "outputs": [t.metadata() for t in spec.outputs],
         })
-
-    async def _other(self, parts: list[str], method: str, path: str, query: bytes,
-                     peer: str) -> Response:
-        route = "/" + "/".join(parts)
-        if route == "/v2/health/live":
-            return _json({"live": True})
-        if route == "/v2/health/ready":
-            if not self.registry.ready:
-                raise UnavailableError(self.registry.not_ready_reason())
-            return _json({"ready": True})
-        if route == "/v2":
-            return _json({"name": "appliance-runtime", "version": __version__,
-                          "extensions": ["binary_tensor_data", "model_configuration",
-                                         "model_repository"]})
-        if route == "/metrics":
-            text = self.registry.render_metrics()
-            return Response(200, text.encode(), b"text/plain; version=0.0.4; charset=utf-8")
-        if route == "/v2/repository/index":
-            return _json([{"name": m.spec.name, "version": m.spec.version,
-                           "state": "READY" if m.ready else "LOADING"}
-                          for m in self.registry.models.values()])
-        if route == "/appliance/metrics/history":
-            since, limit = _history_query(query)
-            return _json(self.registry.history_samples(since, limit))
-        if route == "/appliance/logs/export":
-            if method != "POST":
-                raise MethodNotAllowedError(f"{path} takes POST")
-            if self._token is None and not _loopback(peer):
-                # The archive holds every request's metadata: with no token to ask for,
-                # only someone on the server itself may take it.
-                raise ForbiddenError("log export needs a bearer token when asked from "
-                                     "another host; export on the server itself, or start "
-                                     "the runtime with --token-file")
-            data, filename = await self.registry.export_bytes()
-            return Response(200, data, b"application/gzip", [
-                (b"content-disposition", f'attachment; filename="{filename}"'.encode())])
-        raise NotFoundError(f"no such endpoint {path}")
-
-
-def _loopback(host: str) -> bool:
-    """Whether a peer address is this host's loopback (IPv4, IPv6 or IPv4-mapped)."""
-    try:
-        addr = ipaddress.ip_address(host)
-    except ValueError:
-        return False  # no address (a unix socket) or a name: not provably local
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return addr.is_loopback
-
-
-def _history_query(query: bytes) -> tuple[float, int]:
-    """`since` (epoch seconds) and `limit` (samples) from a query string.
-
-    Raises:
-        BadRequestError: a value that is not a number.
-    """
-    params = urllib.parse.parse_qs(query.decode("latin-1"))
-    try:
-        since = float(params.get("since", ["0"])[-1])
-        limit = int(params.get("limit", ["10000"])[-1])
-    except ValueError as e:
-        raise BadRequestError("history takes ?since=<epoch seconds>&limit=<count>") from e
-    return since, max(0, min(limit, 100_000))
 
 
 def triton_config(model: LoadedModel) -> dict[str, Any]:

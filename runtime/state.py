@@ -209,6 +209,10 @@ class ModelRegistry:
             n: m.batcher.depth for (n, _), m in self.models.items() if m.batcher is not None}
         return self.metrics.render()
 
+    def render_metrics_for_scrape(self) -> tuple[str, str]:
+        """The /metrics text and its content type."""
+        return self.render_metrics(), "text/plain; version=0.0.4; charset=utf-8"
+
     def history_samples(self, since: float = 0.0, limit: int = 10_000) -> list[dict[str, Any]]:
         """Samples from the on-disk history."""
         return self.history.read(since, limit) if self.history is not None else []
