@@ -1,13 +1,27 @@
-"""Prometheus text metrics kept by the event-loop thread (no locks on the hot path)."""
+"""The runtime's figures: prometheus-client metrics in a registry of this server's own.
+
+prometheus-client writes the exposition. What it lacks is kept here: the latency buckets
+observed since the last history sample (all models together), from which the on-disk
+history's windowed percentiles are estimated.
+"""
 
 from __future__ import annotations
 
 import bisect
-import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client import Counter as PromCounter
+from prometheus_client import Histogram as PromHistogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from runtime.gpu import DeviceState
 
@@ -17,66 +31,50 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 Labels = tuple[str, ...]
 
-
-def _escape(v: str) -> str:
-    return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _labels(names: Sequence[str], values: Labels, extra: str = "") -> str:
-    parts = [f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True)]
-    if extra:
-        parts.append(extra)
-    return "{" + ",".join(parts) + "}" if parts else ""
-
-
-def _num(v: float) -> str:
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    return repr(float(v))
+# A `_created` series per label set doubles the exposition and nothing here reads it.
+disable_created_metrics()
 
 
 class Counter:
-    """A monotonically increasing figure per label set."""
+    """A counter per label set, with the sum over all of them kept for the history."""
 
-    def __init__(self, name: str, help: str, labels: Sequence[str]) -> None:
-        self.name, self.help, self.label_names = name, help, tuple(labels)
-        self.values: dict[Labels, float] = {}
+    def __init__(self, name: str, help: str, labels: Sequence[str],
+                 registry: CollectorRegistry) -> None:
+        self._metric = PromCounter(name, help, labels, registry=registry)
+        self._children: dict[Labels, Any] = {}
+        self._total = 0.0
 
     def inc(self, labels: Labels, by: float = 1.0) -> None:
         """Add `by`."""
-        self.values[labels] = self.values.get(labels, 0.0) + by
+        child = self._children.get(labels)
+        if child is None:
+            child = self._children[labels] = self._metric.labels(*labels)
+        child.inc(by)
+        self._total += by
 
     def total(self) -> float:
         """Sum over every label set."""
-        return sum(self.values.values())
-
-    def render(self) -> list[str]:
-        """Exposition lines."""
-        out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
-        out += [f"{self.name}{_labels(self.label_names, k)} {_num(v)}"
-                for k, v in sorted(self.values.items())]
-        return out
+        return self._total
 
 
 class Histogram:
     """Bucketed observations per label set, plus one unlabelled window for percentiles."""
 
     def __init__(self, name: str, help: str, labels: Sequence[str],
-                 buckets: Sequence[float]) -> None:
-        self.name, self.help, self.label_names = name, help, tuple(labels)
-        self.buckets = tuple(buckets)
-        self.series: dict[Labels, list[float]] = {}  # counts per bucket + [+Inf, sum]
+                 buckets: Sequence[float], registry: CollectorRegistry) -> None:
+        self.buckets = tuple(float(b) for b in buckets)
+        self._metric = PromHistogram(name, help, labels, buckets=self.buckets,
+                                     registry=registry)
+        self._children: dict[Labels, Any] = {}
         self.window = [0] * (len(self.buckets) + 1)
 
     def observe(self, labels: Labels, value: float) -> None:
         """Record one value."""
-        s = self.series.get(labels)
-        if s is None:
-            s = self.series[labels] = [0.0] * (len(self.buckets) + 2)
-        i = bisect.bisect_left(self.buckets, value)
-        s[i] += 1
-        s[-1] += value
-        self.window[i] += 1
+        child = self._children.get(labels)
+        if child is None:
+            child = self._children[labels] = self._metric.labels(*labels)
+        child.observe(value)
+        self.window[bisect.bisect_left(self.buckets, value)] += 1
 
     def take_window(self) -> list[int]:
         """Bucket counts observed since the last call (all labels together)."""
@@ -98,48 +96,78 @@ class Histogram:
             seen += c
         return self.buckets[-1]
 
-    def render(self) -> list[str]:
-        """Exposition lines."""
-        out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
-        les = [f'le="{b}"' for b in self.buckets] + ['le="+Inf"']
-        for k, s in sorted(self.series.items()):
-            cum = 0.0
-            for i, le in enumerate(les):
-                cum += s[i]
-                out.append(f"{self.name}_bucket{_labels(self.label_names, k, le)} {_num(cum)}")
-            out.append(f"{self.name}_sum{_labels(self.label_names, k)} {_num(s[-1])}")
-            out.append(f"{self.name}_count{_labels(self.label_names, k)} {_num(cum)}")
-        return out
 
+class _StateCollector(Collector):
+    """Gauges read at scrape time from the `Metrics` object."""
 
-def _gauge(name: str, help: str, rows: Sequence[tuple[str, float]]) -> list[str]:
-    out = [f"# HELP {name} {help}", f"# TYPE {name} gauge"]
-    out += [f"{name}{labels} {_num(v)}" for labels, v in rows]
-    return out
+    def __init__(self, metrics: Metrics) -> None:
+        self._m = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        """One family per gauge."""
+        m = self._m
+        depth = GaugeMetricFamily("runtime_queue_depth", "Requests waiting per model.",
+                                  labels=["model"])
+        for name, v in sorted(m.queue_depth.items()):
+            depth.add_metric([name], v)
+        yield depth
+        ready = GaugeMetricFamily("runtime_model_ready", "1 when the model has warmed up.",
+                                  labels=["model", "version"])
+        for (name, version), ok in sorted(m.ready_models.items()):
+            ready.add_metric([name, version], float(ok))
+        yield ready
+        proc = m.scrape_process
+        if proc:
+            yield CounterMetricFamily("process_cpu_seconds", "User and system CPU time of "
+                                      "the runtime.", proc["cpu_seconds"])
+            yield GaugeMetricFamily("process_resident_memory_bytes", "Resident memory.",
+                                    proc["rss_bytes"])
+            yield GaugeMetricFamily("runtime_cpu_percent", "CPU use since the last sample, "
+                                    "percent of one core.", proc["cpu_percent"])
+        yield GaugeMetricFamily("process_start_time_seconds", "Start time, seconds since "
+                                "the epoch.", m.started)
+        if m.gpus:
+            for name, help, attr, scale in (
+                ("runtime_gpu_utilization_percent", "GPU utilisation.", "utilization_pct", 1),
+                ("runtime_gpu_memory_used_bytes", "GPU memory in use.", "memory_used_mib",
+                 1024 * 1024),
+                ("runtime_gpu_memory_total_bytes", "GPU memory.", "memory_total_mib",
+                 1024 * 1024),
+                ("runtime_gpu_temperature_celsius", "GPU temperature.", "temperature_c", 1),
+            ):
+                g = GaugeMetricFamily(name, help, labels=["gpu"])
+                for dev in m.gpus:
+                    g.add_metric([str(dev.index)], float(getattr(dev, attr)) * scale)
+                yield g
 
 
 class Metrics:
-    """Every figure the runtime exports."""
+    """Every figure the runtime exports, in a registry of its own (one per server)."""
 
     def __init__(self) -> None:
         self.started = time.time()
-        self.requests = Counter("runtime_requests_total", "Inference requests by outcome.",
-                                ("model", "version", "code"))
-        self.errors = Counter("runtime_errors_total", "Requests answered with an error.",
-                              ("model", "code"))
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("runtime_requests", "Inference requests by outcome.",
+                                ("model", "version", "code"), r)
+        self.errors = Counter("runtime_errors", "Requests answered with an error.",
+                              ("model", "code"), r)
         self.latency = Histogram("runtime_request_duration_seconds",
                                  "Inference request latency, first byte in to response out.",
-                                 ("model",), LATENCY_BUCKETS)
+                                 ("model",), LATENCY_BUCKETS, r)
         self.queue = Histogram("runtime_queue_duration_seconds",
                                "Time a request waited for its batch to start.",
-                               ("model",), LATENCY_BUCKETS)
+                               ("model",), LATENCY_BUCKETS, r)
         self.compute = Histogram("runtime_inference_duration_seconds",
-                                 "Model compute time per batch.", ("model",), LATENCY_BUCKETS)
+                                 "Model compute time per batch.", ("model",),
+                                 LATENCY_BUCKETS, r)
         self.batch = Histogram("runtime_batch_size", "Rows per dispatched batch.",
-                               ("model",), BATCH_BUCKETS)
+                               ("model",), BATCH_BUCKETS, r)
         self.gpus: list[DeviceState] = []
         self.queue_depth: dict[str, int] = {}
         self.ready_models: dict[tuple[str, str], bool] = {}
+        self.scrape_process: dict[str, float] = {}
+        r.register(_StateCollector(self))
         self._proc: Any = None
         try:
             import psutil
@@ -163,41 +191,9 @@ class Metrics:
             }
 
     def render(self, proc: dict[str, float] | None = None) -> str:
-        """The whole exposition in Prometheus text format 0.0.4."""
-        proc = self.process() if proc is None else proc
-        lines: list[str] = []
-        for m in (self.requests, self.errors):
-            lines += m.render()
-        for h in (self.latency, self.queue, self.compute, self.batch):
-            lines += h.render()
-        lines += _gauge("runtime_queue_depth", "Requests waiting per model.",
-                        [(_labels(("model",), (k,)), float(v))
-                         for k, v in sorted(self.queue_depth.items())])
-        lines += _gauge("runtime_model_ready", "1 when the model has warmed up.",
-                        [(_labels(("model", "version"), k), float(v))
-                         for k, v in sorted(self.ready_models.items())])
-        if proc:
-            lines += [
-                "# HELP process_cpu_seconds_total User and system CPU time of the runtime.",
-                "# TYPE process_cpu_seconds_total counter",
-                f"process_cpu_seconds_total {_num(proc['cpu_seconds'])}",
-            ]
-            lines += _gauge("process_resident_memory_bytes", "Resident memory.",
-                            [("", proc["rss_bytes"])])
-            lines += _gauge("runtime_cpu_percent", "CPU use since the last sample, percent "
-                            "of one core.", [("", proc["cpu_percent"])])
-        lines += _gauge("process_start_time_seconds", "Start time, seconds since the epoch.",
-                        [("", self.started)])
-        if self.gpus:
-            def rows(attr: str, scale: float = 1.0) -> list[tuple[str, float]]:
-                return [(_labels(("gpu",), (str(g.index),)), getattr(g, attr) * scale)
-                        for g in self.gpus]
-            lines += _gauge("runtime_gpu_utilization_percent", "GPU utilisation.",
-                            rows("utilization_pct"))
-            lines += _gauge("runtime_gpu_memory_used_bytes", "GPU memory in use.",
-                            rows("memory_used_mib", 1024 * 1024))
-            lines += _gauge("runtime_gpu_memory_total_bytes", "GPU memory.",
-                            rows("memory_total_mib", 1024 * 1024))
-            lines += _gauge("runtime_gpu_temperature_celsius", "GPU temperature.",
-                            rows("temperature_c"))
-        return "\n".join(lines) + "\n"
+        """The whole exposition in Prometheus text format."""
+        self.scrape_process = self.process() if proc is None else proc
+        return generate_latest(self.registry).decode()
+
+    # Text format 0.0.4, which every Prometheus reads; our names need none of 1.0.0's escaping.
+    content_type = "text/plain; version=0.0.4; charset=utf-8"

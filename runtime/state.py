@@ -211,7 +211,7 @@ class ModelRegistry:
 
     def render_metrics_for_scrape(self) -> tuple[str, str]:
         """The /metrics text and its content type."""
-        return self.render_metrics(), "text/plain; version=0.0.4; charset=utf-8"
+        return self.render_metrics(), self.metrics.content_type
 
     def history_samples(self, since: float = 0.0, limit: int = 10_000) -> list[dict[str, Any]]:
         """Samples from the on-disk history."""
