@@ -23,6 +23,7 @@ from runtime.api import admin_app
 from runtime.codec import HEADER_LENGTH, decode_request, encode_response
 from runtime.errors import (
     BadRequestError,
+    BusyError,
     MethodNotAllowedError,
     NotFoundError,
     PayloadTooLargeError,
@@ -30,6 +31,7 @@ from runtime.errors import (
     UnauthorizedError,
     UnavailableError,
 )
+from runtime.parsing import ParserProcess
 from runtime.state import LoadedModel, ModelRegistry
 
 log = logging.getLogger("runtime.app")
@@ -45,6 +47,8 @@ TRITON_TYPES = {
     "INT16": "TYPE_INT16", "INT32": "TYPE_INT32", "INT64": "TYPE_INT64",
     "FP16": "TYPE_FP16", "FP32": "TYPE_FP32", "FP64": "TYPE_FP64",
 }
+# JSON larger than this is parsed in the parser process, off this one (see runtime.parsing).
+OFFLOAD_JSON_BYTES = 1 << 20
 PLATFORMS = {"onnx": "onnxruntime_onnx", "torchscript": "pytorch_libtorch",
              "torch-export": "pytorch_libtorch"}
 
@@ -72,6 +76,9 @@ class V2App:
         self.metrics = registry.metrics
         self._token = (b"Bearer " + self.settings.token.encode()) if self.settings.token else None
         self._max_body = self.settings.max_body_bytes
+        self._budget = self.settings.inflight_max_bytes
+        self._inflight_bytes = 0
+        self._parser = ParserProcess()
         self.admin = admin_app(registry, token_required=self._token is not None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -94,6 +101,7 @@ class V2App:
                 await send({"type": "lifespan.startup.complete"})
             elif msg["type"] == "lifespan.shutdown":
                 await self.registry.stop()
+                self._parser.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -125,9 +133,14 @@ class V2App:
                 if action == "infer":
                     if method != "POST":
                         raise MethodNotAllowedError(f"{path} takes POST")
-                    body = await self._body(receive, length)
-                    resp, rid = await self._infer(model, body, header_length,
-                                                  request_id.decode() if request_id else None)
+                    held = [0]
+                    try:
+                        body = await self._body(receive, length, held)
+                        resp, rid = await self._infer(
+                            model, body, header_length,
+                            request_id.decode(errors="replace") if request_id else None)
+                    finally:
+                        self._inflight_bytes -= held[0]
                 else:
                     resp = self._model_get(model, action, method, path)
             else:
@@ -138,6 +151,8 @@ class V2App:
                 resp = hot
         except RequestError as e:
             resp = _json({"error": str(e)}, e.status)
+            if e.retry_after_s is not None:
+                resp.headers = [(b"retry-after", str(e.retry_after_s).encode())]
         except Exception as e:  # a bug: answer 500, keep serving
             log.exception("internal error on %s %s", method, path)
             resp = _json({"error": f"internal error ({type(e).__name__}); see the runtime log"},
@@ -197,16 +212,30 @@ class V2App:
                         "path": path[:200], "model": name, "version": version,
                         "status": status, "latency_ms": round(elapsed * 1000, 3)})
 
-    async def _body(self, receive: Receive, length: bytes | None) -> bytes:
-        if length is not None:
-            try:
-                declared = int(length)
-            except ValueError as e:
-                raise BadRequestError("Content-Length is not a number") from e
+    def _hold(self, size: int, held: list[int]) -> None:
+        """Count `size` more body bytes against the in-flight budget, or refuse.
+
+        Raises:
+            BusyError: the budget is spent (a request alone always fits: see Settings).
+        """
+        if self._inflight_bytes + size > self._budget and self._inflight_bytes > 0:
+            raise BusyError(
+                f"the server holds {self._inflight_bytes >> 20} MiB of request bodies, its "
+                f"RUNTIME_INFLIGHT_MAX_BYTES budget; retry shortly")
+        self._inflight_bytes += size
+        held[0] += size
+
+    async def _body(self, receive: Receive, length: bytes | None,
+                    held: list[int]) -> bytes | bytearray:
+        declared = _digits(length, "Content-Length") if length is not None else None
+        if declared is not None:
             if declared > self._max_body:
                 raise PayloadTooLargeError(
                     f"body of {declared} bytes is over the {self._max_body}-byte cap; send "
                     "smaller batches or raise RUNTIME_MAX_BODY_BYTES")
+            self._hold(declared, held)
+            if declared > OFFLOAD_JSON_BYTES:
+                return await self._large_body(receive, declared)
         chunks = []
         size = 0
         while True:
@@ -217,10 +246,31 @@ class V2App:
                 if size > self._max_body:
                     raise PayloadTooLargeError(
                         f"body is over the {self._max_body}-byte cap; send smaller batches")
+                if declared is None:
+                    self._hold(len(chunk), held)
                 chunks.append(chunk)
             if not msg.get("more_body", False):
                 break
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def _large_body(self, receive: Receive, declared: int) -> bytearray:
+        # One buffer of the declared size: joining chunks would briefly hold the body twice.
+        buf = bytearray(declared)
+        view = memoryview(buf)
+        size = 0
+        while True:
+            msg = await receive()
+            chunk = msg.get("body", b"")
+            if chunk:
+                if size + len(chunk) > declared:
+                    raise BadRequestError("body is longer than its Content-Length")
+                view[size:size + len(chunk)] = chunk
+                size += len(chunk)
+            if not msg.get("more_body", False):
+                break
+        if size != declared:
+            raise BadRequestError(f"body ended after {size} of its {declared} bytes")
+        return buf
 
     def _resolve(self, parts: list[str]) -> tuple[LoadedModel, str]:
         # parts: v2 models NAME [versions V] [ready|infer|config]
@@ -234,17 +284,17 @@ class V2App:
             raise NotFoundError(f"no such endpoint /{'/'.join(parts)}")
         return self.registry.get(name, version), (rest[0] if rest else "")
 
-    async def _infer(self, model: LoadedModel, body: bytes, header_length: bytes | None,
+    async def _infer(self, model: LoadedModel, body: bytes | bytearray, header_length: bytes | None,
                      header_id: str | None) -> tuple[Response, str | None]:
         if not model.ready or model.batcher is None:
             raise UnavailableError(f"model {model.spec.name} is not ready yet; retry shortly")
         hlen = None
         if header_length is not None:
-            try:
-                hlen = int(header_length)
-            except ValueError as e:
-                raise BadRequestError("Inference-Header-Content-Length is not a number") from e
-        req = decode_request(model.spec, body, hlen)
+            hlen = _digits(header_length, "Inference-Header-Content-Length")
+        if (len(body) if hlen is None else hlen) > OFFLOAD_JSON_BYTES:
+            req = await self._parser.decode(model.spec, body, hlen)
+        else:
+            req = decode_request(model.spec, body, hlen)
         outputs = await model.batcher.submit(req.inputs)
         payload, json_len = encode_response(model.spec, req, outputs)
         if json_len is None:
@@ -269,6 +319,17 @@ class V2App:
             "inputs": [t.metadata() for t in spec.inputs],
             "outputs": [t.metadata() for t in spec.outputs],
         })
+
+
+def _digits(value: bytes, header: str) -> int:
+    """A header's non-negative decimal integer: ASCII digits only (int() takes ' 1_0').
+
+    Raises:
+        BadRequestError: anything else.
+    """
+    if not value.isdigit() or len(value) > 18:
+        raise BadRequestError(f"{header} must be a decimal number of bytes")
+    return int(value)
 
 
 def triton_config(model: LoadedModel) -> dict[str, Any]:

@@ -31,6 +31,13 @@ class Settings:
     token: str | None = None
     device: str = "auto"  # auto | cpu | cuda:N
     max_body_bytes: int = 64 * 1024 * 1024
+    # Request bodies held at once, all connections together; past it new requests get 503.
+    inflight_max_bytes: int = 256 * 1024 * 1024
+    header_timeout_s: float = 10.0  # from a connection's first byte to its headers' end
+    idle_timeout_s: float = 30.0  # no byte while a request is incomplete, or before the first
+    keep_alive_timeout_s: float = 5.0  # between requests on one connection
+    max_header_bytes: int = 32 * 1024  # request line and headers together
+    max_header_count: int = 100
     max_queue: int = 1024  # per model; more waiting requests get 503
     ort_threads: int = 0  # 0: half the cores
     log_max_bytes: int = 10 * 1024 * 1024
@@ -54,9 +61,15 @@ class Settings:
         """
         if not 0 <= self.port <= 65535:
             raise SettingsError(f"port {self.port} is out of range; use 0-65535")
-        for name in ("max_body_bytes", "max_queue", "log_max_bytes", "history_max_bytes"):
+        for name in ("max_body_bytes", "max_queue", "log_max_bytes", "history_max_bytes",
+                     "inflight_max_bytes", "header_timeout_s", "idle_timeout_s",
+                     "keep_alive_timeout_s", "max_header_bytes", "max_header_count"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.inflight_max_bytes < self.max_body_bytes:
+            raise SettingsError(
+                f"inflight_max_bytes ({self.inflight_max_bytes}) must be at least "
+                f"max_body_bytes ({self.max_body_bytes}): one largest request must fit")
         if not 0 < self.switch_interval_ms <= 100:
             raise SettingsError("switch_interval_ms must be in (0, 100]")
         if self.history_interval_s <= 0 or self.history_days <= 0:
@@ -85,6 +98,8 @@ _KINDS: dict[str, type] = {
     "max_body_bytes": int, "max_queue": int, "ort_threads": int, "log_max_bytes": int,
     "log_backups": int, "history_interval_s": float, "history_max_bytes": int,
     "history_days": float, "request_log": bool, "switch_interval_ms": float,
+    "inflight_max_bytes": int, "header_timeout_s": float, "idle_timeout_s": float,
+    "keep_alive_timeout_s": float, "max_header_bytes": int, "max_header_count": int,
 }
 
 
