@@ -208,7 +208,10 @@ class V2App:
             self.metrics.latency.observe((name,), elapsed)
         sink = self.registry.log_sink
         if sink is not None and self.settings.request_log:
-            sink.write({"event": "request", "id": rid or uuid.uuid4().hex, "method": method,
+            # A client's id may say who the patient is: only its keyed hash is written.
+            sink.write({"event": "request",
+                        "id": sink.client_id(rid) if rid else uuid.uuid4().hex,
+                        "method": method,
                         "path": path[:200], "model": name, "version": version,
                         "status": status, "latency_ms": round(elapsed * 1000, 3)})
 

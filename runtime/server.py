@@ -13,7 +13,7 @@ from runtime.app import V2App
 from runtime.errors import SettingsError
 from runtime.gpu import GpuSource, NvmlSource
 from runtime.history import MetricsHistory
-from runtime.logs import JsonLinesLog, configure
+from runtime.logs import JsonLinesLog, configure, load_id_key
 from runtime.modelspec import discover
 from runtime.offline import go_offline
 from runtime.settings import Settings
@@ -81,7 +81,8 @@ def serve(settings: Settings, gpu: GpuSource | None = None) -> int:
     sys.setswitchinterval(settings.switch_interval_ms / 1000)
     go_offline(settings.data_dir)
     logs_dir, history_dir = _data_dirs(settings)
-    sink = JsonLinesLog(logs_dir, settings.log_max_bytes, settings.log_backups)
+    sink = JsonLinesLog(logs_dir, settings.log_max_bytes, settings.log_backups,
+                        load_id_key(settings.data_dir))
     configure(sink)
     specs = discover(settings.models)
     history = MetricsHistory(history_dir, settings.history_max_bytes,
