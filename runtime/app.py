@@ -9,7 +9,6 @@ FastAPI application in `runtime.api`.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import time
@@ -20,6 +19,7 @@ from typing import Any
 
 from runtime import __version__
 from runtime.api import admin_app
+from runtime.auth import TokenCheck
 from runtime.codec import HEADER_LENGTH, decode_request, encode_response
 from runtime.errors import (
     BadRequestError,
@@ -74,12 +74,12 @@ class V2App:
         self.registry = registry
         self.settings = registry.settings
         self.metrics = registry.metrics
-        self._token = (b"Bearer " + self.settings.token.encode()) if self.settings.token else None
+        self._auth = TokenCheck(self.settings.token, self.settings.token_file)
         self._max_body = self.settings.max_body_bytes
         self._budget = self.settings.inflight_max_bytes
         self._inflight_bytes = 0
         self._parser = ParserProcess()
-        self.admin = admin_app(registry, token_required=self._token is not None)
+        self.admin = admin_app(registry, token_required=self._auth.enabled)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI entry point."""
@@ -122,9 +122,8 @@ class V2App:
         model: LoadedModel | None = None
         rid: str | None = None
         try:
-            if self._token is not None and not path.startswith("/v2/health/") and (
-                auth is None or not hmac.compare_digest(auth, self._token)
-            ):
+            if self._auth.enabled and not path.startswith("/v2/health/") and (
+                    not self._auth.accepts(auth)):
                 raise UnauthorizedError("missing or wrong bearer token; send "
                                         "'Authorization: Bearer <token>'")
             parts = path.strip("/").split("/")

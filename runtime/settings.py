@@ -9,6 +9,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Literal
 
+from runtime.auth import read_tokens
 from runtime.errors import SettingsError
 
 ENV_PREFIX = "RUNTIME_"
@@ -29,6 +30,7 @@ class Settings:
     port: int = 8000
     data_dir: Path = Path("/var/lib/appliance/runtime")
     token: str | None = None
+    token_file: Path | None = None  # one token a line, re-read when it changes
     device: str = "auto"  # auto | cpu | cuda:N
     max_body_bytes: int = 64 * 1024 * 1024
     # Request bodies held at once, all connections together; past it new requests get 503.
@@ -94,7 +96,8 @@ def _convert(name: str, kind: type, raw: str) -> object:
 
 
 _KINDS: dict[str, type] = {
-    "models": Path, "host": str, "port": int, "data_dir": Path, "token": str, "device": str,
+    "models": Path, "host": str, "port": int, "data_dir": Path, "token": str,
+    "token_file": Path, "device": str,
     "max_body_bytes": int, "max_queue": int, "ort_threads": int, "log_max_bytes": int,
     "log_backups": int, "history_interval_s": float, "history_max_bytes": int,
     "history_days": float, "request_log": bool, "switch_interval_ms": float,
@@ -114,20 +117,9 @@ def from_env(env: Mapping[str, str], base: Settings | None = None) -> Settings:
         raw = env.get(ENV_PREFIX + f.name.upper())
         if raw is not None:
             values[f.name] = _convert(f.name, _KINDS[f.name], raw)
-    token_file = env.get(ENV_PREFIX + "TOKEN_FILE")
-    if token_file:
-        values["token"] = _read_token(Path(token_file))
+    if values.get("token_file") is not None:
+        read_tokens(values["token_file"])  # type: ignore[arg-type]  # fail at start, not later
     return replace(base or Settings(), **values)  # type: ignore[arg-type]
-
-
-def _read_token(path: Path) -> str:
-    try:
-        token = path.read_text().strip()
-    except OSError as e:
-        raise SettingsError(f"cannot read token file {path}: {e.strerror}; check the path") from e
-    if not token:
-        raise SettingsError(f"token file {path} is empty; write the bearer token into it")
-    return token
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -137,7 +129,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, help="TCP port (default 8000)")
     parser.add_argument("--data-dir", type=Path, help="logs and metrics history")
     parser.add_argument("--device", help="auto (NVML picks), cpu, or cuda:N")
-    parser.add_argument("--token-file", type=Path, help="file holding the bearer token")
+    parser.add_argument("--token-file", type=Path,
+                        help="bearer tokens, one a line, re-read when the file changes")
     parser.add_argument("--ort-threads", type=int, help="intra-op threads per model")
     parser.add_argument("--max-body-bytes", type=int, help="largest request body accepted")
 
@@ -164,5 +157,6 @@ def from_args(
         if value is not None:
             values[name] = value
     if getattr(args, "token_file", None) is not None:
-        values["token"] = _read_token(args.token_file)
+        read_tokens(args.token_file)
+        values["token_file"] = args.token_file
     return replace(settings, **values).validate()  # type: ignore[arg-type]
