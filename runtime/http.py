@@ -19,42 +19,55 @@ class _HeaderLimitError(Exception):
     """Raised inside a parser callback; turned into a 431 by `data_received`."""
 
 
+SWEEP_S = 0.5  # how often deadlines are checked: timeouts are this precise
+
+
 def guarded_protocol(header_timeout_s: float, idle_timeout_s: float, max_header_bytes: int,
                      max_header_count: int) -> type[asyncio.Protocol]:
     """An httptools protocol class closing connections that break these limits."""
+    # Deadlines are plain numbers checked by one sweep for all connections: arming and
+    # cancelling two timers per request would cost the hot path more than the check does.
+    live: set[GuardedHttpToolsProtocol] = set()
+    sweeper: list[asyncio.TimerHandle | None] = [None]
+
+    def sweep(loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        for conn in list(live):
+            conn.check_deadlines(now)
+        sweeper[0] = loop.call_later(SWEEP_S, sweep, loop) if live else None
 
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
         """One connection: uvicorn's handling plus our limits."""
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            self._header_timer: asyncio.TimerHandle | None = None
-            self._idle_timer: asyncio.TimerHandle | None = None
+            self._header_deadline: float | None = None
+            self._idle_deadline: float | None = None
             self._in_headers = True  # nothing read yet counts as waiting for headers
             self._header_bytes = 0  # raw bytes read while waiting for headers
             self._header_count = 0
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            self._header_timer = self.loop.call_later(header_timeout_s, self._expire)
-            self._arm_idle()
+            now = self.loop.time()
+            self._header_deadline = now + header_timeout_s
+            self._idle_deadline = now + idle_timeout_s
+            live.add(self)
+            if sweeper[0] is None:
+                sweeper[0] = self.loop.call_later(SWEEP_S, sweep, self.loop)
 
         def connection_lost(self, exc: Exception | None) -> None:
-            self._cancel_timers()
+            live.discard(self)
             super().connection_lost(exc)
 
-        def _cancel_timers(self) -> None:
-            for t in (self._header_timer, self._idle_timer):
-                if t is not None:
-                    t.cancel()
-            self._header_timer = self._idle_timer = None
-
-        def _arm_idle(self) -> None:
-            if self._idle_timer is not None:
-                self._idle_timer.cancel()
-            self._idle_timer = self.loop.call_later(idle_timeout_s, self._expire)
+        def check_deadlines(self, now: float) -> None:
+            """Close the connection if its headers or its next byte are overdue."""
+            hd, idle = self._header_deadline, self._idle_deadline
+            if (hd is not None and now > hd) or (idle is not None and now > idle):
+                self._expire()
 
         def _expire(self) -> None:
+            self._header_deadline = self._idle_deadline = None
             # A response may be under way for a request read in full: never cut it.
             if self.cycle is not None and not self.cycle.response_complete and (
                     not self.cycle.more_body):
@@ -71,7 +84,7 @@ def guarded_protocol(header_timeout_s: float, idle_timeout_s: float, max_header_
                     return
                 self._header_bytes += len(data)
             if self.cycle is None or self.cycle.more_body:
-                self._arm_idle()
+                self._idle_deadline = self.loop.time() + idle_timeout_s
             self._unset_keepalive_if_required()
             try:
                 self.parser.feed_data(data)
@@ -91,7 +104,7 @@ def guarded_protocol(header_timeout_s: float, idle_timeout_s: float, max_header_
                 b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
                 b"content-type: application/json\r\nconnection: close\r\n"
                 b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-            self._cancel_timers()
+            self._header_deadline = self._idle_deadline = None
             self.transport.close()
 
         def on_message_begin(self) -> None:
@@ -100,9 +113,7 @@ def guarded_protocol(header_timeout_s: float, idle_timeout_s: float, max_header_
             if not self._in_headers:  # the next request on a kept-alive connection
                 self._in_headers = True
                 self._header_bytes = 0
-                if self._header_timer is not None:
-                    self._header_timer.cancel()
-                self._header_timer = self.loop.call_later(header_timeout_s, self._expire)
+                self._header_deadline = self.loop.time() + header_timeout_s
 
         def on_url(self, url: bytes) -> None:
             if len(self.url) + len(url) > max_header_bytes:
@@ -119,20 +130,13 @@ def guarded_protocol(header_timeout_s: float, idle_timeout_s: float, max_header_
 
         def on_headers_complete(self) -> None:
             self._in_headers = False
-            if self._header_timer is not None:
-                self._header_timer.cancel()
-                self._header_timer = None
+            self._header_deadline = None
+            # For the body; cleared when the message is complete.
+            self._idle_deadline = self.loop.time() + idle_timeout_s
             super().on_headers_complete()
-            self._arm_idle()  # for the body; cancelled when the message is complete
 
         def on_message_complete(self) -> None:
-            if self._idle_timer is not None:
-                self._idle_timer.cancel()
-                self._idle_timer = None
+            self._idle_deadline = None
             super().on_message_complete()
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            # Between requests uvicorn's keep-alive timer rules; ours start with the next byte.
 
     return GuardedHttpToolsProtocol
