@@ -111,6 +111,7 @@ class ModelMetadata(BaseModel):
     platform: str
     inputs: list[TensorMetadata]
     outputs: list[TensorMetadata]
+    device: str = Field(description="Extension: where this version runs (cpu, cuda:N)")
 
 
 class Live(BaseModel):

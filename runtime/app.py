@@ -204,7 +204,7 @@ class V2App:
         if status >= 400:
             self.metrics.errors.inc((name, code))
         if model is not None:
-            self.metrics.latency.observe((name,), elapsed)
+            self.metrics.latency.observe((name, model.device), elapsed)
         sink = self.registry.log_sink
         if sink is not None and self.settings.request_log:
             # A client's id may say who the patient is: only its keyed hash is written.
@@ -320,6 +320,7 @@ class V2App:
             "platform": PLATFORMS.get(spec.framework, spec.framework),
             "inputs": [t.metadata() for t in spec.inputs],
             "outputs": [t.metadata() for t in spec.outputs],
+            "device": model.device,  # our extension: where this version actually runs
         })
 
 

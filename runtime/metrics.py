@@ -111,10 +111,12 @@ class _StateCollector(Collector):
         for name, v in sorted(m.queue_depth.items()):
             depth.add_metric([name], v)
         yield depth
-        ready = GaugeMetricFamily("runtime_model_ready", "1 when the model has warmed up.",
-                                  labels=["model", "version"])
+        ready = GaugeMetricFamily("runtime_model_ready", "1 when the model has warmed up; "
+                                  "device is where it runs (cpu, cuda:N).",
+                                  labels=["model", "version", "device"])
         for (name, version), ok in sorted(m.ready_models.items()):
-            ready.add_metric([name, version], float(ok))
+            ready.add_metric([name, version, m.model_devices.get((name, version), "")],
+                             float(ok))
         yield ready
         proc = m.scrape_process
         if proc:
@@ -154,18 +156,19 @@ class Metrics:
                               ("model", "code"), r)
         self.latency = Histogram("runtime_request_duration_seconds",
                                  "Inference request latency, first byte in to response out.",
-                                 ("model",), LATENCY_BUCKETS, r)
+                                 ("model", "device"), LATENCY_BUCKETS, r)
         self.queue = Histogram("runtime_queue_duration_seconds",
                                "Time a request waited for its batch to start.",
                                ("model",), LATENCY_BUCKETS, r)
         self.compute = Histogram("runtime_inference_duration_seconds",
-                                 "Model compute time per batch.", ("model",),
+                                 "Model compute time per batch.", ("model", "device"),
                                  LATENCY_BUCKETS, r)
         self.batch = Histogram("runtime_batch_size", "Rows per dispatched batch.",
                                ("model",), BATCH_BUCKETS, r)
         self.gpus: list[DeviceState] = []
         self.queue_depth: dict[str, int] = {}
         self.ready_models: dict[tuple[str, str], bool] = {}
+        self.model_devices: dict[tuple[str, str], str] = {}
         self.scrape_process: dict[str, float] = {}
         r.register(_StateCollector(self))
         self._proc: Any = None
