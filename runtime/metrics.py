@@ -1,8 +1,10 @@
 """The runtime's figures: prometheus-client metrics in a registry of this server's own.
 
-prometheus-client writes the exposition. What it lacks is kept here: the latency buckets
-observed since the last history sample (all models together), from which the on-disk
-history's windowed percentiles are estimated.
+prometheus-client writes the exposition from metric families built at scrape time by one
+collector. The event-loop thread counts into plain dicts (a prometheus-client child takes
+a lock and costs several times more per increment on the hot path). What the library
+lacks is kept here: the latency buckets observed since the last history sample (all
+models together), from which the on-disk history's windowed percentiles are estimated.
 """
 
 from __future__ import annotations
@@ -13,15 +15,15 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from prometheus_client import (
-    CollectorRegistry,
-    disable_created_metrics,
-    generate_latest,
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
 )
-from prometheus_client import Counter as PromCounter
-from prometheus_client import Histogram as PromHistogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from runtime.gpu import DeviceState
 
@@ -31,50 +33,50 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 Labels = tuple[str, ...]
 
-# A `_created` series per label set doubles the exposition and nothing here reads it.
-disable_created_metrics()
-
 
 class Counter:
-    """A counter per label set, with the sum over all of them kept for the history."""
+    """A counter per label set, counted in a dict by the event-loop thread."""
 
-    def __init__(self, name: str, help: str, labels: Sequence[str],
-                 registry: CollectorRegistry) -> None:
-        self._metric = PromCounter(name, help, labels, registry=registry)
-        self._children: dict[Labels, Any] = {}
-        self._total = 0.0
+    def __init__(self, name: str, help: str, labels: Sequence[str]) -> None:
+        self.name, self.help, self.label_names = name, help, list(labels)
+        self.values: dict[Labels, float] = {}
 
     def inc(self, labels: Labels, by: float = 1.0) -> None:
         """Add `by`."""
-        child = self._children.get(labels)
-        if child is None:
-            child = self._children[labels] = self._metric.labels(*labels)
-        child.inc(by)
-        self._total += by
+        self.values[labels] = self.values.get(labels, 0.0) + by
 
     def total(self) -> float:
         """Sum over every label set."""
-        return self._total
+        return sum(self.values.values())
+
+    def family(self) -> Metric:
+        """The prometheus-client family of this counter."""
+        fam = CounterMetricFamily(self.name, self.help, labels=self.label_names)
+        for k, v in sorted(self.values.items()):
+            fam.add_metric(list(k), v)
+        return fam
 
 
 class Histogram:
     """Bucketed observations per label set, plus one unlabelled window for percentiles."""
 
     def __init__(self, name: str, help: str, labels: Sequence[str],
-                 buckets: Sequence[float], registry: CollectorRegistry) -> None:
+                 buckets: Sequence[float]) -> None:
+        self.name, self.help, self.label_names = name, help, list(labels)
         self.buckets = tuple(float(b) for b in buckets)
-        self._metric = PromHistogram(name, help, labels, buckets=self.buckets,
-                                     registry=registry)
-        self._children: dict[Labels, Any] = {}
+        self._les = [floatToGoString(b) for b in self.buckets] + ["+Inf"]
+        self.series: dict[Labels, list[float]] = {}  # counts per bucket + [+Inf, sum]
         self.window = [0] * (len(self.buckets) + 1)
 
     def observe(self, labels: Labels, value: float) -> None:
         """Record one value."""
-        child = self._children.get(labels)
-        if child is None:
-            child = self._children[labels] = self._metric.labels(*labels)
-        child.observe(value)
-        self.window[bisect.bisect_left(self.buckets, value)] += 1
+        s = self.series.get(labels)
+        if s is None:
+            s = self.series[labels] = [0.0] * (len(self.buckets) + 2)
+        i = bisect.bisect_left(self.buckets, value)
+        s[i] += 1
+        s[-1] += value
+        self.window[i] += 1
 
     def take_window(self) -> list[int]:
         """Bucket counts observed since the last call (all labels together)."""
@@ -96,16 +98,31 @@ class Histogram:
             seen += c
         return self.buckets[-1]
 
+    def family(self) -> Metric:
+        """The prometheus-client family of this histogram (cumulative buckets)."""
+        fam = HistogramMetricFamily(self.name, self.help, labels=self.label_names)
+        for k, s in sorted(self.series.items()):
+            cum, buckets = 0.0, []
+            for le, count in zip(self._les, s[:-1], strict=True):
+                cum += count
+                buckets.append((le, cum))
+            fam.add_metric(list(k), buckets, s[-1])
+        return fam
+
 
 class _StateCollector(Collector):
-    """Gauges read at scrape time from the `Metrics` object."""
+    """Every family of the `Metrics` object, built at scrape time."""
 
     def __init__(self, metrics: Metrics) -> None:
         self._m = metrics
 
     def collect(self) -> Iterator[Metric]:
-        """One family per gauge."""
+        """Counters, histograms, then gauges."""
         m = self._m
+        for c in (m.requests, m.errors):
+            yield c.family()
+        for h in (m.latency, m.queue, m.compute, m.batch):
+            yield h.family()
         depth = GaugeMetricFamily("runtime_queue_depth", "Requests waiting per model.",
                                   labels=["model"])
         for name, v in sorted(m.queue_depth.items()):
@@ -151,20 +168,20 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter("runtime_requests", "Inference requests by outcome.",
-                                ("model", "version", "code"), r)
+                                ("model", "version", "code"))
         self.errors = Counter("runtime_errors", "Requests answered with an error.",
-                              ("model", "code"), r)
+                              ("model", "code"))
         self.latency = Histogram("runtime_request_duration_seconds",
                                  "Inference request latency, first byte in to response out.",
-                                 ("model", "device"), LATENCY_BUCKETS, r)
+                                 ("model", "device"), LATENCY_BUCKETS)
         self.queue = Histogram("runtime_queue_duration_seconds",
                                "Time a request waited for its batch to start.",
-                               ("model",), LATENCY_BUCKETS, r)
+                               ("model",), LATENCY_BUCKETS)
         self.compute = Histogram("runtime_inference_duration_seconds",
                                  "Model compute time per batch.", ("model", "device"),
-                                 LATENCY_BUCKETS, r)
+                                 LATENCY_BUCKETS)
         self.batch = Histogram("runtime_batch_size", "Rows per dispatched batch.",
-                               ("model",), BATCH_BUCKETS, r)
+                               ("model",), BATCH_BUCKETS)
         self.gpus: list[DeviceState] = []
         self.queue_depth: dict[str, int] = {}
         self.ready_models: dict[tuple[str, str], bool] = {}
