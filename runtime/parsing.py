@@ -62,7 +62,11 @@ def _write_frame(f: IO[bytes], meta: dict[str, Any], payload: list[Any]) -> None
 
 def child_main() -> int:
     """The child's loop: read a body, decode and check it, answer arrays or an error."""
-    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    stdin = sys.stdin.buffer
+    # Frames go to a private copy of fd 1; fd 1 itself now points at stderr, so a stray
+    # print from any library cannot corrupt the framing.
+    stdout = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
     specs: dict[str, ModelSpec] = {}
     while True:
         try:

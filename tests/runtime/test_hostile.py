@@ -273,3 +273,34 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(hostile: Server,
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert "passed" in r.stdout
     assert "Traceback" not in hostile.stderr()
+
+
+def _padded(rows: int, pad: int) -> tuple[bytes, list[float]]:
+    data = [round((i % 97) / 97, 4) for i in range(rows * 64)]
+    body = json.dumps({"id": "big", "inputs": [{"name": "x", "datatype": "FP32",
+                                                "shape": [rows, 64], "data": data}]})
+    return (body[:-1] + " " * pad + "}").encode(), data
+
+
+def test_a_large_json_body_gets_the_same_answer_through_the_parser_process(
+        hostile: Server) -> None:
+    small, _ = _padded(4, 0)
+    large, _ = _padded(4, 2 * MIB)  # the same request, past the 1 MiB offload threshold
+    url = f"{hostile.url}/v2/models/mlp/infer"
+    code, _, inline = http("POST", url, small, hostile.auth)
+    assert code == 200
+    code, _, offloaded = http("POST", url, large, hostile.auth)
+    assert code == 200
+    assert json.loads(offloaded) == json.loads(inline)
+    assert _children(hostile.proc.pid)  # the parser process is running
+
+
+def test_a_killed_parser_process_costs_one_retry_not_the_server(hostile: Server) -> None:
+    large, _ = _padded(2, 2 * MIB)
+    url = f"{hostile.url}/v2/models/mlp/infer"
+    assert http("POST", url, large, hostile.auth)[0] == 200
+    for kid in _children(hostile.proc.pid):
+        os.kill(kid, 9)
+    codes = [http("POST", url, large, hostile.auth)[0] for _ in range(2)]
+    assert codes in ([503, 200], [200, 200])  # 503 when the death is noticed mid-request
+    assert http("POST", url, _padded(2, 0)[0], hostile.auth)[0] == 200
