@@ -6,8 +6,10 @@
     /work/main/.venv/bin/python bench/runtime_bench.py --compare-rev REV [--seconds 10]
 
 `--compare-rev REV` instead serves the MLP from the working tree and from git revision REV
-(extracted with `git archive` into a temp dir), alternating, and prints infer throughput
-and p50 of both under the same closed-loop loads, with the ratio.
+(extracted with `git archive` into a temp dir), alternating, and prints infer throughput,
+p50 and the server's CPU time per request of both under the same closed-loop loads, with
+the ratios (medians over `--rounds` alternations). CPU per request is the steadier figure
+on a machine shared with other work.
 
 `--load-mib N` instead times loading an N MiB ONNX MLP (4096-wide layers) in fresh
 processes: one file read by path, the same file passed as bytes from Python, and the
@@ -199,6 +201,12 @@ def running(cmd: list[str], url: str, cwd: Path, log: Path,
             proc.wait()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds of a process and its threads so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -356,6 +364,7 @@ def compare(args: argparse.Namespace, tmp: Path) -> int:
     loads = [(f"closed c={c}", body, None, c) for c in (1, 8, 32)]
     loads.append(("closed c=8, binary", binary, headers, 8))
     got: dict[tuple[str, str], list[LoadResult]] = {}
+    cpu: dict[tuple[str, str], list[float]] = {}  # server CPU microseconds per request
     print(f"# cores: {os.cpu_count()}; wrk shares them; {args.seconds:.0f} s per run, "
           f"{args.rounds} alternations; model: MLP 64-256-10 ({model_dir.name})\n")
     for i in range(args.rounds):
@@ -366,27 +375,31 @@ def compare(args: argparse.Namespace, tmp: Path) -> int:
             cmd = [sys.executable, "-m", "runtime", "--models", str(tmp / "models"),
                    "--port", str(port), "--data-dir", str(tmp / f"data-{i}-{label}")]
             env = {"PYTHONPATH": str(tree)}
-            with running(cmd, url, tree, tmp / f"{label}-{i}.log", env):
+            with running(cmd, url, tree, tmp / f"{label}-{i}.log", env) as proc:
                 for load, b, h, c in loads:
+                    before = cpu_seconds(proc.pid)
                     r = wrk(f"{url}/v2/models/mlp/infer", b, c, args.seconds, h)
+                    used = cpu_seconds(proc.pid) - before
                     got.setdefault((label, load), []).append(r)
-    print("| load | tree | req/s | p50 ms | p99 ms | errors | req/s vs base | p50 vs base |\n"
-          "|---|---|---|---|---|---|---|---|")
+                    cpu.setdefault((label, load), []).append(used / max(r.requests, 1) * 1e6)
+    print("| load | tree | req/s | p50 ms | p99 ms | errors | server CPU us/req "
+          "| req/s vs base | p50 vs base | CPU/req vs base |\n" + "|---" * 10 + "|")
     for load, *_ in loads:
         runs = {label: got[(label, load)] for label in ("this tree", rev)}
 
         def med(rs: list[LoadResult], attr: str) -> float:
             return float(np.median([getattr(r, attr) for r in rs]))
+        base_cpu = float(np.median(cpu[(rev, load)]))
         for label, rs in runs.items():
             rps, p50 = med(rs, "rps"), med(rs, "p50_ms")
-            ratio = ""
+            per_req = float(np.median(cpu[(label, load)]))
             if label == "this tree":
                 ratio = (f"{rps / med(runs[rev], 'rps'):.3f} | "
-                         f"{p50 / med(runs[rev], 'p50_ms'):.3f}")
+                         f"{p50 / med(runs[rev], 'p50_ms'):.3f} | {per_req / base_cpu:.3f}")
             else:
-                ratio = "baseline | baseline"
+                ratio = "baseline | baseline | baseline"
             print(f"| {load} | {label} | {rps:,.0f} | {p50:.2f} | {med(rs, 'p99_ms'):.2f} | "
-                  f"{sum(r.errors for r in rs)} | {ratio} |", flush=True)
+                  f"{sum(r.errors for r in rs)} | {per_req:.0f} | {ratio} |", flush=True)
     return 0
 
 
