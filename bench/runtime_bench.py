@@ -3,6 +3,13 @@
     /work/main/.venv/bin/python bench/runtime_bench.py [--seconds 10] [--soak 300]
         [--mlserver /work/mlserver-venv/bin/mlserver]
     /work/main/.venv/bin/python bench/runtime_bench.py --load-mib 200
+    /work/main/.venv/bin/python bench/runtime_bench.py --compare-rev REV [--seconds 10]
+
+`--compare-rev REV` instead serves the MLP from the working tree and from git revision REV
+(extracted with `git archive` into a temp dir), alternating, and prints infer throughput,
+p50 and the server's CPU time per request of both under the same closed-loop loads, with
+the ratios (medians over `--rounds` alternations). CPU per request is the steadier figure
+on a machine shared with other work.
 
 `--load-mib N` instead times loading an N MiB ONNX MLP (4096-wide layers) in fresh
 processes: one file read by path, the same file passed as bytes from Python, and the
@@ -194,6 +201,12 @@ def running(cmd: list[str], url: str, cwd: Path, log: Path,
             proc.wait()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds of a process and its threads so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -320,15 +333,74 @@ def main() -> int:
                    help="intra_op_threads in the CNN's model.json (ours only)")
     p.add_argument("--no-peer-batching-off", action="store_true",
                    help="run MLServer only with its batching on")
+    p.add_argument("--compare-rev", default="",
+                   help="only compare infer speed with the code at this git revision")
+    p.add_argument("--rounds", type=int, default=2, help="alternations for --compare-rev")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="runtime-bench-"))
     try:
+        if args.compare_rev:
+            return compare(args, tmp)
         if args.load_mib:
             load_bench(tmp, args.load_mib)
             return 0
         return run(args, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def compare(args: argparse.Namespace, tmp: Path) -> int:
+    """This tree against `--compare-rev` on the MLP, alternating trees per load."""
+    base = tmp / "base"
+    base.mkdir()
+    archive = subprocess.run(["git", "archive", args.compare_rev], cwd=REPO, check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(base)], input=archive, check=True)
+    rev = subprocess.run(["git", "rev-parse", "--short", args.compare_rev], cwd=REPO,
+                         check=True, capture_output=True, text=True).stdout.strip()
+    model_dir = make_mlp_onnx(tmp / "models" / "mlp" / "1")
+    body = body_for((64,))
+    binary, headers = binary_body_for((64,))
+    loads = [(f"closed c={c}", body, None, c) for c in (1, 8, 32)]
+    loads.append(("closed c=8, binary", binary, headers, 8))
+    got: dict[tuple[str, str], list[LoadResult]] = {}
+    cpu: dict[tuple[str, str], list[float]] = {}  # server CPU microseconds per request
+    print(f"# cores: {os.cpu_count()}; wrk shares them; {args.seconds:.0f} s per run, "
+          f"{args.rounds} alternations; model: MLP 64-256-10 ({model_dir.name})\n")
+    for i in range(args.rounds):
+        trees = [("this tree", REPO), (rev, base)]
+        for label, tree in trees if i % 2 == 0 else trees[::-1]:
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            cmd = [sys.executable, "-m", "runtime", "--models", str(tmp / "models"),
+                   "--port", str(port), "--data-dir", str(tmp / f"data-{i}-{label}")]
+            env = {"PYTHONPATH": str(tree)}
+            with running(cmd, url, tree, tmp / f"{label}-{i}.log", env) as proc:
+                for load, b, h, c in loads:
+                    before = cpu_seconds(proc.pid)
+                    r = wrk(f"{url}/v2/models/mlp/infer", b, c, args.seconds, h)
+                    used = cpu_seconds(proc.pid) - before
+                    got.setdefault((label, load), []).append(r)
+                    cpu.setdefault((label, load), []).append(used / max(r.requests, 1) * 1e6)
+    print("| load | tree | req/s | p50 ms | p99 ms | errors | server CPU us/req "
+          "| req/s vs base | p50 vs base | CPU/req vs base |\n" + "|---" * 10 + "|")
+    for load, *_ in loads:
+        runs = {label: got[(label, load)] for label in ("this tree", rev)}
+
+        def med(rs: list[LoadResult], attr: str) -> float:
+            return float(np.median([getattr(r, attr) for r in rs]))
+        base_cpu = float(np.median(cpu[(rev, load)]))
+        for label, rs in runs.items():
+            rps, p50 = med(rs, "rps"), med(rs, "p50_ms")
+            per_req = float(np.median(cpu[(label, load)]))
+            if label == "this tree":
+                ratio = (f"{rps / med(runs[rev], 'rps'):.3f} | "
+                         f"{p50 / med(runs[rev], 'p50_ms'):.3f} | {per_req / base_cpu:.3f}")
+            else:
+                ratio = "baseline | baseline | baseline"
+            print(f"| {load} | {label} | {rps:,.0f} | {p50:.2f} | {med(rs, 'p99_ms'):.2f} | "
+                  f"{sum(r.errors for r in rs)} | {per_req:.0f} | {ratio} |", flush=True)
+    return 0
 
 
 def run(args: argparse.Namespace, tmp: Path) -> int:

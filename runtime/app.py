@@ -1,28 +1,29 @@
 """The Open Inference Protocol (KServe V2) REST server as a plain ASGI application.
 
-No framework sits on the hot path: for a small model the HTTP handling is the cost, so
-routing is a split of the path and responses are two ASGI messages.
+Hand-written, not FastAPI, on the hot path (infer, metadata, health): for a small model the
+HTTP handling is the cost, so routing is a split of the path and responses are two ASGI
+messages. Everything else (the OpenAPI document, /metrics, /appliance/...) goes to the
+FastAPI application in `runtime.api`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
-import ipaddress
 import json
 import logging
 import time
-import urllib.parse
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
 from runtime import __version__
+from runtime.api import admin_app
+from runtime.auth import TokenCheck
 from runtime.codec import HEADER_LENGTH, decode_request, encode_response
 from runtime.errors import (
     BadRequestError,
-    ForbiddenError,
+    BusyError,
     MethodNotAllowedError,
     NotFoundError,
     PayloadTooLargeError,
@@ -30,6 +31,7 @@ from runtime.errors import (
     UnauthorizedError,
     UnavailableError,
 )
+from runtime.parsing import ParserProcess
 from runtime.state import LoadedModel, ModelRegistry
 
 log = logging.getLogger("runtime.app")
@@ -45,6 +47,8 @@ TRITON_TYPES = {
     "INT16": "TYPE_INT16", "INT32": "TYPE_INT32", "INT64": "TYPE_INT64",
     "FP16": "TYPE_FP16", "FP32": "TYPE_FP32", "FP64": "TYPE_FP64",
 }
+# JSON larger than this is parsed in the parser process, off this one (see runtime.parsing).
+OFFLOAD_JSON_BYTES = 1 << 20
 PLATFORMS = {"onnx": "onnxruntime_onnx", "torchscript": "pytorch_libtorch",
              "torch-export": "pytorch_libtorch"}
 
@@ -70,8 +74,12 @@ class V2App:
         self.registry = registry
         self.settings = registry.settings
         self.metrics = registry.metrics
-        self._token = (b"Bearer " + self.settings.token.encode()) if self.settings.token else None
+        self._auth = TokenCheck(self.settings.token, self.settings.token_file)
         self._max_body = self.settings.max_body_bytes
+        self._budget = self.settings.inflight_max_bytes
+        self._inflight_bytes = 0
+        self._parser = ParserProcess()
+        self.admin = admin_app(registry, token_required=self._auth.enabled)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI entry point."""
@@ -93,6 +101,7 @@ class V2App:
                 await send({"type": "lifespan.startup.complete"})
             elif msg["type"] == "lifespan.shutdown":
                 await self.registry.stop()
+                self._parser.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -113,9 +122,8 @@ class V2App:
         model: LoadedModel | None = None
         rid: str | None = None
         try:
-            if self._token is not None and not path.startswith("/v2/health/") and (
-                auth is None or not hmac.compare_digest(auth, self._token)
-            ):
+            if self._auth.enabled and not path.startswith("/v2/health/") and (
+                    not self._auth.accepts(auth)):
                 raise UnauthorizedError("missing or wrong bearer token; send "
                                         "'Authorization: Bearer <token>'")
             parts = path.strip("/").split("/")
@@ -124,16 +132,26 @@ class V2App:
                 if action == "infer":
                     if method != "POST":
                         raise MethodNotAllowedError(f"{path} takes POST")
-                    body = await self._body(receive, length)
-                    resp, rid = await self._infer(model, body, header_length,
-                                                  request_id.decode() if request_id else None)
+                    held = [0]
+                    try:
+                        body = await self._body(receive, length, held)
+                        resp, rid = await self._infer(
+                            model, body, header_length,
+                            request_id.decode(errors="replace") if request_id else None)
+                    finally:
+                        self._inflight_bytes -= held[0]
                 else:
                     resp = self._model_get(model, action, method, path)
             else:
-                resp = await self._other(parts, method, path, scope.get("query_string", b""),
-                                         (scope.get("client") or ("", 0))[0])
+                hot = self._hot(parts, method, path)
+                if hot is None:
+                    await self._admin_app(scope, receive, send, start, path, method)
+                    return
+                resp = hot
         except RequestError as e:
             resp = _json({"error": str(e)}, e.status)
+            if e.retry_after_s is not None:
+                resp.headers = [(b"retry-after", str(e.retry_after_s).encode())]
         except Exception as e:  # a bug: answer 500, keep serving
             log.exception("internal error on %s %s", method, path)
             resp = _json({"error": f"internal error ({type(e).__name__}); see the runtime log"},
@@ -150,6 +168,33 @@ class V2App:
             self._account(model, path, method, resp.status, time.perf_counter() - start,
                           rid or (request_id.decode(errors="replace") if request_id else None))
 
+    async def _admin_app(self, scope: Scope, receive: Receive, send: Send, start: float,
+                         path: str, method: str) -> None:
+        status = 500
+
+        async def send_status(msg: MutableMapping[str, Any]) -> None:
+            nonlocal status
+            if msg["type"] == "http.response.start":
+                status = msg["status"]
+            await send(dict(msg))
+        await self.admin(scope, receive, send_status)
+        if status >= 400:
+            self._account(None, path, method, status, time.perf_counter() - start, None)
+
+    def _hot(self, parts: list[str], method: str, path: str) -> Response | None:
+        route = "/" + "/".join(parts)
+        if route == "/v2/health/live":
+            return _json({"live": True})
+        if route == "/v2/health/ready":
+            if not self.registry.ready:
+                raise UnavailableError(self.registry.not_ready_reason())
+            return _json({"ready": True})
+        if route == "/v2":
+            return _json({"name": "appliance-runtime", "version": __version__,
+                          "extensions": ["binary_tensor_data", "model_configuration",
+                                         "model_repository"]})
+        return None
+
     def _account(self, model: LoadedModel | None, path: str, method: str, status: int,
                  elapsed: float, rid: str | None) -> None:
         name = model.spec.name if model else "_none"
@@ -159,23 +204,40 @@ class V2App:
         if status >= 400:
             self.metrics.errors.inc((name, code))
         if model is not None:
-            self.metrics.latency.observe((name,), elapsed)
+            self.metrics.latency.observe((name, model.device), elapsed)
         sink = self.registry.log_sink
         if sink is not None and self.settings.request_log:
-            sink.write({"event": "request", "id": rid or uuid.uuid4().hex, "method": method,
+            # A client's id may say who the patient is: only its keyed hash is written.
+            sink.write({"event": "request",
+                        "id": sink.client_id(rid) if rid else uuid.uuid4().hex,
+                        "method": method,
                         "path": path[:200], "model": name, "version": version,
                         "status": status, "latency_ms": round(elapsed * 1000, 3)})
 
-    async def _body(self, receive: Receive, length: bytes | None) -> bytes:
-        if length is not None:
-            try:
-                declared = int(length)
-            except ValueError as e:
-                raise BadRequestError("Content-Length is not a number") from e
+    def _hold(self, size: int, held: list[int]) -> None:
+        """Count `size` more body bytes against the in-flight budget, or refuse.
+
+        Raises:
+            BusyError: the budget is spent (a request alone always fits: see Settings).
+        """
+        if self._inflight_bytes + size > self._budget and self._inflight_bytes > 0:
+            raise BusyError(
+                f"the server holds {self._inflight_bytes >> 20} MiB of request bodies, its "
+                f"RUNTIME_INFLIGHT_MAX_BYTES budget; retry shortly")
+        self._inflight_bytes += size
+        held[0] += size
+
+    async def _body(self, receive: Receive, length: bytes | None,
+                    held: list[int]) -> bytes | bytearray:
+        declared = _digits(length, "Content-Length") if length is not None else None
+        if declared is not None:
             if declared > self._max_body:
                 raise PayloadTooLargeError(
                     f"body of {declared} bytes is over the {self._max_body}-byte cap; send "
                     "smaller batches or raise RUNTIME_MAX_BODY_BYTES")
+            self._hold(declared, held)
+            if declared > OFFLOAD_JSON_BYTES:
+                return await self._large_body(receive, declared)
         chunks = []
         size = 0
         while True:
@@ -186,10 +248,31 @@ class V2App:
                 if size > self._max_body:
                     raise PayloadTooLargeError(
                         f"body is over the {self._max_body}-byte cap; send smaller batches")
+                if declared is None:
+                    self._hold(len(chunk), held)
                 chunks.append(chunk)
             if not msg.get("more_body", False):
                 break
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def _large_body(self, receive: Receive, declared: int) -> bytearray:
+        # One buffer of the declared size: joining chunks would briefly hold the body twice.
+        buf = bytearray(declared)
+        view = memoryview(buf)
+        size = 0
+        while True:
+            msg = await receive()
+            chunk = msg.get("body", b"")
+            if chunk:
+                if size + len(chunk) > declared:
+                    raise BadRequestError("body is longer than its Content-Length")
+                view[size:size + len(chunk)] = chunk
+                size += len(chunk)
+            if not msg.get("more_body", False):
+                break
+        if size != declared:
+            raise BadRequestError(f"body ended after {size} of its {declared} bytes")
+        return buf
 
     def _resolve(self, parts: list[str]) -> tuple[LoadedModel, str]:
         # parts: v2 models NAME [versions V] [ready|infer|config]
@@ -203,17 +286,17 @@ class V2App:
             raise NotFoundError(f"no such endpoint /{'/'.join(parts)}")
         return self.registry.get(name, version), (rest[0] if rest else "")
 
-    async def _infer(self, model: LoadedModel, body: bytes, header_length: bytes | None,
+    async def _infer(self, model: LoadedModel, body: bytes | bytearray, header_length: bytes | None,
                      header_id: str | None) -> tuple[Response, str | None]:
         if not model.ready or model.batcher is None:
             raise UnavailableError(f"model {model.spec.name} is not ready yet; retry shortly")
         hlen = None
         if header_length is not None:
-            try:
-                hlen = int(header_length)
-            except ValueError as e:
-                raise BadRequestError("Inference-Header-Content-Length is not a number") from e
-        req = decode_request(model.spec, body, hlen)
+            hlen = _digits(header_length, "Inference-Header-Content-Length")
+        if (len(body) if hlen is None else hlen) > OFFLOAD_JSON_BYTES:
+            req = await self._parser.decode(model.spec, body, hlen)
+        else:
+            req = decode_request(model.spec, body, hlen)
         outputs = await model.batcher.submit(req.inputs)
         payload, json_len = encode_response(model.spec, req, outputs)
         if json_len is None:
@@ -237,70 +320,19 @@ class V2App:
             "platform": PLATFORMS.get(spec.framework, spec.framework),
             "inputs": [t.metadata() for t in spec.inputs],
             "outputs": [t.metadata() for t in spec.outputs],
+            "device": model.device,  # our extension: where this version actually runs
         })
 
-    async def _other(self, parts: list[str], method: str, path: str, query: bytes,
-                     peer: str) -> Response:
-        route = "/" + "/".join(parts)
-        if route == "/v2/health/live":
-            return _json({"live": True})
-        if route == "/v2/health/ready":
-            if not self.registry.ready:
-                raise UnavailableError(self.registry.not_ready_reason())
-            return _json({"ready": True})
-        if route == "/v2":
-            return _json({"name": "appliance-runtime", "version": __version__,
-                          "extensions": ["binary_tensor_data", "model_configuration",
-                                         "model_repository"]})
-        if route == "/metrics":
-            text = self.registry.render_metrics()
-            return Response(200, text.encode(), b"text/plain; version=0.0.4; charset=utf-8")
-        if route == "/v2/repository/index":
-            return _json([{"name": m.spec.name, "version": m.spec.version,
-                           "state": "READY" if m.ready else "LOADING"}
-                          for m in self.registry.models.values()])
-        if route == "/appliance/metrics/history":
-            since, limit = _history_query(query)
-            return _json(self.registry.history_samples(since, limit))
-        if route == "/appliance/logs/export":
-            if method != "POST":
-                raise MethodNotAllowedError(f"{path} takes POST")
-            if self._token is None and not _loopback(peer):
-                # The archive holds every request's metadata: with no token to ask for,
-                # only someone on the server itself may take it.
-                raise ForbiddenError("log export needs a bearer token when asked from "
-                                     "another host; export on the server itself, or start "
-                                     "the runtime with --token-file")
-            data, filename = await self.registry.export_bytes()
-            return Response(200, data, b"application/gzip", [
-                (b"content-disposition", f'attachment; filename="{filename}"'.encode())])
-        raise NotFoundError(f"no such endpoint {path}")
 
-
-def _loopback(host: str) -> bool:
-    """Whether a peer address is this host's loopback (IPv4, IPv6 or IPv4-mapped)."""
-    try:
-        addr = ipaddress.ip_address(host)
-    except ValueError:
-        return False  # no address (a unix socket) or a name: not provably local
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return addr.is_loopback
-
-
-def _history_query(query: bytes) -> tuple[float, int]:
-    """`since` (epoch seconds) and `limit` (samples) from a query string.
+def _digits(value: bytes, header: str) -> int:
+    """A header's non-negative decimal integer: ASCII digits only (int() takes ' 1_0').
 
     Raises:
-        BadRequestError: a value that is not a number.
+        BadRequestError: anything else.
     """
-    params = urllib.parse.parse_qs(query.decode("latin-1"))
-    try:
-        since = float(params.get("since", ["0"])[-1])
-        limit = int(params.get("limit", ["10000"])[-1])
-    except ValueError as e:
-        raise BadRequestError("history takes ?since=<epoch seconds>&limit=<count>") from e
-    return since, max(0, min(limit, 100_000))
+    if not value.isdigit() or len(value) > 18:
+        raise BadRequestError(f"{header} must be a decimal number of bytes")
+    return int(value)
 
 
 def triton_config(model: LoadedModel) -> dict[str, Any]:

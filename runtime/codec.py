@@ -20,7 +20,7 @@ HEADER_LENGTH = "inference-header-content-length"
 try:  # orjson parses a large tensor's JSON several times faster than the standard library
     import orjson
 
-    _loads: Callable[[bytes], Any] = orjson.loads
+    _loads: Callable[[bytes | bytearray], Any] = orjson.loads
 
     def _dumps(doc: Any) -> bytes:
         return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
@@ -44,7 +44,7 @@ class InferRequest:
     outputs: list[tuple[str, bool]]  # (name, as binary)
 
 
-def _json(raw: bytes) -> Any:
+def _json(raw: bytes | bytearray) -> Any:
     try:
         return _loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
@@ -55,7 +55,8 @@ def _flag(params: Any, key: str) -> bool:
     return isinstance(params, dict) and params.get(key) is True
 
 
-def decode_request(spec: ModelSpec, body: bytes, header_length: int | None) -> InferRequest:
+def decode_request(spec: ModelSpec, body: bytes | bytearray,
+                   header_length: int | None) -> InferRequest:
     """Check a request body against the model's signature and build its input arrays.
 
     Raises:
@@ -127,10 +128,16 @@ def decode_request(spec: ModelSpec, body: bytes, header_length: int | None) -> I
             data = raw.get("data")
             if not isinstance(data, list):
                 raise BadRequestError(f"input {name!r} needs \"data\" (a list) or binary data")
+            _check_kinds(name, t.datatype, data)
             try:
                 arr = np.asarray(data, dtype=DATATYPES[t.datatype])
             except (ValueError, TypeError, OverflowError) as e:
-                raise BadRequestError(f"input {name!r}: data is not {t.datatype}: {e}") from e
+                raise BadRequestError(
+                    f"input {name!r}: data is not {t.datatype}: {str(e)[:120]}") from e
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                raise BadRequestError(
+                    f"input {name!r}: a value is out of range for {t.datatype}; send finite "
+                    "numbers the datatype can hold")
             if arr.size != count:
                 raise BadRequestError(
                     f"input {name!r}: {arr.size} values do not fill shape {shape}"
@@ -146,6 +153,40 @@ def decode_request(spec: ModelSpec, body: bytes, header_length: int | None) -> I
     if spec.batched and len({a.shape[0] for a in inputs.values()}) > 1:
         raise BadRequestError("all inputs must have the same batch size (first dimension)")
     return InferRequest(_request_id(doc.get("id")), inputs, _outputs(spec, doc))
+
+
+# The JSON value types each datatype takes: numpy would turn true into 1.0 and 1.5 into 1.
+_KINDS: dict[str, frozenset[type]] = {"BOOL": frozenset({bool})}
+for _dt in ("UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64"):
+    _KINDS[_dt] = frozenset({int})
+for _dt in ("FP16", "FP32", "FP64"):
+    _KINDS[_dt] = frozenset({int, float})
+
+
+_JSON_NAMES = {bool: "true/false", int: "an integer", float: "a number with a fraction",
+               str: "a string", type(None): "null", dict: "an object"}
+
+
+def _check_kinds(name: str, datatype: str, data: list[Any]) -> None:
+    """Raise unless every (possibly nested) value is of a JSON type `datatype` takes."""
+    allowed = _KINDS.get(datatype, frozenset())
+    level: list[Any] = data
+    while True:
+        kinds = set(map(type, level))  # C speed: one pass, no Python loop per value
+        if list in kinds:
+            if kinds != {list}:
+                raise BadRequestError(f"input {name!r}: data mixes lists and values")
+            level = [v for sub in level for v in sub]
+            continue
+        bad = kinds - allowed
+        if bad:
+            got = sorted(_JSON_NAMES.get(k, "an object") for k in bad)
+            want = ("true or false" if datatype == "BOOL" else "numbers"
+                    if float in allowed else "integers")
+            raise BadRequestError(
+                f"input {name!r}: data is not {datatype}: it takes {want}, got "
+                f"{' and '.join(got)}")
+        return
 
 
 def _binary_size(params: Any) -> int | None:
@@ -175,11 +216,12 @@ def _outputs(spec: ModelSpec, doc: dict[str, Any]) -> list[tuple[str, bool]]:
     names = {t.name for t in spec.outputs}
     out = []
     for o in raw:
-        if not isinstance(o, dict) or o.get("name") not in names:
+        if not isinstance(o, dict) or not isinstance(o.get("name"), str) or (
+                o["name"] not in names):
             got = o.get("name") if isinstance(o, dict) else o
             raise BadRequestError(
-                f"unknown output {got!r} for model {spec.name}; it has {sorted(names)}"
-            )
+                f"unknown output {str(got)[:100]!r} for model {spec.name}; "
+                f"it has {sorted(names)}")
         params = o.get("parameters")
         binary = params.get("binary_data", binary_default) if isinstance(params, dict) else (
             binary_default)

@@ -31,6 +31,7 @@ class RequestError(ServeError):
     """A request that cannot be answered; `status` is its HTTP status."""
 
     status = 400
+    retry_after_s: int | None = None  # sent as Retry-After when set
 
 
 class BadRequestError(RequestError):
@@ -73,3 +74,9 @@ class UnavailableError(RequestError):
     """The server or model is not ready, or the model's queue is full."""
 
     status = 503
+
+
+class BusyError(UnavailableError):
+    """Requests in flight already hold the memory budget; the client should retry soon."""
+
+    retry_after_s = 1

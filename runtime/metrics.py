@@ -1,13 +1,29 @@
-"""Prometheus text metrics kept by the event-loop thread (no locks on the hot path)."""
+"""The runtime's figures: prometheus-client metrics in a registry of this server's own.
+
+prometheus-client writes the exposition from metric families built at scrape time by one
+collector. The event-loop thread counts into plain dicts (a prometheus-client child takes
+a lock and costs several times more per increment on the hot path). What the library
+lacks is kept here: the latency buckets observed since the last history sample (all
+models together), from which the on-disk history's windowed percentiles are estimated.
+"""
 
 from __future__ import annotations
 
 import bisect
-import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from modelcontract import GpuState
 
@@ -18,28 +34,11 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 Labels = tuple[str, ...]
 
 
-def _escape(v: str) -> str:
-    return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _labels(names: Sequence[str], values: Labels, extra: str = "") -> str:
-    parts = [f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True)]
-    if extra:
-        parts.append(extra)
-    return "{" + ",".join(parts) + "}" if parts else ""
-
-
-def _num(v: float) -> str:
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    return repr(float(v))
-
-
 class Counter:
-    """A monotonically increasing figure per label set."""
+    """A counter per label set, counted in a dict by the event-loop thread."""
 
     def __init__(self, name: str, help: str, labels: Sequence[str]) -> None:
-        self.name, self.help, self.label_names = name, help, tuple(labels)
+        self.name, self.help, self.label_names = name, help, list(labels)
         self.values: dict[Labels, float] = {}
 
     def inc(self, labels: Labels, by: float = 1.0) -> None:
@@ -50,12 +49,12 @@ class Counter:
         """Sum over every label set."""
         return sum(self.values.values())
 
-    def render(self) -> list[str]:
-        """Exposition lines."""
-        out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
-        out += [f"{self.name}{_labels(self.label_names, k)} {_num(v)}"
-                for k, v in sorted(self.values.items())]
-        return out
+    def family(self) -> Metric:
+        """The prometheus-client family of this counter."""
+        fam = CounterMetricFamily(self.name, self.help, labels=self.label_names)
+        for k, v in sorted(self.values.items()):
+            fam.add_metric(list(k), v)
+        return fam
 
 
 class Histogram:
@@ -63,8 +62,10 @@ class Histogram:
 
     def __init__(self, name: str, help: str, labels: Sequence[str],
                  buckets: Sequence[float]) -> None:
-        self.name, self.help, self.label_names = name, help, tuple(labels)
-        self.buckets = tuple(buckets)
+        self.name, self.help, self.label_names = name, help, list(labels)
+        self.buckets = tuple(float(b) for b in buckets)
+        self._les = [floatToGoString(b)  # type: ignore[no-untyped-call]
+                     for b in self.buckets] + ["+Inf"]
         self.series: dict[Labels, list[float]] = {}  # counts per bucket + [+Inf, sum]
         self.window = [0] * (len(self.buckets) + 1)
 
@@ -98,48 +99,96 @@ class Histogram:
             seen += c
         return self.buckets[-1]
 
-    def render(self) -> list[str]:
-        """Exposition lines."""
-        out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
-        les = [f'le="{b}"' for b in self.buckets] + ['le="+Inf"']
+    def family(self) -> Metric:
+        """The prometheus-client family of this histogram (cumulative buckets)."""
+        fam = HistogramMetricFamily(self.name, self.help, labels=self.label_names)
         for k, s in sorted(self.series.items()):
-            cum = 0.0
-            for i, le in enumerate(les):
-                cum += s[i]
-                out.append(f"{self.name}_bucket{_labels(self.label_names, k, le)} {_num(cum)}")
-            out.append(f"{self.name}_sum{_labels(self.label_names, k)} {_num(s[-1])}")
-            out.append(f"{self.name}_count{_labels(self.label_names, k)} {_num(cum)}")
-        return out
+            cum, buckets = 0.0, []
+            for le, count in zip(self._les, s[:-1], strict=True):
+                cum += count
+                buckets.append((le, cum))
+            fam.add_metric(list(k), buckets, s[-1])
+        return fam
 
 
-def _gauge(name: str, help: str, rows: Sequence[tuple[str, float]]) -> list[str]:
-    out = [f"# HELP {name} {help}", f"# TYPE {name} gauge"]
-    out += [f"{name}{labels} {_num(v)}" for labels, v in rows]
-    return out
+class _StateCollector(Collector):
+    """Every family of the `Metrics` object, built at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._m = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        """Counters, histograms, then gauges."""
+        m = self._m
+        for c in (m.requests, m.errors):
+            yield c.family()
+        for h in (m.latency, m.queue, m.compute, m.batch):
+            yield h.family()
+        depth = GaugeMetricFamily("runtime_queue_depth", "Requests waiting per model.",
+                                  labels=["model"])
+        for name, v in sorted(m.queue_depth.items()):
+            depth.add_metric([name], v)
+        yield depth
+        ready = GaugeMetricFamily("runtime_model_ready", "1 when the model has warmed up; "
+                                  "device is where it runs (cpu, cuda:N).",
+                                  labels=["model", "version", "device"])
+        for (name, version), ok in sorted(m.ready_models.items()):
+            ready.add_metric([name, version, m.model_devices.get((name, version), "")],
+                             float(ok))
+        yield ready
+        proc = m.scrape_process
+        if proc:
+            yield CounterMetricFamily("process_cpu_seconds", "User and system CPU time of "
+                                      "the runtime.", proc["cpu_seconds"])
+            yield GaugeMetricFamily("process_resident_memory_bytes", "Resident memory.",
+                                    proc["rss_bytes"])
+            yield GaugeMetricFamily("runtime_cpu_percent", "CPU use since the last sample, "
+                                    "percent of one core.", proc["cpu_percent"])
+        yield GaugeMetricFamily("process_start_time_seconds", "Start time, seconds since "
+                                "the epoch.", m.started)
+        if m.gpus:
+            for name, help, attr, scale in (
+                ("runtime_gpu_utilization_percent", "GPU utilisation.", "utilization_pct", 1),
+                ("runtime_gpu_memory_used_bytes", "GPU memory in use.", "memory_used_mib",
+                 1024 * 1024),
+                ("runtime_gpu_memory_total_bytes", "GPU memory.", "memory_total_mib",
+                 1024 * 1024),
+                ("runtime_gpu_temperature_celsius", "GPU temperature.", "temperature_c", 1),
+            ):
+                g = GaugeMetricFamily(name, help, labels=["gpu"])
+                for dev in m.gpus:
+                    g.add_metric([str(dev.index)], float(getattr(dev, attr)) * scale)
+                yield g
 
 
 class Metrics:
-    """Every figure the runtime exports."""
+    """Every figure the runtime exports, in a registry of its own (one per server)."""
 
     def __init__(self) -> None:
         self.started = time.time()
-        self.requests = Counter("runtime_requests_total", "Inference requests by outcome.",
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("runtime_requests", "Inference requests by outcome.",
                                 ("model", "version", "code"))
-        self.errors = Counter("runtime_errors_total", "Requests answered with an error.",
+        self.errors = Counter("runtime_errors", "Requests answered with an error.",
                               ("model", "code"))
         self.latency = Histogram("runtime_request_duration_seconds",
                                  "Inference request latency, first byte in to response out.",
-                                 ("model",), LATENCY_BUCKETS)
+                                 ("model", "device"), LATENCY_BUCKETS)
         self.queue = Histogram("runtime_queue_duration_seconds",
                                "Time a request waited for its batch to start.",
                                ("model",), LATENCY_BUCKETS)
         self.compute = Histogram("runtime_inference_duration_seconds",
-                                 "Model compute time per batch.", ("model",), LATENCY_BUCKETS)
+                                 "Model compute time per batch.", ("model", "device"),
+                                 LATENCY_BUCKETS)
         self.batch = Histogram("runtime_batch_size", "Rows per dispatched batch.",
                                ("model",), BATCH_BUCKETS)
         self.gpus: list[GpuState] = []
         self.queue_depth: dict[str, int] = {}
         self.ready_models: dict[tuple[str, str], bool] = {}
+        self.model_devices: dict[tuple[str, str], str] = {}
+        self.scrape_process: dict[str, float] = {}
+        r.register(_StateCollector(self))
         self._proc: Any = None
         try:
             import psutil
@@ -163,41 +212,9 @@ class Metrics:
             }
 
     def render(self, proc: dict[str, float] | None = None) -> str:
-        """The whole exposition in Prometheus text format 0.0.4."""
-        proc = self.process() if proc is None else proc
-        lines: list[str] = []
-        for m in (self.requests, self.errors):
-            lines += m.render()
-        for h in (self.latency, self.queue, self.compute, self.batch):
-            lines += h.render()
-        lines += _gauge("runtime_queue_depth", "Requests waiting per model.",
-                        [(_labels(("model",), (k,)), float(v))
-                         for k, v in sorted(self.queue_depth.items())])
-        lines += _gauge("runtime_model_ready", "1 when the model has warmed up.",
-                        [(_labels(("model", "version"), k), float(v))
-                         for k, v in sorted(self.ready_models.items())])
-        if proc:
-            lines += [
-                "# HELP process_cpu_seconds_total User and system CPU time of the runtime.",
-                "# TYPE process_cpu_seconds_total counter",
-                f"process_cpu_seconds_total {_num(proc['cpu_seconds'])}",
-            ]
-            lines += _gauge("process_resident_memory_bytes", "Resident memory.",
-                            [("", proc["rss_bytes"])])
-            lines += _gauge("runtime_cpu_percent", "CPU use since the last sample, percent "
-                            "of one core.", [("", proc["cpu_percent"])])
-        lines += _gauge("process_start_time_seconds", "Start time, seconds since the epoch.",
-                        [("", self.started)])
-        if self.gpus:
-            def rows(attr: str, scale: float = 1.0) -> list[tuple[str, float]]:
-                return [(_labels(("gpu",), (str(g.index),)), getattr(g, attr) * scale)
-                        for g in self.gpus]
-            lines += _gauge("runtime_gpu_utilization_percent", "GPU utilisation.",
-                            rows("utilization_pct"))
-            lines += _gauge("runtime_gpu_memory_used_bytes", "GPU memory in use.",
-                            rows("memory_used_mib", 1024 * 1024))
-            lines += _gauge("runtime_gpu_memory_total_bytes", "GPU memory.",
-                            rows("memory_total_mib", 1024 * 1024))
-            lines += _gauge("runtime_gpu_temperature_celsius", "GPU temperature.",
-                            rows("temperature_c"))
-        return "\n".join(lines) + "\n"
+        """The whole exposition in Prometheus text format."""
+        self.scrape_process = self.process() if proc is None else proc
+        return generate_latest(self.registry).decode()
+
+    # Text format 0.0.4, which every Prometheus reads; our names need none of 1.0.0's escaping.
+    content_type = "text/plain; version=0.0.4; charset=utf-8"

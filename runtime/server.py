@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import resource
 import sys
 from pathlib import Path
 from types import FrameType
@@ -13,7 +14,7 @@ from runtime.app import V2App
 from runtime.errors import ModelLoadError, SettingsError
 from runtime.gpu import GpuSource, NvmlSource
 from runtime.history import MetricsHistory
-from runtime.logs import JsonLinesLog, configure
+from runtime.logs import JsonLinesLog, configure, load_id_key
 from runtime.offline import go_offline
 from runtime.settings import Settings
 from runtime.state import ModelRegistry
@@ -45,6 +46,26 @@ def _server_class() -> type:
     return RuntimeServer
 
 
+def raise_open_files_limit() -> None:
+    """Raise the soft RLIMIT_NOFILE to the hard limit: each connection holds a descriptor."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as e:
+            log.warning("cannot raise the open files limit from %d to %d: %s", soft, hard, e)
+
+
+def _protocol(settings: Settings) -> type | str:
+    if importlib.util.find_spec("httptools") is None:
+        # h11 bounds the headers (h11_max_incomplete_event_size); no header timeouts.
+        return "h11"
+    from runtime.http import guarded_protocol
+
+    return guarded_protocol(settings.header_timeout_s, settings.idle_timeout_s,
+                            settings.max_header_bytes, settings.max_header_count)
+
+
 def serve(settings: Settings, gpu: GpuSource | None = None) -> int:
     """Serve until stopped; the exit code is non-zero when a model failed to load.
 
@@ -60,7 +81,8 @@ def serve(settings: Settings, gpu: GpuSource | None = None) -> int:
     sys.setswitchinterval(settings.switch_interval_ms / 1000)
     go_offline(settings.data_dir)
     logs_dir, history_dir = _data_dirs(settings)
-    sink = JsonLinesLog(logs_dir, settings.log_max_bytes, settings.log_backups)
+    sink = JsonLinesLog(logs_dir, settings.log_max_bytes, settings.log_backups,
+                        load_id_key(settings.data_dir))
     configure(sink)
     try:
         specs = discover(settings.models)
@@ -78,12 +100,15 @@ def serve(settings: Settings, gpu: GpuSource | None = None) -> int:
 
     registry = ModelRegistry(settings, specs, gpu=gpu or NvmlSource(), log_sink=sink,
                              history=history, on_fatal=on_fatal)
+    raise_open_files_limit()
     config = uvicorn.Config(
         V2App(registry), host=settings.host, port=settings.port,
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        http=_protocol(settings), ws="none",
+        h11_max_incomplete_event_size=settings.max_header_bytes,
         lifespan="on", access_log=False, log_config=None, server_header=False,
-        date_header=False, backlog=2048, timeout_keep_alive=30,
+        date_header=False, backlog=2048,
+        timeout_keep_alive=settings.keep_alive_timeout_s,  # type: ignore[arg-type]
     )
     server = _server_class()(config)
     log.info("starting: %d model(s) from %s, data in %s", len(specs), settings.models,

@@ -9,6 +9,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Literal
 
+from runtime.auth import read_tokens
 from runtime.errors import SettingsError
 
 ENV_PREFIX = "RUNTIME_"
@@ -29,8 +30,16 @@ class Settings:
     port: int = 8000
     data_dir: Path = Path("/var/lib/appliance/runtime")
     token: str | None = None
+    token_file: Path | None = None  # one token a line, re-read when it changes
     device: str = "auto"  # auto | cpu | cuda:N
     max_body_bytes: int = 64 * 1024 * 1024
+    # Request bodies held at once, all connections together; past it new requests get 503.
+    inflight_max_bytes: int = 256 * 1024 * 1024
+    header_timeout_s: float = 10.0  # from a connection's first byte to its headers' end
+    idle_timeout_s: float = 30.0  # no byte while a request is incomplete, or before the first
+    keep_alive_timeout_s: float = 5.0  # between requests on one connection
+    max_header_bytes: int = 32 * 1024  # request line and headers together
+    max_header_count: int = 100
     max_queue: int = 1024  # per model; more waiting requests get 503
     ort_threads: int = 0  # 0: half the cores
     log_max_bytes: int = 10 * 1024 * 1024
@@ -54,9 +63,15 @@ class Settings:
         """
         if not 0 <= self.port <= 65535:
             raise SettingsError(f"port {self.port} is out of range; use 0-65535")
-        for name in ("max_body_bytes", "max_queue", "log_max_bytes", "history_max_bytes"):
+        for name in ("max_body_bytes", "max_queue", "log_max_bytes", "history_max_bytes",
+                     "inflight_max_bytes", "header_timeout_s", "idle_timeout_s",
+                     "keep_alive_timeout_s", "max_header_bytes", "max_header_count"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.inflight_max_bytes < self.max_body_bytes:
+            raise SettingsError(
+                f"inflight_max_bytes ({self.inflight_max_bytes}) must be at least "
+                f"max_body_bytes ({self.max_body_bytes}): one largest request must fit")
         if not 0 < self.switch_interval_ms <= 100:
             raise SettingsError("switch_interval_ms must be in (0, 100]")
         if self.history_interval_s <= 0 or self.history_days <= 0:
@@ -81,10 +96,13 @@ def _convert(name: str, kind: type, raw: str) -> object:
 
 
 _KINDS: dict[str, type] = {
-    "models": Path, "host": str, "port": int, "data_dir": Path, "token": str, "device": str,
+    "models": Path, "host": str, "port": int, "data_dir": Path, "token": str,
+    "token_file": Path, "device": str,
     "max_body_bytes": int, "max_queue": int, "ort_threads": int, "log_max_bytes": int,
     "log_backups": int, "history_interval_s": float, "history_max_bytes": int,
     "history_days": float, "request_log": bool, "switch_interval_ms": float,
+    "inflight_max_bytes": int, "header_timeout_s": float, "idle_timeout_s": float,
+    "keep_alive_timeout_s": float, "max_header_bytes": int, "max_header_count": int,
 }
 
 
@@ -99,20 +117,9 @@ def from_env(env: Mapping[str, str], base: Settings | None = None) -> Settings:
         raw = env.get(ENV_PREFIX + f.name.upper())
         if raw is not None:
             values[f.name] = _convert(f.name, _KINDS[f.name], raw)
-    token_file = env.get(ENV_PREFIX + "TOKEN_FILE")
-    if token_file:
-        values["token"] = _read_token(Path(token_file))
+    if values.get("token_file") is not None:
+        read_tokens(values["token_file"])  # type: ignore[arg-type]  # fail at start, not later
     return replace(base or Settings(), **values)  # type: ignore[arg-type]
-
-
-def _read_token(path: Path) -> str:
-    try:
-        token = path.read_text().strip()
-    except OSError as e:
-        raise SettingsError(f"cannot read token file {path}: {e.strerror}; check the path") from e
-    if not token:
-        raise SettingsError(f"token file {path} is empty; write the bearer token into it")
-    return token
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -122,7 +129,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, help="TCP port (default 8000)")
     parser.add_argument("--data-dir", type=Path, help="logs and metrics history")
     parser.add_argument("--device", help="auto (NVML picks), cpu, or cuda:N")
-    parser.add_argument("--token-file", type=Path, help="file holding the bearer token")
+    parser.add_argument("--token-file", type=Path,
+                        help="bearer tokens, one a line, re-read when the file changes")
     parser.add_argument("--ort-threads", type=int, help="intra-op threads per model")
     parser.add_argument("--max-body-bytes", type=int, help="largest request body accepted")
 
@@ -149,5 +157,6 @@ def from_args(
         if value is not None:
             values[name] = value
     if getattr(args, "token_file", None) is not None:
-        values["token"] = _read_token(args.token_file)
+        read_tokens(args.token_file)
+        values["token_file"] = args.token_file
     return replace(settings, **values).validate()  # type: ignore[arg-type]

@@ -106,7 +106,13 @@ class ModelRegistry:
         self._loop = loop
         needs = [(f"{n}:{v}", m.spec.gpu_memory_mib) for (n, v), m in self.models.items()]
         plan = plan_devices(needs, self._gpu, self.settings.device)
-        self._gpu_present = any(d.startswith("cuda") for d in plan.values())
+        # GPU figures are sampled whenever NVML sees a GPU, even with every model on CPU.
+        try:
+            self.metrics.gpus = self._gpu.devices()
+        except GpuUnavailableError:
+            self.metrics.gpus = []
+        self._gpu_present = bool(self.metrics.gpus) or any(
+            d.startswith("cuda") for d in plan.values())
         for (n, v), m in self.models.items():
             m.device = plan[f"{n}:{v}"]
         self._loader = threading.Thread(target=self._load_all, name="model-loader", daemon=True)
@@ -129,8 +135,9 @@ class ModelRegistry:
                 return
             m.backend, m.device = backend, backend.device
             m.batcher = Batcher(m.spec, backend, self._loop, self.settings.max_queue,
-                                self._batch_observer(m.spec.name))
+                                self._batch_observer(m.spec.name, m.device))
             m.ready = True
+            self.metrics.model_devices[key] = m.device
             self.metrics.ready_models[key] = True
             log.info("model %s version %s ready on %s (load and warm-up %.0f ms)", key[0], key[1],
                      m.device, (time.perf_counter() - started) * 1000)
@@ -138,13 +145,14 @@ class ModelRegistry:
         log.info("ready: serving %d model(s) on %s:%d", len(self.models), self.settings.host,
                  self.settings.port)
 
-    def _batch_observer(self, name: str) -> Callable[[BatchStats], None]:
+    def _batch_observer(self, name: str, device: str) -> Callable[[BatchStats], None]:
         labels = (name,)
+        placed = (name, device)
         metrics = self.metrics
 
         def observe(stats: BatchStats) -> None:
             metrics.batch.observe(labels, stats.rows)
-            metrics.compute.observe(labels, stats.infer_s)
+            metrics.compute.observe(placed, stats.infer_s)
             for q in stats.queue_s:
                 metrics.queue.observe(labels, q)
         return observe
@@ -208,6 +216,10 @@ class ModelRegistry:
         self.metrics.queue_depth = {
             n: m.batcher.depth for (n, _), m in self.models.items() if m.batcher is not None}
         return self.metrics.render()
+
+    def render_metrics_for_scrape(self) -> tuple[str, str]:
+        """The /metrics text and its content type."""
+        return self.render_metrics(), self.metrics.content_type
 
     def history_samples(self, since: float = 0.0, limit: int = 10_000) -> list[dict[str, Any]]:
         """Samples from the on-disk history."""

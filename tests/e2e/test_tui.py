@@ -82,9 +82,10 @@ async def test_first_install_through_the_installer_screens(
             assert status.status.health == {"mlp": True, "tmlp": True}
             await pilot.press("e")
             await pilot.press("enter")  # the field starts at the stick
-            await wait_for(pilot, lambda: list(stick.glob("*.tar")) and not status.busy,
+            await wait_for(pilot, lambda: list(stick.glob("appliance-support-*.tar"))
+                           and not status.busy,
                            timeout=120, what="the support export")
-        (archive,) = stick.glob("*.tar")
+        (archive,) = stick.glob("appliance-support-*.tar")
         export = verify_export(archive)  # whole, and signed by the site's key
         assert any(name.endswith("install.log") for name in export.files), sorted(export.files)
     finally:

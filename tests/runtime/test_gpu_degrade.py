@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from modelcontract import GpuState, discover
 from runtime.gpu import RecordedSource
+from runtime.history import MetricsHistory
 from runtime.metrics import Metrics
 from runtime.settings import Settings
 from runtime.state import ModelRegistry
@@ -57,3 +58,33 @@ def test_gpu_figures_are_exported_when_present() -> None:
     used = fams["runtime_gpu_memory_used_bytes"].samples[0].value
     assert used == (40960 - 30000) * 1024 * 1024
     assert fams["runtime_gpu_temperature_celsius"].samples[0].value == 55.0
+
+
+def test_gpu_gauges_and_model_devices_reach_metrics_and_history_with_models_on_cpu(
+        onnx_models_dir: Path, tmp_path: Path) -> None:
+    settings = Settings(models=onnx_models_dir, data_dir=tmp_path, device="cpu",
+                        history_interval_s=0.1)
+    history = MetricsHistory(tmp_path / "history", 1 << 20, 3600)
+    registry = ModelRegistry(settings, discover(onnx_models_dir), gpu=RecordedSource([GPU]),
+                             log_sink=None, history=history)
+
+    async def go() -> str:
+        await registry.start(asyncio.get_running_loop())
+        deadline = time.monotonic() + 30
+        while not (registry.ready and any(s["gpus"] for s in history.read())):
+            assert registry.failure is None, registry.failure
+            assert time.monotonic() < deadline, "no ready model and GPU history sample"
+            await asyncio.sleep(0.02)
+        text = registry.render_metrics()
+        await registry.stop()
+        return text
+
+    text = asyncio.run(go())
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    temp = fams["runtime_gpu_temperature_celsius"].samples[0]
+    assert temp.labels == {"gpu": "0"} and temp.value == 55.0
+    ready = fams["runtime_model_ready"].samples[0]
+    assert ready.labels == {"model": "mlp", "version": "1", "device": "cpu"}
+    sample = next(s for s in history.read() if s["gpus"])
+    assert sample["gpus"][0]["utilization_pct"] == 37.0
+    assert sample["gpus"][0]["temperature_c"] == 55.0

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from runtime.errors import ExportError
 from runtime.export import write_export
 from runtime.history import MetricsHistory
-from runtime.logs import JsonLinesLog
+from runtime.logs import JsonLinesLog, id_digest
 from tests.runtime.conftest import REPO, TOKEN, Server, http, start_server, wait_for
 
 MARKER = 1234.5678125  # a value we send as tensor data and must never find in a log
@@ -74,11 +74,12 @@ def test_metrics_parse_and_count_requests(obs: Server) -> None:
 def test_request_logs_have_ids_and_no_tensor_data(obs: Server) -> None:
     assert _infer(obs, "log-me", MARKER) == 200
     log = obs.data_dir / "logs" / "runtime.jsonl"
+    digest = id_digest((obs.data_dir / "log-id.key").read_bytes(), "log-me")
     line = wait_for(lambda: next((ln for ln in log.read_text().splitlines()
-                                  if '"log-me"' in ln), None), 10, "the request log line")
+                                  if digest in ln), None), 10, "the request log line")
     rec = json.loads(line)
     assert rec["event"] == "request" and rec["model"] == "mlp" and rec["status"] == 200
-    assert rec["latency_ms"] > 0 and rec["id"] == "log-me"
+    assert rec["latency_ms"] > 0 and rec["id"] == digest
     assert str(MARKER)[:8] not in log.read_text()
 
 

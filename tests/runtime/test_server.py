@@ -35,6 +35,7 @@ def test_health_and_metadata_through_tritonclient(server: Server, client) -> Non
     assert m["versions"] == ["1", "2"]
     assert m["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 64]}]
     assert m["outputs"] == [{"name": "y", "datatype": "FP32", "shape": [-1, 10]}]
+    assert m["device"] == "cpu"  # our extension field; tritonclient passes it through
 
 
 @pytest.mark.parametrize("binary", [True, False])

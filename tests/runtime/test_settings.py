@@ -22,8 +22,8 @@ def test_flags_override_env(tmp_path: Path) -> None:
     env = {"RUNTIME_PORT": "9000", "RUNTIME_HOST": "0.0.0.0", "RUNTIME_MAX_QUEUE": "7",
            "RUNTIME_TOKEN_FILE": str(token), "RUNTIME_REQUEST_LOG": "false"}
     s = from_args(["--port", "9100", "--models", str(tmp_path)], env)
-    assert (s.port, s.host, s.max_queue, s.token, s.models) == (9100, "0.0.0.0", 7, "abc",
-                                                               tmp_path)
+    assert (s.port, s.host, s.max_queue, s.token_file, s.models) == (
+        9100, "0.0.0.0", 7, token, tmp_path)
     assert s.request_log is False
     assert from_env({}) == Settings()
 
@@ -35,6 +35,8 @@ def test_flags_override_env(tmp_path: Path) -> None:
     ({"RUNTIME_DEVICE": "tpu"}, "not auto, cpu or cuda:N"),
     ({"RUNTIME_SWITCH_INTERVAL_MS": "0"}, "switch_interval_ms"),
     ({"RUNTIME_TOKEN_FILE": "/nonexistent/token"}, "cannot read token file"),
+    ({"RUNTIME_INFLIGHT_MAX_BYTES": "1000"}, "one largest request must fit"),
+    ({"RUNTIME_HEADER_TIMEOUT_S": "0"}, "header_timeout_s must be positive"),
 ])
 def test_bad_settings_name_the_problem(env: dict[str, str], text: str) -> None:
     with pytest.raises(SettingsError, match=text):
