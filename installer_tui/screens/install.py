@@ -300,8 +300,16 @@ class InstallScreen(InstallerScreen):
         ends.add_column("Health")
         for svc, url in sorted(r.endpoints.items()):
             ok = message.health.get(svc, False)
-            ends.add_row(svc, url, Text("ready", style="green") if ok
+            ends.add_row(svc, r.door.url(svc) if r.door is not None else url,
+                         Text("ready", style="green") if ok
                          else Text("NOT READY", style="bold red"))
+        door = Text()
+        if r.door is not None and m is not None:
+            for line in r.door.lines(m):
+                door.append(f"{line}\n")
+        if r.token:
+            door.append("Site token (shown this once; kept 0600 in the site root):\n")
+            door.append(f"  {r.token}\n", style="bold")
         where = Text()
         for line in r.placement.lines():
             where.append(f"{line}\n")
@@ -314,4 +322,4 @@ class InstallScreen(InstallerScreen):
         back.append("r", style="bold reverse")
         back.append(", or run:\n")
         back.append(f"  appliance rollback --root {self.config.site.root}\n", style="bold")
-        return Group(head, ends, where, back)
+        return Group(head, ends, door, where, back)

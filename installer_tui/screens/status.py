@@ -17,6 +17,7 @@ from textual.widgets import Footer, Header, Input, Label, Static
 from appliance.errors import SiteError
 from appliance.progress import Progress
 from appliance.site.acceptance import is_ready
+from appliance.site.door import DoorRecord
 from appliance.site.layout import Site
 from appliance.site.plan import StepEvent
 from appliance.site.rollback import rollback, rollback_target
@@ -147,10 +148,16 @@ class StatusScreen(InstallerScreen):
         t.add_column("Service")
         t.add_column("URL", no_wrap=True)
         t.add_column("Health")
+        door = DoorRecord.read(self.config.site)
+        door = door if door is not None and door.sequence == s.sequence else None
         for svc in sorted(s.endpoints):
             ok = s.health.get(svc, False)
-            t.add_row(svc, s.endpoints[svc], Text("ready", style="green") if ok
+            t.add_row(svc, door.url(svc) if door is not None else s.endpoints[svc],
+                      Text("ready", style="green") if ok
                       else Text("NOT READY", style="bold red"))
+        if door is not None:
+            t.add_row("", Text(f"certificate SHA-256 {door.fingerprint[:23]}...; CA file "
+                               f"{door.ca_file}", style="dim"), "")
         back = Text(f"Roll back (r) to release {s.rollback_to}" if s.rollback_to is not None
                     else "No earlier release is installed to roll back to.", style="dim")
         return Group(head, t, back)
