@@ -163,6 +163,10 @@ class AcceptanceError(ReleaseFailedError):
     """The new release answered a signed sample outside its tolerance."""
 
 
+class CanaryRejectedError(ReleaseFailedError):
+    """The new release did worse than the serving one on its share of live traffic."""
+
+
 class RestoreError(InstallError):
     """The new release failed and the previous release could not be brought back."""
 

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from appliance.cli.types import SubParsers
-from appliance.site.door import replace_certificate, rotate_token
+from appliance.site.door import guard_canary, replace_certificate, rotate_token
 from appliance.site.layout import DEFAULT_ROOT, Site
 
 
@@ -23,6 +23,12 @@ def register(sub: SubParsers) -> None:
                    help="stop accepting the old token, once every client has the new one")
     r.add_argument("--root", type=Path, default=root, help="site root directory")
     r.set_defaults(func=cmd_token_rotate)
+
+    # started by the installer during a canary (appliance.site.door.start_guard)
+    p = sub.add_parser("frontdoor-guard")
+    p.add_argument("--root", type=Path, required=True)
+    p.add_argument("--pid", type=int, required=True)
+    p.set_defaults(func=cmd_guard)
 
     p = sub.add_parser("tls", help="the front door's certificate")
     tsub = p.add_subparsers(dest="tls_command", metavar="ACTION", required=True)
@@ -42,6 +48,11 @@ def cmd_token_rotate(args: argparse.Namespace) -> int:
     else:
         print(f"new token (also in {site.root / 'token'}, 0600); the old one keeps working "
               f"until `appliance token rotate --finish`:\n    {token}")
+    return 0
+
+
+def cmd_guard(args: argparse.Namespace) -> int:
+    guard_canary(Site(args.root), args.pid)
     return 0
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 from appliance.cli.progress import ProgressPrinter
 from appliance.cli.types import SubParsers
 from appliance.engines import Engine, make_engine
-from appliance.errors import ApplianceError, exit_code
+from appliance.errors import ApplianceError, CanaryFlagError, exit_code
+from appliance.frontdoor.canary import parse_bounds, parse_canary
 from appliance.site.door import DoorRecord, certificate_warning
 from appliance.site.layout import DEFAULT_ROOT, Site
 from signing import SigningError
@@ -36,6 +37,11 @@ def register(sub: SubParsers) -> None:
     p.add_argument("--tls-cert", type=Path, help="the front door's certificate (PEM, with its "
                    "chain): the hospital's own instead of the site certificate made here")
     p.add_argument("--tls-key", type=Path, help="the private key of --tls-cert (PEM)")
+    p.add_argument("--canary", metavar="SHARE%:WINDOW",
+                   help="send SHARE of live traffic to the new release for WINDOW (e.g. "
+                        "10%%:5m) and promote it only if its errors and p99 stay in bounds")
+    p.add_argument("--canary-bounds", metavar="BOUNDS", default="",
+                   help="override the canary's bounds: errors=+1%%,p99=x1.5,slack=5ms,min=20")
     _engine_args(p)
     p.set_defaults(func=cmd_install)
 
@@ -84,6 +90,12 @@ def cmd_install(args: argparse.Namespace) -> int:
         print("error: --tls-cert and --tls-key go together: give both, or neither for the "
               "site certificate", file=sys.stderr)
         return 2
+    try:
+        canary = parse_canary(args.canary) if args.canary else None
+        bounds = parse_bounds(args.canary_bounds)
+    except CanaryFlagError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     site = Site(args.root)
     out = ProgressPrinter(as_json=args.json, bar=False)
     try:
@@ -93,7 +105,7 @@ def cmd_install(args: argparse.Namespace) -> int:
             bundle=args.bundle, site=site, engine=_engine(args, site), gpu_probe=probe,
             trust=args.trust, allow_expired=args.allow_expired,
             health_timeout_s=args.health_timeout, tls_cert=args.tls_cert,
-            tls_key=args.tls_key), progress=out)
+            tls_key=args.tls_key, canary=canary, canary_bounds=bounds), progress=out)
         result = plan.run()
     except (ApplianceError, SigningError) as e:
         print(f"error: {e}", file=sys.stderr)

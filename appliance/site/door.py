@@ -12,11 +12,15 @@ move, so a proxy that restarts serves the release that serves now.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import socket
+import subprocess
+import sys
 import time
+import urllib.request
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 from urllib.parse import urlsplit
@@ -25,19 +29,27 @@ from appliance.bundle.manifest import Manifest
 from appliance.errors import FrontDoorError, ProxyApiError
 from appliance.frontdoor import config, switch, tls, token
 from appliance.frontdoor import site as files_of
+from appliance.frontdoor.canary import (
+    CanaryBounds,
+    CanaryPlan,
+    CanaryVerdict,
+    WindowFigures,
+    decide,
+)
 from appliance.frontdoor.container import (
     CONF_IN_CONTAINER,
     NOFILE,
     ProxyContainer,
     own_for_proxy,
 )
-from appliance.frontdoor.runtime_api import ProxyApi
+from appliance.frontdoor.runtime_api import ProxyApi, ServerStats
 from appliance.fsutil import atomic_write
 from appliance.progress import Progress, ProgressFn, no_progress
 from appliance.site.engine import behind_front_door
 from appliance.site.layout import Site
 
 DOOR_FILE = "door.json"  # in the front door's directory: what serves where, for status
+CANARY_FILE = "canary.json"  # a canary under way: each service's old slot
 START_TIMEOUT_S = 60.0
 
 
@@ -187,12 +199,106 @@ class FrontDoor:
                       + ", ".join(str(p) for p in sorted(ports.values())))
             self.engine.ensure_proxy(spec, restart=before is not None)
             self._wait_up(api, list(addrs), self.engine.proxy_name())
-        record = DoorRecord(lan_address(), ports, sequence, files.fingerprint,
-                            str(files.ca_file), str(self.site.root / "token"),
-                            files.not_after.isoformat())
+        return self._record(files, manifest, sequence)
+
+    def _record(self, files: files_of.FrontDoorFiles, manifest: Manifest,
+                sequence: int) -> DoorRecord:
+        record = DoorRecord(lan_address(), {s.name: s.port for s in manifest.services},
+                            sequence, files.fingerprint, str(files.ca_file),
+                            str(self.site.root / "token"), files.not_after.isoformat())
         atomic_write(files.conf_dir / DOOR_FILE,
                      json.dumps(asdict(record), indent=2, sort_keys=True).encode() + b"\n")
         return record
+
+    def can_canary(self) -> bool:
+        """Whether a release serves behind a running front door (a canary needs one)."""
+        before = DoorRecord.read(self.site)
+        return before is not None and _answers(ProxyApi(self.site.root / files_of.RUN_DIR
+                                                        / files_of.SOCKET))
+
+    def canary(self, manifest: Manifest, sequence: int, endpoints: dict[str, str],
+               plan: CanaryPlan, bounds: CanaryBounds) -> CanaryVerdict:
+        """Send `plan.share` of live requests to the new release's runtimes for
+        `plan.window_s`, compare its errors and p99 with the serving release's over the
+        same window, and end the canary: promoted (the old release drains) or rolled back
+        (the canary drains). A canary left by a killed installer is ended (rolled back)
+        by the next install or rollback (`recover`).
+
+        Raises:
+            FrontDoorError: the proxy refused a move (the old release keeps all traffic).
+        """
+        files = files_of.prepare(self.site.root, host_names(), self.now, self.tls_cert,
+                                 self.tls_key)
+        api = ProxyApi(files.socket)
+        addrs = {s: _host_port(u) for s, u in endpoints.items()}
+        old_slots: dict[str, str] = {}
+        guard = start_guard(self.site.root)
+        try:
+            for svc, (host, port) in addrs.items():
+                old = switch.serving_slot(api, svc) or config.SLOTS[0]
+                old_slots[svc] = old
+                atomic_write(files.conf_dir / CANARY_FILE, json.dumps(old_slots).encode())
+                switch.bring_up(api, svc, switch.other_slot(old), host, port, weight=0)
+                switch.set_share(api, svc, old, plan.weights())
+            self._say(f"canary: {plan.share:.0%} of requests to the new release for "
+                      f"{plan.window_s} s")
+            start = {svc: api.servers(config.backend_name(svc)) for svc in addrs}
+            old_urls = {s: self._slot_url(api, s, o) for s, o in old_slots.items()}
+            hist = {s: (latency_buckets(old_urls[s]), latency_buckets(endpoints[s]))
+                    for s in addrs}
+            deadline = time.monotonic() + plan.window_s
+            while (left := deadline - time.monotonic()) > 0:
+                time.sleep(min(5.0, left))
+                now = {svc: api.servers(config.backend_name(svc)) for svc in addrs}
+                seen = sum(now[s][switch.other_slot(o)].requests
+                           - start[s][switch.other_slot(o)].requests
+                           for s, o in old_slots.items())
+                self._say(f"canary: {seen} requests answered by the new release, "
+                          f"{max(0, round(left))} s left")
+            end = {svc: api.servers(config.backend_name(svc)) for svc in addrs}
+            verdicts = []
+            for s, o in old_slots.items():
+                n = switch.other_slot(o)
+                old_p99 = p99_ms(hist[s][0], latency_buckets(old_urls[s]))
+                new_p99 = p99_ms(hist[s][1], latency_buckets(endpoints[s]))
+                verdicts.append(decide(_figures(start[s][o], end[s][o], old_p99),
+                                       _figures(start[s][n], end[s][n], new_p99), bounds))
+            worst = next((v for v in verdicts if v.action == "rollback"), verdicts[0])
+            promote = worst.action == "promote"
+            for svc, old in old_slots.items():
+                switch.end_canary(api, svc, old, promote=promote)
+        except ProxyApiError as e:
+            self.recover()
+            raise FrontDoorError(f"the canary could not run: {e}") from e
+        finally:
+            if guard is not None and guard.poll() is None:
+                guard.terminate()
+                guard.wait(10)
+        (files.conf_dir / CANARY_FILE).unlink(missing_ok=True)
+        if promote:
+            slots = {s: switch.other_slot(o) for s, o in old_slots.items()}
+            self._write_config(files, manifest, addrs, slots)
+            self._record(files, manifest, sequence)
+        return worst
+
+    @staticmethod
+    def _slot_url(api: ProxyApi, service: str, slot: str) -> str:
+        return f"http://{api.servers(config.backend_name(service))[slot].address}"
+
+    def recover(self) -> None:
+        """End a canary a killed installer left: all new requests to the old release."""
+        path = self.site.root / files_of.CONF_DIR / CANARY_FILE
+        try:
+            old_slots = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            return
+        api = ProxyApi(self.site.root / files_of.RUN_DIR / files_of.SOCKET)
+        for svc, old in old_slots.items():
+            try:
+                switch.end_canary(api, svc, old, promote=False)
+            except ProxyApiError:
+                continue  # the proxy restarts from its file, which names the old release
+        path.unlink(missing_ok=True)
 
     def _write_config(self, files: files_of.FrontDoorFiles, manifest: Manifest,
                       addrs: dict[str, tuple[str, int]], slots: dict[str, str]) -> None:
@@ -294,6 +400,77 @@ def replace_certificate(site: Site, cert: Path, key: Path, now: datetime) -> str
         atomic_write(conf / DOOR_FILE,
                      json.dumps(asdict(record), indent=2, sort_keys=True).encode() + b"\n")
     return tls.fingerprint(leaf)
+
+
+def start_guard(root: Path) -> subprocess.Popen[bytes] | None:
+    """A detached process that ends the canary (old release takes everything back) if
+    this installer dies before it does: `appliance frontdoor-guard`."""
+    me = [sys.executable] if getattr(sys, "frozen", False) else [sys.executable, "-m",
+                                                                   "appliance"]
+    try:
+        return subprocess.Popen([*me, "frontdoor-guard", "--root", str(root), "--pid",
+                                 str(os.getpid())], start_new_session=True,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    except OSError:
+        return None
+
+
+def guard_canary(site: Site, pid: int, poll_s: float = 0.2) -> bool:
+    """Wait while installer `pid` lives and a canary is under way; if the installer dies
+    first, end the canary in the old release's favour. True when it had to."""
+    canary = site.root / files_of.CONF_DIR / CANARY_FILE
+    while canary.exists():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            FrontDoor(site, object(), datetime.now(UTC)).recover()
+            return True
+        except PermissionError:
+            pass
+        time.sleep(poll_s)
+    return False
+
+
+LATENCY_BUCKET = "runtime_request_duration_seconds_bucket"
+
+
+def latency_buckets(url: str) -> dict[float, float]:
+    """A runtime's request latency histogram (upper bound in seconds -> count, all series
+    summed) from its /metrics; empty when it does not answer."""
+    out: dict[float, float] = {}
+    try:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=5) as r:  # noqa: S310 - loopback
+            text = r.read().decode()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        if line.startswith(LATENCY_BUCKET + "{"):
+            labels, _, value = line.rpartition(" ")
+            le = labels.split('le="', 1)[1].split('"', 1)[0]
+            bound = float("inf") if le == "+Inf" else float(le)
+            out[bound] = out.get(bound, 0.0) + float(value)
+    return out
+
+
+def p99_ms(start: dict[float, float], end: dict[float, float]) -> float:
+    """The 99th percentile (bucket upper bound, ms) of the requests between two scrapes."""
+    diff = sorted((b, end[b] - start.get(b, 0.0)) for b in end)
+    total = diff[-1][1] if diff else 0.0
+    if total <= 0:
+        return 0.0
+    finite = [b for b, _ in diff if b != float("inf")]
+    for bound, count in diff:
+        if count >= 0.99 * total:
+            return (bound if bound != float("inf") else (finite[-1] if finite else 0.0)) * 1e3
+    return 0.0  # pragma: no cover - the +Inf bucket holds every request
+
+
+def _figures(start: ServerStats, end: ServerStats, p99: float) -> WindowFigures:
+    """One slot's requests and errors over the window, from HAProxy's counters."""
+    errors = (end.responses_5xx - start.responses_5xx) + (
+        end.connection_errors - start.connection_errors)
+    return WindowFigures(end.requests - start.requests, errors, p99)
 
 
 def _nofile() -> int:

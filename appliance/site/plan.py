@@ -47,6 +47,7 @@ from appliance.bundle.manifest import Manifest
 from appliance.errors import (
     AcceptanceError,
     ApplianceError,
+    CanaryRejectedError,
     EngineError,
     InstallError,
     InstallLockedError,
@@ -56,6 +57,7 @@ from appliance.errors import (
     SiteError,
     TrustError,
 )
+from appliance.frontdoor.canary import CanaryBounds, CanaryPlan
 from appliance.fsutil import atomic_write
 from appliance.progress import Progress, ProgressFn, no_progress
 from appliance.site.acceptance import check_samples, wait_ready
@@ -127,6 +129,8 @@ class InstallOptions:
     health_timeout_s: float = 300.0
     tls_cert: Path | None = None  # the hospital's own pair for the front door
     tls_key: Path | None = None
+    canary: CanaryPlan | None = None  # a share of live traffic first, then promote or not
+    canary_bounds: CanaryBounds = field(default_factory=CanaryBounds)
 
 
 @dataclass(frozen=True)
@@ -221,6 +225,7 @@ class InstallPlan:
         from appliance.bundle import read_manifest_unverified
         self.site.ensure()
         self._clear_partial_blobs()
+        self.door.recover()  # a canary a killed installer left goes back to the old release
         trust_path = self.o.trust or self.site.trust_path
         trust_check, self.trust_root = check_trust(trust_path)
         checks = [trust_check]
@@ -400,7 +405,22 @@ class InstallPlan:
                                  "stopping it so the front door can take its ports")
             self.engine.stop(prev.sequence)
         self._door_moved = True
-        self.public = self.door.serve(self.manifest, self.release.sequence, self.endpoints)
+        if self.o.canary is not None and prev is not None and self.door.can_canary():
+            verdict = self.door.canary(self.manifest, self.release.sequence, self.endpoints,
+                                       self.o.canary, self.o.canary_bounds)
+            self.release.log("canary", action=verdict.action, reason=verdict.reason)
+            self._info("switch", verdict.reason)
+            if verdict.action == "rollback":
+                self._door_moved = False  # the canary drained: the old release has it all
+                raise CanaryRejectedError(f"the canary was rolled back: {verdict.reason}")
+            self.public = DoorRecord.read(self.site)
+        else:
+            if self.o.canary is not None:
+                self._info("switch", "no release serves behind the front door yet: no "
+                                     "canary, a plain switch")
+            self.public = self.door.serve(self.manifest, self.release.sequence,
+                                          self.endpoints)
+        assert self.public is not None
         for svc in self.manifest.services:
             self._info("switch", f"{svc.name} serves at {self.public.url(svc.name)}")
 

@@ -34,6 +34,7 @@ def rollback(site: Site, engine: Engine, sequence: int | None = None, *,
         ReleaseFailedError: the release did not come up; current keeps serving.
     """
     with site_lock(site):
+        FrontDoor(site, engine, datetime.now(UTC), progress=progress).recover()
         cur = site.current()
         target = rollback_target(site, sequence)
         seq = target.sequence

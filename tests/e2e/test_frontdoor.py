@@ -24,7 +24,7 @@ from appliance.site.layout import runtime_port
 from bundler.samples import make_mlp_onnx
 from signing import PrivateKey, TrustRoot
 from tests.e2e.kit import NO_GPU, cli_env
-from tests.enginekit import need
+from tests.enginekit import need, wait_for
 from tests.frontdoor.load import SteadyLoad
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
@@ -116,9 +116,10 @@ def _appliance(root: Path, engine_url: str, *cmd: str) -> subprocess.CompletedPr
                           check=False)
 
 
-def _install(vendor: Vendor, root: Path, url: str, bundle: Path) -> str:
+def _install(vendor: Vendor, root: Path, url: str, bundle: Path, *extra: str) -> str:
     r = _appliance(root, url, "install", str(bundle), "--yes", "--trust", str(vendor.root),
-                   "--gpu-state", str(vendor.work / "no-gpu.json"), "--health-timeout", "180")
+                   "--gpu-state", str(vendor.work / "no-gpu.json"), "--health-timeout", "180",
+                   *extra)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     return r.stdout
 
@@ -179,3 +180,71 @@ def test_the_front_door_needs_the_token_and_speaks_only_https(site):
     # the runtime itself listens on loopback only
     record = json.loads((root / "releases" / "1" / "release.json").read_text())
     assert all(u.startswith("http://127.0.0.1:") for u in record["endpoints"].values())
+
+
+def test_a_good_canary_is_promoted_and_a_failing_one_rolled_back_with_no_failed_request(site):
+    vendor, root, url = site
+    first = vendor.build(1, seed=0)
+    _install(vendor, root, url, first)
+    load = _load(root, vendor.port).start()
+    try:
+        out = _install(vendor, root, url, vendor.build(2, seed=1, base=first), "--canary",
+                       "30%:6s")
+        assert "canary within bounds" in out, out[-2000:]
+        assert json.loads(_appliance(root, url, "status", "--json").stdout)["current"] == 2
+
+        # release 3 is held to a bound no canary of 15 s can meet (a million requests):
+        # it must be rolled back, its share drained, and release 2 keep serving
+        third = vendor.build(3, seed=2, base=first)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "appliance", "install", str(third), "--yes", "--root",
+             str(root), "--engine", "docker", "--docker-host", url, "--gpu-state",
+             str(vendor.work / "no-gpu.json"), "--canary", "30%:15s",
+             "--canary-bounds", "min=1000000"],
+            env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        text, _ = proc.communicate(timeout=600)
+    finally:
+        report = load.stop()
+    assert proc.returncode == 7, text[-3000:]
+    assert "the canary was rolled back" in text and "too little traffic" in text, text[-2000:]
+    status = json.loads(_appliance(root, url, "status", "--json").stdout)
+    assert status["current"] == 2 and all(status["ready"].values())
+    assert report.sent > 100 and report.failures == [], report.summary()
+
+
+def test_an_installer_killed_mid_canary_leaves_the_old_release_all_the_traffic(site):
+    import os
+    import signal
+
+    from appliance.frontdoor import config
+    from appliance.frontdoor.runtime_api import ProxyApi
+    vendor, root, url = site
+    first = vendor.build(1, seed=0)
+    _install(vendor, root, url, first)
+    api = ProxyApi(root / "frontdoor-run" / "admin.sock")
+    backend = config.backend_name("mlp")
+    serving = next(s for s, st in api.servers(backend).items() if st.weight > 0 and st.up)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "appliance", "install", str(vendor.build(2, seed=1, base=first)),
+         "--yes", "--root", str(root), "--engine", "docker", "--docker-host", url,
+         "--gpu-state", str(vendor.work / "no-gpu.json"), "--canary", "30%:10m"],
+        env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    load = _load(root, vendor.port).start()
+    try:
+        canary = root / "frontdoor" / "canary.json"
+        wait_for(lambda: proc.poll() is None and canary.exists() and any(
+            st.weight > 0 and st.up for s, st in api.servers(backend).items() if s != serving),
+            timeout=300, what="the canary to take its share")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+        wait_for(lambda: not canary.exists(), timeout=30, what="the guard to end the canary")
+        stats = api.servers(backend)
+        assert stats[serving].weight > 0 and stats[serving].up
+        assert all(st.weight == 0 or not st.status.startswith("UP")
+                   for s, st in stats.items() if s != serving), stats
+    finally:
+        report = load.stop()
+        if proc.poll() is None:
+            proc.kill()
+    assert report.failures == [], report.summary()
+    assert json.loads(_appliance(root, url, "status", "--json").stdout)["current"] == 1
