@@ -68,9 +68,12 @@ class Vendor:
         self.key_path.write_bytes(self.key.to_pem())
         self.key_path.chmod(0o600)
 
-    def build(self, sequence: int, seed: int, base: Path | None = None) -> Path:
+    def build(self, sequence: int, seed: int, base: Path | None = None,
+              broken: bool = False) -> Path:
         d = self.work / f"spec-{sequence}"
         make_mlp_onnx(d / "models" / "mlp", sizes=SIZES, seed=seed)
+        if broken:  # signed and well formed, but the runtime cannot load it
+            (d / "models" / "mlp" / "model.onnx").write_bytes(b"not an onnx model")
         spec: dict[str, Any] = {
             "name": "door", "version": f"1.{sequence}.0", "sequence": sequence,
             "expires_days": 30, "platform": "linux/amd64",
@@ -132,7 +135,8 @@ def _load(root: Path, port: int) -> SteadyLoad:
                       headers={"Authorization": f"Bearer {token}"}, ssl_context=ctx)
 
 
-def test_an_update_and_a_rollback_through_the_front_door_fail_no_request(site):
+def test_an_update_a_broken_update_and_a_rollback_through_the_front_door_fail_no_request(
+        site):
     vendor, root, url = site
     first = vendor.build(1, seed=0)
     out = _install(vendor, root, url, first)
@@ -142,8 +146,13 @@ def test_an_update_and_a_rollback_through_the_front_door_fail_no_request(site):
 
     load = _load(root, vendor.port).start()
     try:
-        _install(vendor, root, url, vendor.build(2, seed=1, base=first))
-        r = _appliance(root, url, "rollback")
+        _install(vendor, root, url, vendor.build(2, seed=1, base=first))      # (a) update
+        broken = _appliance(root, url, "install", str(vendor.build(3, seed=2, base=first,
+                                                                   broken=True)),
+                            "--yes", "--gpu-state", str(vendor.work / "no-gpu.json"),
+                            "--health-timeout", "60")                        # (b) broken
+        assert broken.returncode == 7, broken.stdout[-2000:] + broken.stderr[-2000:]
+        r = _appliance(root, url, "rollback")                                 # (c) rollback
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     finally:
         report = load.stop()
