@@ -97,9 +97,13 @@ def test_the_front_door_needs_the_token_and_speaks_only_https(site):
             plain.getresponse().read()
     finally:
         plain.close()
-    # the runtime itself listens on loopback only
+    # the runtime itself listens on loopback only: no LAN address reaches it
     record = json.loads((root / "releases" / "1" / "release.json").read_text())
-    assert all(u.startswith("http://127.0.0.1:") for u in record["endpoints"].values())
+    port = int(record["endpoints"]["mlp"].rsplit(":", 1)[1])
+    listening = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True,
+                               text=True, check=True).stdout.split()
+    assert listening and all(f.endswith(f":{port}") for f in listening[3::5]), listening
+    assert {f.rsplit(":", 1)[0] for f in listening[3::5]} == {"127.0.0.1"}, listening
 
 
 def test_a_good_canary_is_promoted_and_a_failing_one_rolled_back_with_no_failed_request(site):
