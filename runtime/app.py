@@ -36,9 +36,10 @@ from runtime.state import LoadedModel, ModelRegistry
 
 log = logging.getLogger("runtime.app")
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
+# As the ASGI spec and its servers type them: a scope and messages are mappings.
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 JSON = b"application/json"
 TRITON_TYPES = {

@@ -43,7 +43,7 @@ def test_no_truncation_point_verifies(built: Built, root: TrustRoot, data: st.Da
 
 
 member_name = st.text(
-    alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=90
+    alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=90
 ).filter(lambda s: len(s.encode()) <= 100 and "\0" not in s)
 
 

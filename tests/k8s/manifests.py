@@ -20,8 +20,8 @@ def model(name: str, image: str, gpu_memory_mib: int = 0,
         name=name, version="1", framework="onnx", image=image,
         weights_digest=digest(f"weights {name}"), weights_size=weights_size,
         path=f"models/{name}/1",
-        inputs=[TensorSpec("x", "FP32", [-1, 64])],
-        outputs=[TensorSpec("y", "FP32", [-1, 10])],
+        inputs=[TensorSpec("x", "FP32", (-1, 64))],
+        outputs=[TensorSpec("y", "FP32", (-1, 10))],
         gpu_memory_mib=gpu_memory_mib, max_batch_size=32, max_queue_delay_ms=2.0,
     )
 

@@ -12,7 +12,8 @@ import pytest
 
 from runtime.auth import TokenCheck
 from runtime.errors import SettingsError
-from tests.runtime.conftest import Server, http, start_server, wait_for
+from tests.enginekit import wait_for
+from tests.runtime.conftest import Server, http, start_server
 
 OLD, NEW, OTHER = "old-token-0123456789", "new-token-abcdefghij", "second-token-xyz"
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.runtime.conftest import TOKEN, Server, http, start_server, wait_for
+from tests.enginekit import wait_for
+from tests.runtime.conftest import TOKEN, Server, http, start_server
 
 MIB = 1024 * 1024
 

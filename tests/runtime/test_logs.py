@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from runtime.logs import MAX_LINE_BYTES, JsonLinesLog, id_digest, load_id_key
-from tests.runtime.conftest import TOKEN, Server, http, start_server, wait_for
+from tests.enginekit import wait_for
+from tests.runtime.conftest import TOKEN, Server, http, start_server
 
 PHI = "accession=ACC998877 patient=DOE^JANE dob=19700101"
 

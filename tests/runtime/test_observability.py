@@ -11,6 +11,7 @@ import sys
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -19,7 +20,8 @@ from runtime.errors import ExportError
 from runtime.export import write_export
 from runtime.history import MetricsHistory
 from runtime.logs import JsonLinesLog, id_digest
-from tests.runtime.conftest import REPO, TOKEN, Server, http, start_server, wait_for
+from tests.enginekit import wait_for
+from tests.runtime.conftest import REPO, TOKEN, Server, http, start_server
 
 MARKER = 1234.5678125  # a value we send as tensor data and must never find in a log
 
@@ -77,6 +79,7 @@ def test_request_logs_have_ids_and_no_tensor_data(obs: Server) -> None:
     digest = id_digest((obs.data_dir / "log-id.key").read_bytes(), "log-me")
     line = wait_for(lambda: next((ln for ln in log.read_text().splitlines()
                                   if digest in ln), None), 10, "the request log line")
+    assert line is not None  # wait_for returns only once the condition is truthy
     rec = json.loads(line)
     assert rec["event"] == "request" and rec["model"] == "mlp" and rec["status"] == 200
     assert rec["latency_ms"] > 0 and rec["id"] == digest
@@ -92,7 +95,7 @@ def test_history_is_readable_and_survives_restart(
         for i in range(3):
             assert _infer(s, f"h-{i}") == 200
 
-        def samples() -> list[dict[str, object]]:
+        def samples() -> list[dict[str, Any]]:
             code, _, raw = http("GET", f"{s.url}/appliance/metrics/history")
             assert code == 200
             return [x for x in json.loads(raw) if x["requests_total"] >= 3]

@@ -12,8 +12,8 @@ def model(name: str, gpu_mib: int = 0, image: str = "img",
           samples: list[Sample] | None = None) -> Model:
     return Model(name=name, version="1", framework="onnx", image=image, weights_digest=D,
                  weights_size=1, path=f"models/{name}/1",
-                 inputs=[TensorSpec("x", "FP32", [-1, 2])],
-                 outputs=[TensorSpec("y", "FP32", [-1, 2])],
+                 inputs=[TensorSpec("x", "FP32", (-1, 2))],
+                 outputs=[TensorSpec("y", "FP32", (-1, 2))],
                  gpu_memory_mib=gpu_mib, samples=samples or [])
 
 

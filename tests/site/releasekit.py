@@ -56,7 +56,7 @@ def release_manifest(store: ContentStore, sequence: int, port: int, *,
                               cmd or ["/healthd", "--models", "/models", "--port", "8000"],
                               extra_layers=[wl])
     model = Model("mlp", "1", "onnx", "mlp", wdigest, len(wl), "models/mlp/1",
-                  [TensorSpec("x", "FP32", [-1, 2])], [TensorSpec("y", "FP32", [-1, 2])],
+                  [TensorSpec("x", "FP32", (-1, 2))], [TensorSpec("y", "FP32", (-1, 2))],
                   samples=list(samples))
     m = Manifest("demo", f"1.0.{sequence}", sequence, "2026-01-01T00:00:00Z",
                  "2030-01-01T00:00:00Z", "linux/amd64", [], [image], [model],

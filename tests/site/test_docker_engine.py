@@ -15,6 +15,7 @@ import pytest
 
 from appliance.engines.docker import DockerEngine
 from appliance.errors import EngineUnavailableError, ImageLoadError
+from appliance.progress import Progress
 from appliance.site.engine import launches
 from appliance.site.gpu import GpuReport
 from appliance.site.layout import Site
@@ -51,7 +52,7 @@ def test_load_takes_images_from_store_and_checks_ids_then_runs(tmp_path, engine_
     rel = site.stage_release(m.to_json(), b"{}", 1, "docker")
     eng = DockerEngine(site, base_url=engine_url, health_test=PROBE, stop_timeout_s=2)
     assert "API" in eng.ping()
-    events = []
+    events: list[Progress] = []
     eng.load(m, rel, site.store, events.append)
     img = m.images[0]
     assert eng.image_id(img.reference) == img.config_digest
@@ -121,7 +122,7 @@ def test_podman_loads_in_place_from_the_store(tmp_path, podman_url, site_dir):
     eng = DockerEngine(site, base_url=podman_url)
     img = m.images[0]
     links_before = set(Path("/run").glob("appliance-load-*"))
-    events = []
+    events: list[Progress] = []
     try:
         eng.load(m, rel, site.store, events.append)
         assert eng.image_id(img.config_digest) == img.config_digest
@@ -156,7 +157,7 @@ def test_podman_with_its_own_storage_flags_is_loaded_in_place(tmp_path):
             try:
                 cli = eng.podman_cli()
                 assert cli is not None and cli[1:] == flags
-                events = []
+                events: list[Progress] = []
                 eng.load(m, rel, site.store, events.append)
                 assert any(e.message == f"podman load {img.reference} from the store"
                            for e in events)
@@ -185,7 +186,7 @@ def test_a_store_where_links_cannot_be_made_is_streamed_instead(tmp_path, podman
     eng = DockerEngine(site, base_url=podman_url)
     img = m.images[0]
     try:
-        events = []
+        events: list[Progress] = []
         eng.load(m, rel, site.store, events.append)
         (fallback,) = [e for e in events if "could not load" in e.message]
         assert "Invalid cross-device link" in fallback.message
@@ -209,7 +210,7 @@ def test_podman_checks_every_blob_it_reads_from_the_store(tmp_path, podman_url):
     data[len(data) // 2] ^= 1
     site.store.path(layer).write_bytes(bytes(data))
     eng = DockerEngine(site, base_url=podman_url)
-    events = []
+    events: list[Progress] = []
     try:
         with pytest.raises(ImageLoadError, match=r"stored blob sha256:\w+ no longer matches"):
             eng.load(m, rel, site.store, events.append)

@@ -16,6 +16,7 @@ from appliance.errors import (
     RollbackError,
     SiteError,
 )
+from appliance.progress import Progress
 from appliance.site.gpu import GpuReport, RecordedProbe
 from appliance.site.layout import PLACEMENT_FILE
 from appliance.site.placement import Placement
@@ -41,7 +42,7 @@ def port():
 
 def test_first_install_runs_every_step_in_order_and_serves(ps, port):
     b = make_bundle(ps.tmp, ps.vendor, 1, port=port, samples=[sample([1, 2], [2, 4])])
-    events = []
+    events: list[Progress] = []
     result = ps.install(b, events)
     steps = [(e.step, e.status) for e in events if isinstance(e, StepEvent)]
     # preflight ends "warn": no GPU, so the services run on the CPU
@@ -100,7 +101,7 @@ def test_a_port_held_by_something_else_fails_the_start_and_the_old_release_serve
         squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         squatter.bind(("127.0.0.1", port + 100))
         squatter.listen()
-        events = []
+        events: list[Progress] = []
         with pytest.raises(ReleaseFailedError,
                            match=rf"port {port + 100} for service 'mlp' is in use by "
                                  rf"something else \(see: ss -ltnp"):
@@ -121,7 +122,7 @@ def test_a_leftover_release_in_the_new_slot_is_stopped_not_taken_for_the_new_one
     ps.engine.start(old.manifest(), old, placement, slot=0)  # release 1 back on `port`
     wait_for(lambda: ready(f"http://127.0.0.1:{port}"), 20, "release 1 to answer again")
     assert ps.engine.running() == {1, 2}
-    events = []
+    events: list[Progress] = []
     r3 = ps.install(make_bundle(ps.tmp, ps.vendor, 3, port=port, scale=3.0), events)
     assert r3.endpoints == {"mlp": f"http://127.0.0.1:{port}"}
     assert any(e.message == "stopped release 1, still running in this slot" for e in events)
@@ -236,7 +237,7 @@ def test_crash_looping_release_fails_fast_with_its_output(ps, port):
 def test_gpu_table_is_shown_in_the_placement_step(ps, port):
     from pathlib import Path
     report = RecordedProbe.from_file(Path(__file__).parent / "gpu_states" / "four_l4.json")
-    events = []
+    events: list[Progress] = []
     ps.install(make_bundle(ps.tmp, ps.vendor, 1, port=port, gpu_mib=5000), events,
                probe=report.probe())
     lines = [e.message for e in events if e.step == "placement" and type(e).__name__ ==

@@ -61,7 +61,8 @@ def test_install_update_and_failed_update_through_engine(tmp_path, engine_url, r
                             command=[*HEALTHD, "--never-ready"])
         with pytest.raises(ReleaseFailedError, match="release 2 keeps serving"):
             install(never, timeout=3)
-        assert site.current().sequence == 2 and eng.running() == {2}
+        current = site.current()
+        assert current is not None and current.sequence == 2 and eng.running() == {2}
         assert ready(r2.endpoints["mlp"])
     finally:
         for rel in site.releases():
@@ -106,10 +107,12 @@ def test_sigkill_while_new_containers_start_keeps_old_serving(tmp_path, engine_u
                 break
         proc.wait(timeout=60)
         proc.stdout.close()
-        assert site.current().sequence == 1 and ready(f"http://127.0.0.1:{port}")
+        current = site.current()
+        assert current is not None and current.sequence == 1 and ready(f"http://127.0.0.1:{port}")
         again = subprocess.run([*cmd, str(b2)], cwd=REPO, capture_output=True, timeout=120)
         assert again.returncode == 0, again.stderr
-        assert site.current().sequence == 2 and eng.running() == {2}
+        current = site.current()
+        assert current is not None and current.sequence == 2 and eng.running() == {2}
         assert ready(f"http://127.0.0.1:{port + 100}")
     finally:
         for rel in site.releases():

@@ -64,7 +64,8 @@ def test_sigkill_at_each_step_keeps_previous_serving_and_rerun_completes(tmp_pat
         if cur.sequence == 1:
             assert ready(f"http://127.0.0.1:{port}")
         result = ps.install(b2)
-        assert result.sequence == 2 and ps.site.current().sequence == 2
+        current = ps.site.current()
+        assert result.sequence == 2 and current is not None and current.sequence == 2
         assert ready(f"http://127.0.0.1:{port + 100}")
         assert ps.engine.running() == {2}
         assert ps.site.state().highest_sequence == 2

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import cast
 
 from appliance.bundle.manifest import Member
+from appliance.site.engine import Engine
 from appliance.site.gpu import GpuReport
 from appliance.site.layout import Site
 from appliance.site.preflight import (
@@ -36,6 +38,11 @@ class FakeEngine:
 
     def gpu_runtime(self) -> bool:
         return self.gpu
+
+
+def fake_engine(gpu: bool) -> Engine:
+    # deliberately partial: check_gpu_runtime asks only `name` and `gpu_runtime()`
+    return cast(Engine, FakeEngine(gpu))
 
 
 def with_blobs(m, sizes):
@@ -86,11 +93,11 @@ def test_nvidia_container_runtime_needed_only_when_gpus_are_wanted():
     req = manifest([("mlp", [("mlp", 100)], "required")])
     pref = manifest([("mlp", [("mlp", 100)], "preferred")])
     cpu = manifest([("mlp", [("mlp", 0)], "none")])
-    assert check_gpu_runtime(FakeEngine(False), GPUS, cpu).level == "pass"
-    assert check_gpu_runtime(FakeEngine(True), GPUS, req).level == "pass"
-    fail = check_gpu_runtime(FakeEngine(False), GPUS, req)
+    assert check_gpu_runtime(fake_engine(False), GPUS, cpu).level == "pass"
+    assert check_gpu_runtime(fake_engine(True), GPUS, req).level == "pass"
+    fail = check_gpu_runtime(fake_engine(False), GPUS, req)
     assert fail.level == "fail" and "nvidia-container-toolkit" in fail.message
-    assert check_gpu_runtime(FakeEngine(False), GPUS, pref).level == "warn"
+    assert check_gpu_runtime(fake_engine(False), GPUS, pref).level == "warn"
 
 
 def test_clock_plausibility_and_expiry():

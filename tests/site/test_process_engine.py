@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from appliance.engines.process import ProcessEngine
+from appliance.progress import Progress
 from appliance.site.gpu import GpuReport
 from appliance.site.layout import Site
 from appliance.site.placement import plan_placement
@@ -54,7 +55,7 @@ def test_load_takes_model_files_out_of_the_weights_layer(tmp_path):
     site.ensure()
     m = release_manifest(site.store, 1, 8000)
     rel = site.stage_release(m.to_json(), b"{}", 1, "process")
-    events = []
+    events: list[Progress] = []
     fake_engine(site, tmp_path).load(m, rel, site.store, events.append)
     mj = rel.path / "models" / "mlp" / "mlp" / "1" / "model.json"
     assert mj.is_file() and b'"scale": 2.0' in mj.read_bytes()

@@ -65,7 +65,8 @@ def test_real_runtime_passes_the_gate_and_a_wrong_sample_rolls_back(tmp_path):
         assert (site.root / "runtime" / "mlp").is_dir()
         with pytest.raises(AcceptanceError, match=r"worst: model 'mlp' sample 0 output y\[\d\]"):
             install(onnx_bundle(tmp_path, v, 2, port, shift=0.01))
-        assert site.current().sequence == 1 and ready(r.endpoints["mlp"])
+        current = site.current()
+        assert current is not None and current.sequence == 1 and ready(r.endpoints["mlp"])
     finally:
         for rel in site.releases():
             eng.stop(rel.sequence)

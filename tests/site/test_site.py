@@ -53,7 +53,8 @@ def test_switch_current_is_a_relative_symlink_replaced_by_rename(tmp_path):
     site.switch_current(2)
     assert os.readlink(tmp_path / "current") == "releases/2"
     assert os.lstat(tmp_path / "current").st_ino != ino_before
-    assert site.current().sequence == 2
+    current = site.current()
+    assert current is not None and current.sequence == 2
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".current")]
 
 
@@ -63,7 +64,8 @@ def test_switch_to_missing_release_is_refused_and_current_unchanged(tmp_path):
     site.switch_current(1)
     with pytest.raises(SiteError, match=r"release 9 is not installed .*installed: 1"):
         site.switch_current(9)
-    assert site.current().sequence == 1
+    current = site.current()
+    assert current is not None and current.sequence == 1
 
 
 def test_current_that_is_not_a_symlink_is_reported(tmp_path):

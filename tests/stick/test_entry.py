@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,14 @@ from installer_tui.media import DEFAULT_MEDIA_ROOTS, default_media_roots, execut
 from tests.site.bundlekit import Vendor as SiteVendor
 from tests.site.bundlekit import make_bundle
 from tests.stick.kit import make_vendor
+
+
+def recording_main(opened: list[list[str]]) -> Callable[[Sequence[str]], int]:
+    """A stand-in for the TUI's `main` that records the arguments it was given."""
+    def main(argv: Sequence[str]) -> int:
+        opened.append(list(argv))
+        return 0
+    return main
 
 
 def as_executable_in(monkeypatch: pytest.MonkeyPatch, directory: Path) -> None:
@@ -36,7 +45,7 @@ def test_executable_searches_its_own_directory_first_and_opens_the_one_bundle(
     assert default_media_roots()[0] == stick.resolve()
     assert entry.stick_bundle() == bundle.resolve()
     opened: list[list[str]] = []
-    monkeypatch.setattr("installer_tui.app.main", lambda argv: opened.append(list(argv)) or 0)
+    monkeypatch.setattr("installer_tui.app.main", recording_main(opened))
     assert entry.main([]) == 0
     assert opened == [[str(bundle.resolve())]]
 
@@ -68,6 +77,6 @@ def test_help_says_no_arguments_starts_the_tui(capsys: pytest.CaptureFixture[str
 
 def test_tui_word_passes_the_rest_to_the_tui(monkeypatch: pytest.MonkeyPatch) -> None:
     opened: list[list[str]] = []
-    monkeypatch.setattr("installer_tui.app.main", lambda argv: opened.append(list(argv)) or 0)
+    monkeypatch.setattr("installer_tui.app.main", recording_main(opened))
     assert entry.main(["tui", "--status"]) == 0
     assert opened == [["--status"]]

@@ -127,6 +127,7 @@ def test_one_command_from_the_stick_to_the_first_inference(
         assert site.current() is None  # nothing serves before the person says install
         term.press(b"i")
         cur = wait_for(lambda: site.current(), 400, "the release to serve")
+        assert cur is not None  # wait_for returns only once the condition is truthy
         assert cur.sequence == 1 and cur.record.engine == "docker"
         from bundler.samples import mlp_reference
         x = np.linspace(-1, 1, 64, dtype=np.float32).reshape(1, 64)

@@ -54,7 +54,9 @@ def _members(path: Path) -> dict[str, bytes]:
     with tarfile.open(path, "r:") as tar:
         for m in tar:
             assert m.isreg(), m.name
-            data = tar.extractfile(m).read()
+            f = tar.extractfile(m)
+            assert f is not None, m.name  # a regular member always has a file
+            data = f.read()
             out[m.name.split("/", 1)[1]] = data
             if m.name.endswith(".gz"):
                 out[m.name.split("/", 1)[1][:-3]] = gzip.decompress(data)
@@ -168,7 +170,7 @@ def test_a_failing_write_leaves_nothing_that_looks_whole(tmp_path):
 
         written = 0
 
-        def write(self, b):  # type: ignore[override]
+        def write(self, b):
             self.written += len(b)
             if self.written > 20_000:
                 raise OSError(errno.EIO, "Input/output error")
@@ -239,7 +241,12 @@ def test_a_cut_edited_or_resigned_export_fails_verification(tmp_path):
 
 def _raw_members(path: Path) -> dict[str, bytes]:
     with tarfile.open(path, "r:") as tar:
-        return {m.name: tar.extractfile(m).read() for m in tar}
+        out = {}
+        for m in tar:
+            f = tar.extractfile(m)
+            assert f is not None, f"{m.name} is not a regular file"
+            out[m.name] = f.read()
+        return out
 
 
 def _write(path: Path, members: dict[str, bytes]) -> Path:

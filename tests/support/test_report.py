@@ -10,6 +10,7 @@ import subprocess
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -214,7 +215,8 @@ def test_chromium_draws_the_report_offline_with_its_plots(tmp_path):
     assert r.returncode == 0 and shot.is_file(), r.stderr.decode()[-2000:]
     with Image.open(shot) as im:
         rgb = im.convert("RGB")
-        colours = rgb.getcolors(maxcolors=1 << 20) or []
+        # an RGB image counts (r, g, b) tuples; a float pixel belongs to mode "F" only
+        colours = cast(list[tuple[int, tuple[int, ...]]], rgb.getcolors(maxcolors=1 << 20) or [])
         plot_blue = sum(n for n, (r_, g, b) in colours
                         if abs(r_ - 31) < 25 and abs(g - 119) < 25 and abs(b - 180) < 25)
     assert len(colours) > 200, "the page looks blank"

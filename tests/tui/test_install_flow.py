@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from textual.widgets import Input
 
 from appliance.site.gpu import GpuReport
 from appliance.support.verify import verify_export
@@ -61,6 +62,7 @@ async def test_first_install_from_stick_to_serving_then_status_figures_and_expor
 
         await wait_for(pilot, state_is(app, "review", "failed"), what="the review")
         install = app.screen
+        assert isinstance(install, InstallScreen)
         assert install.state == "review", install.error
         review = text_of(install.query_one("#review-text"))
         assert "mlp" in review and "4f2a9c1" in review and "ct-2026-03" in review
@@ -85,6 +87,7 @@ async def test_first_install_from_stick_to_serving_then_status_figures_and_expor
         await wait_for(pilot, lambda: isinstance(app.screen, StatusScreen)
                        and app.screen.status is not None, what="the status")
         status = app.screen
+        assert isinstance(status, StatusScreen) and status.status is not None
         assert status.status.health == {"mlp": True}
         assert status.status.rollback_to is None
         rps = status.query_one("#fig-rps", Figure)
@@ -99,7 +102,7 @@ async def test_first_install_from_stick_to_serving_then_status_figures_and_expor
         out = rig.tmp / "stick"
         out.mkdir()
         await pilot.press("e")
-        field = status.query_one("#export-dir")
+        field = status.query_one("#export-dir", Input)
         assert field.has_focus and field.value == str(rig.tmp / "export")
         field.value = str(out)
         await pilot.press("enter")

@@ -23,6 +23,7 @@ from installer_tui.screens.find import FindBundleScreen
 from installer_tui.screens.install import InstallScreen
 from installer_tui.screens.status import StatusScreen
 from installer_tui.screens.trust import TrustScreen
+from installer_tui.widgets import Figure
 from tests.bundle.kit import flip_bit, member_offsets
 from tests.tui.kit import Rig, build_demo, key, make_rig, wait_for, write_root
 
@@ -140,6 +141,6 @@ def test_status_screen_with_live_figures(snap_rig, snap_compare):
         app = pilot.app
         await wait_for(pilot, lambda: isinstance(app.screen, StatusScreen)
                        and app.screen.status is not None
-                       and app.screen.query_one("#fig-rps").latest is not None)
+                       and app.screen.query_one("#fig-rps", Figure).latest is not None)
     app = snap_rig.app(start_on_status=True, poll_interval_s=3600.0)
     assert snap_compare(app, terminal_size=SIZE, run_before=figures)
