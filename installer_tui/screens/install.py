@@ -322,4 +322,4 @@ class InstallScreen(InstallerScreen):
         back.append("r", style="bold reverse")
         back.append(", or run:\n")
         back.append(f"  appliance rollback --root {self.config.site.root}\n", style="bold")
-        return Group(head, ends, door, where, back)
+        return Group(head, ends, *([door] if door.plain else []), where, back)
