@@ -106,6 +106,13 @@ class DockerEngine:
         except Exception:  # reachability is preflight's question, not this one
             return False
 
+    def gpu_by_cdi(self) -> bool:
+        """Whether this engine takes GPUs as CDI devices (Podman; Docker with CDI)."""
+        try:
+            return gpu_mode(self.client.version(), self.client.info()) != "nvidia"
+        except Exception:  # reachability is preflight's question, not this one
+            return False
+
     def load(self, manifest: Manifest, release: Release, store: ContentStore,
              progress: ProgressFn = no_progress) -> None:
         """Load images missing from the engine from the store; check every id.

@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from appliance.site.engine import Launch
+from appliance.site.preflight import CDI_DIRS, CDI_KIND, cdi_specs
 
 GpuMode = Literal["nvidia", "cdi", "podman-cdi"]
-CDI_KIND = "nvidia.com/gpu"
-CDI_DIRS = (Path("/etc/cdi"), Path("/var/run/cdi"))  # where CDI looks for specs
 CDI_DEVICES = "cdi_devices"  # spec key the libpod path takes; never given to the docker SDK
 
 
@@ -48,27 +47,9 @@ def takes_gpus(version: dict[str, Any], info: dict[str, Any],
     """Whether containers started by this engine can be given NVIDIA GPUs."""
     mode = gpu_mode(version, info)
     if mode != "nvidia":
-        return any(cdi_specs(cdi_dirs))
+        return bool(cdi_specs(cdi_dirs))
     runtimes = info.get("Runtimes") or {}
     return "nvidia" in runtimes or info.get("DefaultRuntime") == "nvidia"
-
-
-def cdi_specs(dirs: Iterable[Path] = CDI_DIRS) -> list[Path]:
-    """The CDI spec files that declare the `nvidia.com/gpu` kind."""
-    found = []
-    for d in dirs:
-        try:
-            files = sorted(p for p in d.iterdir() if p.suffix in (".yaml", ".yml", ".json"))
-        except OSError:
-            continue
-        for p in files:
-            try:
-                text = p.read_text(errors="replace")
-            except OSError:
-                continue
-            if CDI_KIND in text:
-                found.append(p)
-    return found
 
 
 def cdi_name(launch: Launch) -> str:

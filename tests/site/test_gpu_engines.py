@@ -163,7 +163,7 @@ def test_each_engine_takes_gpus_its_own_way(tmp_path):
     (tmp_path / "nvidia.yaml").write_text('kind: "nvidia.com/gpu"\n')
     (tmp_path / "other.yaml").write_text('kind: "vendor.com/fpga"\n')
     assert takes_gpus(podman, {}, cdi_dirs=[tmp_path])
-    assert cdi_specs([tmp_path]) == [tmp_path / "nvidia.yaml"]
+    assert [p for p, _ in cdi_specs([tmp_path])] == [tmp_path / "nvidia.yaml"]
 
 
 def test_docker_with_cdi_asks_for_the_cdi_device(tmp_path):
