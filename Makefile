@@ -66,3 +66,26 @@ bench-install: venv
 .PHONY: bench-support
 bench-support: venv
 	$(PY) bench/support_bench.py --days 7 --step 10 --services 2 --sites 3
+
+# The GPU check (bench/gpu_check.py, docs/benchmarks.md): on a machine with an NVIDIA
+# GPU, PyTorch with CUDA and nvidia-ml-py; no container engine, no network. It runs
+# with the machine's python3 (not the venv); the rest comes from GPU_WHEELS, staged
+# beforehand where PyPI is reachable (about 30 MiB). DEVICE=cpu is the dry run.
+.PHONY: gpu-check gpu-check-wheels
+DEVICE ?= cuda
+GPU_WHEELS ?= out/gpu-check-wheels
+GPU_CHECK_PY ?= 3.11
+GPU_CHECK_ARGS ?=
+GPU_CHECK_NEEDS := fastapi uvicorn numpy psutil orjson uvloop httptools pyyaml cryptography
+
+gpu-check-wheels:
+	mkdir -p $(GPU_WHEELS)
+	printf '%s\n' $(GPU_CHECK_NEEDS) > $(GPU_WHEELS)/requirements.txt
+	$(PYTHON) -m pip download -q --only-binary=:all: --implementation cp \
+	    --python-version $(GPU_CHECK_PY) --platform manylinux2014_x86_64 \
+	    --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
+	    -d $(GPU_WHEELS) -r $(GPU_WHEELS)/requirements.txt
+	du -sh $(GPU_WHEELS)
+
+gpu-check:
+	$(PYTHON) bench/gpu_check.py --device $(DEVICE) --wheels $(GPU_WHEELS) $(GPU_CHECK_ARGS)
