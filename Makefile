@@ -49,6 +49,15 @@ runtime-image: venv
 runtime-image-torch: venv
 	$(PY) -m images.build --variant torch
 
+# The GPU variants (docs/runtime-image.md): CUDA 12 and cuDNN 9 from the nvidia-*-cu12
+# wheels in one layer both share; several GB, never built by the tests.
+.PHONY: runtime-image-cuda runtime-image-torch-cuda
+runtime-image-cuda: venv
+	$(PY) -m images.build --variant cuda
+
+runtime-image-torch-cuda: venv
+	$(PY) -m images.build --variant torch-cuda
+
 .PHONY: bench-bundle bench-runtime
 bench-bundle: venv
 	$(PY) bench/bundle_bench.py --sizes 0.5,2 --repeat 5
