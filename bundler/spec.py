@@ -82,6 +82,15 @@ class Spec:
     services: list[ServiceSpec]
     source: Path  # the spec file
     trust_root: str | None = None  # a signed successor root (JSON text) riding in the bundle
+    # The CUDA variant of the runtime image: services with gpu required or preferred
+    # are composed on it, `gpu: none` services on `runtime_image` (the slim one).
+    runtime_image_gpu: RuntimeImageSpec | None = None
+
+    def runtime_for(self, service: ServiceSpec) -> RuntimeImageSpec | None:
+        """The runtime image a service is composed on: the GPU variant for a GPU service."""
+        if service.gpu != "none" and self.runtime_image_gpu is not None:
+            return self.runtime_image_gpu
+        return self.runtime_image
 
     def model(self, name: str) -> ModelSpec:
         for m in self.models:
@@ -166,6 +175,7 @@ def _spec(doc: dict[str, Any], path: Path) -> Spec:
         name=name, version=version, sequence=sequence,
         created=format_time(created), expires=format_time(expires), platform=platform,
         runtime_image=_runtime(doc.get("runtime_image"), here), models=models,
+        runtime_image_gpu=_runtime(doc.get("runtime_image_gpu"), here),
         services=services, source=path, trust_root=_trust_root(doc.get("trust_root"), here),
     )
 
