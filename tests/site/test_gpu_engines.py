@@ -19,16 +19,21 @@ from pathlib import Path
 
 import pytest
 
+from appliance.bundle.imagearchive import write_image_archive
+from appliance.bundle.store import ContentStore
 from appliance.engines.docker import DockerEngine
 from appliance.engines.gpus import CDI_DEVICES, cdi_specs, gpu_mode, takes_gpus
 from appliance.engines.libpod import specgen
 from appliance.errors import EngineError
 from appliance.site.engine import launches
-from appliance.site.gpu import GpuReport
+from appliance.site.gpu import GpuReport, RecordedProbe
 from appliance.site.layout import Site
 from appliance.site.placement import plan_placement
+from appliance.site.plan import InstallOptions, InstallPlan
 from modelcontract import GpuState
-from tests.enginekit import dockerd, wait_for
+from tests.enginekit import dockerd, tiny_image, wait_for
+from tests.site.bundlekit import make_bundle, vendor
+from tests.site.installkit import ready
 from tests.site.releasekit import free_port_pair, release_manifest
 
 pytestmark = pytest.mark.engine
@@ -106,6 +111,42 @@ def test_podman_puts_the_cdi_device_and_its_variable_into_our_container(tmp_path
         assert c.attrs["Config"]["Healthcheck"]["Test"][:2] == ["CMD", "/healthd"]
     finally:
         eng.stop(1)
+        eng.close()
+
+
+@pytest.mark.slow
+def test_an_install_on_podman_hands_our_container_the_placed_gpu(tmp_path, podman_url,
+                                                                 fake_gpu):
+    gpu_uuid, _ = fake_gpu
+    store = ContentStore(tmp_path / "rt-store")
+    img = tiny_image(store, "runtime", f"localhost/healthd-gpu:{uuid.uuid4().hex[:8]}",
+                     ["/healthd", "--models", "/models", "--port", "8000"])
+    runtime = tmp_path / "runtime.tar"
+    with open(runtime, "wb") as f:
+        write_image_archive(f, store, [img])
+    v = vendor(tmp_path)
+    port = free_port_pair()
+    site = Site(tmp_path / "site")
+    eng = DockerEngine(site, base_url=podman_url, health_test=PROBE, stop_timeout_s=2)
+    report = GpuReport([GpuState(0, "Fake", 16000, 15000, uuid=gpu_uuid)], "550.54.15", "12.4")
+    events = []
+    try:
+        r = InstallPlan(InstallOptions(
+            bundle=make_bundle(tmp_path, v, 1, port=port, runtime_archive=runtime,
+                               gpu="required", gpu_mib=1000),
+            site=site, engine=eng, trust=v.root_path, health_timeout_s=30,
+            gpu_probe=RecordedProbe(report)), events.append).run()
+        assert ready(r.endpoints["mlp"])
+        lines = [getattr(e, "message", "") for e in events]
+        assert any(ln.startswith("PASS  cdi:") for ln in lines), lines
+        c = eng.client.containers.get(eng.container_name(1, "mlp"))
+        env = Path(f"/proc/{c.attrs['State']['Pid']}/environ").read_bytes().split(b"\0")
+        assert f"APPLIANCE_FAKE_GPU={gpu_uuid}".encode() in env
+    finally:
+        for rel in site.releases():
+            eng.stop(rel.sequence)
+            for i in rel.manifest().images:
+                eng.client.images.remove(i.reference, force=True)
         eng.close()
 
 
