@@ -85,7 +85,7 @@ DEVICE ?= cuda
 GPU_WHEELS ?= out/gpu-check-wheels
 GPU_CHECK_PY ?= 3.11
 GPU_CHECK_ARGS ?=
-GPU_CHECK_NEEDS := fastapi uvicorn numpy psutil orjson uvloop httptools pyyaml cryptography
+GPU_CHECK_NEEDS := uvicorn numpy psutil orjson uvloop httptools pyyaml cryptography
 
 gpu-check-wheels:
 	mkdir -p $(GPU_WHEELS)

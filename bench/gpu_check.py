@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-NEEDED = ("fastapi", "uvicorn", "numpy", "psutil", "orjson", "yaml", "cryptography")
+NEEDED = ("uvicorn", "numpy", "psutil", "orjson", "yaml", "cryptography")
 CONCURRENCY = 32
 BATCHES = (1, 2, 4, 8, 16, 32)
 MIB = 1024 * 1024
