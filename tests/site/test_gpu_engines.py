@@ -58,7 +58,8 @@ def fake_gpu() -> Iterator[tuple[str, Path]]:
     except PermissionError:
         pytest.skip("writing a CDI spec under /etc/cdi needs root")
     path = CDI_DIR / f"appliance-test-{gpu_uuid}.yaml"
-    path.write_text(f"""cdiVersion: "0.3.0"
+    part = path.with_suffix(".part")  # CDI reads only .yaml and .json: a whole file or none
+    part.write_text(f"""cdiVersion: "0.3.0"
 kind: "nvidia.com/gpu"
 devices:
 - name: "{gpu_uuid}"
@@ -69,6 +70,7 @@ devices:
     env:
     - APPLIANCE_FAKE_GPU={gpu_uuid}
 """)
+    os.replace(part, path)
     try:
         yield gpu_uuid, path
     finally:
