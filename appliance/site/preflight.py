@@ -115,11 +115,14 @@ def check_gpus(report: GpuReport, manifest: Manifest) -> Check:
     return Check("gpu", "pass", f"no GPU wanted ({why})")
 
 
-def check_gpu_runtime(engine: Engine, report: GpuReport, manifest: Manifest) -> Check:
+def check_gpu_runtime(engine: Engine, report: GpuReport, manifest: Manifest,
+                      uses_cdi: bool = False) -> Check:
     """The NVIDIA container runtime is present when GPUs are wanted and found."""
     wants = [s for s in manifest.services if s.gpu != "none"]
     if not wants or not report.gpus:
         return Check("nvidia runtime", "pass", "not needed (no GPU in use)")
+    if uses_cdi:  # no hook or runtime to find: the CDI spec is all (its own line says)
+        return Check("nvidia runtime", "pass", f"{engine.name} takes GPUs as CDI devices")
     if engine.gpu_runtime():
         return Check("nvidia runtime", "pass", f"{engine.name} can hand GPUs to services")
     required = [s.name for s in wants if s.gpu == "required"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from appliance.bundle.manifest import Manifest
 from appliance.site.gpu import RecordedProbe
-from appliance.site.preflight import check_cdi, check_driver_for_cuda
+from appliance.site.preflight import check_cdi, check_driver_for_cuda, check_gpu_runtime
 from tests.site.factory import manifest
 
 STATES = Path(__file__).parent / "gpu_states"
@@ -90,3 +90,18 @@ def test_cdi_spec_without_a_gpu_of_this_server_is_stale(tmp_path):
     # a spec of another kind is no spec for GPUs
     (tmp_path / "nvidia.yaml").write_text("cdiVersion: 0.5.0\nkind: vendor.com/fpga\n")
     assert "no CDI spec" in check_cdi(report, m, True, dirs=[tmp_path]).message
+
+
+def test_an_engine_taking_gpus_by_cdi_is_sent_to_the_cdi_line_not_the_toolkit(tmp_path):
+    class Podman:
+        name = "docker"
+
+        def gpu_runtime(self) -> bool:
+            return False  # no CDI spec yet
+
+    m = manifest([("mlp", [("mlp", 1000)], "required")])
+    assert check_gpu_runtime(Podman(), state("four_l4"), m).level == "fail"  # type: ignore[arg-type]
+    c = check_gpu_runtime(Podman(), state("four_l4"), m, uses_cdi=True)  # type: ignore[arg-type]
+    assert c.level == "pass" and "CDI" in c.message
+    assert "nvidia-ctk cdi generate" in check_cdi(state("four_l4"), m, True,
+                                                  dirs=[tmp_path]).message
