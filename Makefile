@@ -53,6 +53,15 @@ runtime-image-torch: venv
 proxy-image: venv
 	$(PY) -m images.proxy
 
+# The GPU variants (docs/runtime-image.md): CUDA 12 and cuDNN 9 from the nvidia-*-cu12
+# wheels in one layer both share; several GB, never built by the tests.
+.PHONY: runtime-image-cuda runtime-image-torch-cuda
+runtime-image-cuda: venv
+	$(PY) -m images.build --variant cuda
+
+runtime-image-torch-cuda: venv
+	$(PY) -m images.build --variant torch-cuda
+
 .PHONY: bench-bundle bench-runtime
 bench-bundle: venv
 	$(PY) bench/bundle_bench.py --sizes 0.5,2 --repeat 5
@@ -83,3 +92,26 @@ bench-support: venv
 .PHONY: installer
 installer: venv
 	$(PY) -m installer_exe.build
+
+# The GPU check (bench/gpu_check.py, docs/benchmarks.md): on a machine with an NVIDIA
+# GPU, PyTorch with CUDA and nvidia-ml-py; no container engine, no network. It runs
+# with the machine's python3 (not the venv); the rest comes from GPU_WHEELS, staged
+# beforehand where PyPI is reachable (about 30 MiB). DEVICE=cpu is the dry run.
+.PHONY: gpu-check gpu-check-wheels
+DEVICE ?= cuda
+GPU_WHEELS ?= out/gpu-check-wheels
+GPU_CHECK_PY ?= 3.11
+GPU_CHECK_ARGS ?=
+GPU_CHECK_NEEDS := uvicorn numpy psutil orjson uvloop httptools pyyaml cryptography
+
+gpu-check-wheels:
+	mkdir -p $(GPU_WHEELS)
+	printf '%s\n' $(GPU_CHECK_NEEDS) > $(GPU_WHEELS)/requirements.txt
+	$(PYTHON) -m pip download -q --only-binary=:all: --implementation cp \
+	    --python-version $(GPU_CHECK_PY) --platform manylinux2014_x86_64 \
+	    --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
+	    -d $(GPU_WHEELS) -r $(GPU_WHEELS)/requirements.txt
+	du -sh $(GPU_WHEELS)
+
+gpu-check:
+	$(PYTHON) bench/gpu_check.py --device $(DEVICE) --wheels $(GPU_WHEELS) $(GPU_CHECK_ARGS)

@@ -176,7 +176,11 @@ def build_bundle(
                      if spec.frontdoor_image is not None else None)
         pool = (stack.enter_context(ThreadPoolExecutor(max_workers=1))
                 if hash_thread_pays() else None)
-        comp = Composition(spec, base_image, frontdoor)
+        gpu_image = None
+        if spec.runtime_image_gpu is not None:
+            gpu_image = stack.enter_context(open_base_image(spec.runtime_image_gpu,
+                                                            spec.platform, tmp))
+        comp = Composition(spec, base_image, gpu_image, frontdoor)
         have: set[str] = set()
         if base is not None:
             have = _base_blobs(base)

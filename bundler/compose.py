@@ -33,6 +33,7 @@ from bundler.layers import WeightsLayer, plan_weights_layer
 from bundler.sources import BaseImage, LayerSource
 from bundler.spec import ModelSpec, ServiceSpec, Spec
 
+CUDA_LABEL = "io.appliance.runtime.cuda"  # set by images/Containerfile.cuda-libs
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -63,6 +64,7 @@ class PlannedImage:
     reference: str
     layers: list[Blob]
     models: list[ModelSpec]
+    base: BaseImage | None = None
     config: Blob = field(init=False)
     manifest: Blob = field(init=False)
 
@@ -80,31 +82,45 @@ class CarriedImage:
 
 
 class Composition:
-    """The images a spec asks for, over a base image (or none: weights only), plus the
-    front door's image when the spec names one."""
+    """The images a spec asks for, over a base image (or none: weights only; GPU services
+    over `gpu_base` when given), plus the front door's image when the spec names one."""
 
     def __init__(self, spec: Spec, base: BaseImage | None,
+                 gpu_base: BaseImage | None = None,
                  frontdoor: BaseImage | None = None) -> None:
         self.spec = spec
         self.base = base
+        self.gpu_base = gpu_base  # GPU services' runtime image (the CUDA variant), if any
         self.weights: dict[str, Blob] = {}
         for m in spec.models:
             layer = plan_weights_layer(m, canonical_json(m.model_json))
             self.weights[m.name] = Blob(placeholder(f"weights:{m.name}"), layer.size,
                                         LAYER_MEDIA_TYPE, layer)
-        base_blobs = []
-        for i, src in enumerate(base.layers if base else []):
-            base_blobs.append(Blob(src.digest or placeholder(f"base:{i}"), src.size,
-                                   src.media_type, src, src.digest))
+        # One Blob per layer digest: the slim and CUDA images share the Debian base.
+        known: dict[str, Blob] = {}
+
+        def blobs_of(img: BaseImage | None, tag: str) -> list[Blob]:
+            out = []
+            for i, src in enumerate(img.layers if img else []):
+                key = src.digest or placeholder(f"{tag}:{i}")
+                out.append(known.setdefault(key, Blob(key, src.size, src.media_type, src,
+                                                      src.digest)))
+            return out
+
+        base_blobs = blobs_of(base, "base")
+        gpu_blobs = blobs_of(gpu_base, "gpu-base")
         self.images: list[PlannedImage] = []
         for svc in spec.services:
             models = [spec.model(n) for n in svc.models]
+            on_gpu = gpu_base is not None and svc.gpu != "none"
             img = PlannedImage(svc, f"appliance/{spec.name}-{svc.name}:{spec.version}",
-                               [*base_blobs, *(self.weights[m.name] for m in models)], models)
+                               [*(gpu_blobs if on_gpu else base_blobs),
+                                *(self.weights[m.name] for m in models)], models,
+                               gpu_base if on_gpu else base)
             img.config = Blob(placeholder(f"config:{svc.name}"), 0, CONFIG_MEDIA_TYPE)
             img.manifest = Blob(placeholder(f"manifest:{svc.name}"), 0, MANIFEST_MEDIA_TYPE)
             self.images.append(img)
-        self.frontdoor = (self._carry(FRONTDOOR_IMAGE, frontdoor, base_blobs)
+        self.frontdoor = (self._carry(FRONTDOOR_IMAGE, frontdoor, [*base_blobs, *gpu_blobs])
                           if frontdoor is not None else None)
         self.refresh()
 
@@ -184,8 +200,8 @@ class Composition:
             labels[f"appliance.model.{m.name}.framework"] = m.framework
             labels[f"appliance.model.{m.name}.digest"] = w.current
         doc: dict[str, Any]
-        if self.base is not None:
-            doc = copy.deepcopy(self.base.config)
+        if img.base is not None:
+            doc = copy.deepcopy(img.base.config)
         else:
             doc = {"architecture": arch, "os": os_, "config": {"Env": [DEFAULT_PATH]},
                    "rootfs": {"type": "layers", "diff_ids": []}, "history": []}
@@ -222,7 +238,7 @@ class Composition:
     def images_for_manifest(self) -> list[Image]:
         """The manifest's image records, with the digests known so far."""
         images = [Image(img.service.name, img.reference, img.manifest.current,
-                        img.config.current, [b.current for b in img.layers])
+                        img.config.current, [b.current for b in img.layers], _cuda(img.base))
                   for img in self.images]
         if self.frontdoor is not None:
             fd = self.frontdoor
@@ -239,6 +255,14 @@ class Composition:
     def size_of(self) -> Callable[[str], int]:
         sizes = {b.current: b.size for b in self.blobs()}
         return lambda d: sizes[d]
+
+
+def _cuda(base: BaseImage | None) -> str:
+    """The CUDA version a runtime image's label names ("" for a CPU image)."""
+    if base is None:
+        return ""
+    labels = (base.config.get("config") or {}).get("Labels") or {}
+    return str(labels.get(CUDA_LABEL, ""))
 
 
 def _sha(data: bytes) -> str:

@@ -83,6 +83,15 @@ class Spec:
     source: Path  # the spec file
     trust_root: str | None = None  # a signed successor root (JSON text) riding in the bundle
     frontdoor_image: RuntimeImageSpec | None = None  # the proxy image, carried unchanged
+    # The CUDA variant of the runtime image: services with gpu required or preferred
+    # are composed on it, `gpu: none` services on `runtime_image` (the slim one).
+    runtime_image_gpu: RuntimeImageSpec | None = None
+
+    def runtime_for(self, service: ServiceSpec) -> RuntimeImageSpec | None:
+        """The runtime image a service is composed on: the GPU variant for a GPU service."""
+        if service.gpu != "none" and self.runtime_image_gpu is not None:
+            return self.runtime_image_gpu
+        return self.runtime_image
 
     def model(self, name: str) -> ModelSpec:
         for m in self.models:
@@ -170,6 +179,8 @@ def _spec(doc: dict[str, Any], path: Path) -> Spec:
         models=models, services=services, source=path,
         trust_root=_trust_root(doc.get("trust_root"), here),
         frontdoor_image=_image_source(doc.get("frontdoor_image"), here, "frontdoor_image"),
+        runtime_image_gpu=_image_source(doc.get("runtime_image_gpu"), here,
+                                        "runtime_image_gpu"),
     )
 
 

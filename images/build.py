@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
+from images import cuda
 from images.base import ensure_base
 from images.errors import ImageBuildError
 from images.podman import Podman
@@ -36,7 +37,7 @@ from images.wheelhouse import (
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 BUILDER_VERSION = "2"
-VariantName = Literal["slim", "torch"]
+VariantName = Literal["slim", "torch", "cuda-libs", "cuda", "torch-cuda"]
 
 
 @dataclass(frozen=True)
@@ -46,16 +47,47 @@ class Variant:
     name: VariantName
     containerfile: str
     repo: str
-    archive: str
+    archive: str  # "" for a layer only other variants start from (never saved alone)
+    parent: VariantName | None = None  # None: the debootstrap base
+    parent_arg: str = "BASE"  # the Containerfile's ARG naming the parent image
 
 
 VARIANTS: dict[str, Variant] = {
     "slim": Variant("slim", "Containerfile", "localhost/appliance-runtime", "runtime-image.tar"),
     "torch": Variant(
         "torch", "Containerfile.torch", "localhost/appliance-runtime-torch",
-        "runtime-image-torch.tar",
+        "runtime-image-torch.tar", "slim", "SLIM",
     ),
+    # CUDA 12 and cuDNN 9 in one layer that both GPU variants start from (images/cuda.py)
+    "cuda-libs": Variant("cuda-libs", "Containerfile.cuda-libs", "localhost/appliance-cuda-libs",
+                         ""),
+    "cuda": Variant("cuda", "Containerfile.cuda", "localhost/appliance-runtime-cuda",
+                    "runtime-image-cuda.tar", "cuda-libs", "BASE"),
+    "torch-cuda": Variant("torch-cuda", "Containerfile.torch-cuda",
+                          "localhost/appliance-runtime-torch-cuda",
+                          "runtime-image-torch-cuda.tar", "cuda", "SLIM"),
 }
+
+
+def variant_inputs(v: Variant, root: Path, cache: Path, *, log: bool = False
+                   ) -> tuple[list[Wheelhouse], list[str]]:
+    """The wheel sets a variant's build context holds, and its requirements.txt lines.
+
+    Raises:
+        WheelhouseError: a download failed (PyPI or PyTorch's index must be reachable).
+    """
+    if v.name == "torch":
+        return [ensure_torch_wheels(cache, log=log)], []
+    if v.name == "cuda-libs":
+        return [cuda.ensure_cuda_lib_wheels(cache, log=log)], []
+    if v.name == "cuda":
+        return ([cuda.ensure_ort_gpu_wheels(root, cache, log=log),
+                 ensure_project_wheel(root, cache, log=log)], cuda.ort_gpu_requirements(root))
+    if v.name == "torch-cuda":
+        return ([cuda.ensure_torch_cuda_wheel(cache, log=log),
+                 cuda.ensure_torch_py_wheels(cache, log=log)], list(cuda.TORCH_PY_DEPS))
+    return [ensure_runtime_wheels(root, cache, log=log),
+            ensure_project_wheel(root, cache, log=log)], []
 
 
 @dataclass(frozen=True)
@@ -106,10 +138,9 @@ def build_runtime_image(
 def _build_locked(
     v: Variant, root: Path, out_dir: Path, cache: Path, podman: Podman, log: bool, started: float
 ) -> BuiltImage:
-    if v.name == "torch":
-        slim = _build_locked(VARIANTS["slim"], root, out_dir, cache, podman, log, started)
-        parent_tag, parent_key = slim.tag, slim.input_hash
-        wheels = [ensure_torch_wheels(cache, log=log)]
+    if v.parent is not None:
+        parent = _build_locked(VARIANTS[v.parent], root, out_dir, cache, podman, log, started)
+        parent_tag, parent_key = parent.tag, parent.input_hash
     else:
         parent_tag = ensure_base(podman, cache / "base", log=log)
         if podman.image_id(parent_tag) is None:
@@ -117,23 +148,21 @@ def _build_locked(
         # The base tag names its debootstrap recipe; the image id would not do as a
         # key, since every `podman import` of the same rootfs gets a new id.
         parent_key = parent_tag
-        wheels = [
-            ensure_runtime_wheels(root, cache, log=log),
-            ensure_project_wheel(root, cache, log=log),
-        ]
+    wheels, requirements = variant_inputs(v, root, cache, log=log)
     containerfile = HERE / v.containerfile
     input_hash = _input_hash(v, containerfile, parent_key, wheels)
     tag = f"{v.repo}:{input_hash[:16]}"
 
     built = False
     if podman.image_id(tag) is None:
-        _podman_build(podman, v, containerfile, parent_tag, wheels, tag, input_hash, cache)
+        _podman_build(podman, v, containerfile, parent_tag, wheels, requirements, tag,
+                      input_hash, cache)
         built = True
     image_id = podman.image_id(tag) or ""
     podman.run("tag", tag, f"{v.repo}:latest", what=f"podman tag {tag}")
 
-    archive = out_dir / v.archive
-    saved = _save_if_stale(podman, tag, image_id, input_hash, archive)
+    archive = out_dir / (v.archive or f"{v.name}.tar")
+    saved = bool(v.archive) and _save_if_stale(podman, tag, image_id, input_hash, archive)
     size = int(podman.run("image", "inspect", "--format", "{{.Size}}", tag, what="inspect"))
     return BuiltImage(
         variant=v.name,
@@ -141,7 +170,7 @@ def _build_locked(
         image_id=image_id,
         input_hash=input_hash,
         archive=archive,
-        archive_bytes=archive.stat().st_size,
+        archive_bytes=archive.stat().st_size if v.archive else 0,
         image_bytes=size,
         built=built,
         saved=saved,
@@ -170,6 +199,7 @@ def _podman_build(
     containerfile: Path,
     parent_tag: str,
     wheels: list[Wheelhouse],
+    requirements: list[str],
     tag: str,
     input_hash: str,
     cache: Path,
@@ -183,7 +213,8 @@ def _podman_build(
                 _link_or_copy(wheel, staged / wheel.name)
         shutil.copy2(containerfile, context / "Containerfile")
         shutil.copy2(HERE / "healthcheck.py", context / "healthcheck.py")
-        arg = "SLIM" if v.name == "torch" else "BASE"
+        (context / "requirements.txt").write_text("".join(f"{r}\n" for r in requirements))
+        arg = v.parent_arg
         podman.stream(
             "build",
             "--network", "none",

@@ -90,11 +90,12 @@ def _ping(sock: Path) -> bool:
 
 
 @contextmanager
-def _daemon(cmd: Sequence[str], sock: Path, log: Path) -> Iterator[str]:
+def _daemon(cmd: Sequence[str], sock: Path, log: Path,
+            env: dict[str, str] | None = None) -> Iterator[str]:
     base_url = f"unix://{sock}"
     with open(log, "wb") as out:
         proc = subprocess.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, env=env)
     try:
         def up() -> bool:
             if proc.poll() is not None:
@@ -138,8 +139,12 @@ def podman_service(storage: Path | None = None) -> Iterator[str]:
 
 
 @contextmanager
-def dockerd() -> Iterator[str]:
-    """dockerd (20.10 here) on a temp socket with temp data-root and exec-root."""
+def dockerd(path_first: Path | None = None) -> Iterator[str]:
+    """dockerd (20.10 here) on a temp socket with temp data-root and exec-root.
+
+    With `path_first`, that directory leads dockerd's PATH (where it looks for the
+    NVIDIA hook, for instance).
+    """
     binary = need("dockerd")
     d = Path(tempfile.mkdtemp(prefix="dk", dir="/tmp"))  # short: exec-root holds sockets
     try:
@@ -147,7 +152,9 @@ def dockerd() -> Iterator[str]:
         cmd = [binary, "--iptables=false", "--ip6tables=false", "--bridge=none",
                "-H", f"unix://{sock}", "--data-root", str(d / "data"),
                "--exec-root", str(d / "x"), "--pidfile", str(d / "docker.pid")]
-        with _daemon(cmd, sock, d / "dockerd.log") as url:
+        env = None if path_first is None else {
+            **os.environ, "PATH": f"{path_first}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+        with _daemon(cmd, sock, d / "dockerd.log", env) as url:
             yield url
     finally:
         # dockerd leaves its default netns bind-mounted under exec-root, and overlay mounts

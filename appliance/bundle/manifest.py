@@ -26,6 +26,7 @@ MAX_MANIFEST_BYTES = 8 * 1024 * 1024
 FRONTDOOR_IMAGE = "frontdoor"
 
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+CUDA_RE = re.compile(r"^[0-9]{1,3}\.[0-9]{1,3}$")
 HEX_RE = re.compile(r"^[0-9a-f]{64}$")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 
@@ -98,6 +99,14 @@ class Image:
     manifest_digest: str
     config_digest: str
     layers: list[str]  # layer blob digests, bottom first
+    # The CUDA version the image's GPU libraries are built for ("12.4"); "" for an
+    # image that runs on the CPU only. Preflight holds the site's driver to it.
+    cuda: str = ""
+
+    @property
+    def variant(self) -> str:
+        """Which runtime image this is, in words: "cuda 12.4" or "cpu"."""
+        return f"cuda {self.cuda}" if self.cuda else "cpu"
 
 
 def image_blobs(images: Sequence[Image]) -> list[str]:
@@ -180,7 +189,11 @@ class Manifest:
 
     # -- (de)serialisation ---------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        doc = asdict(self)
+        for img in doc["images"]:
+            if not img["cuda"]:  # CPU images keep the bytes they always had
+                del img["cuda"]
+        return doc
 
     def to_json(self) -> bytes:
         """Canonical bytes: sorted keys, compact separators, trailing newline."""
@@ -228,7 +241,8 @@ class Manifest:
             members=[Member(_str(e, "path"), _int(e, "size"), _str(e, "sha256"))
                      for e in _list(doc, "members")],
             images=[Image(_str(e, "name"), _str(e, "reference"), _str(e, "manifest_digest"),
-                          _str(e, "config_digest"), [str(x) for x in _list(e, "layers")])
+                          _str(e, "config_digest"), [str(x) for x in _list(e, "layers")],
+                          _str(e, "cuda") if "cuda" in e else "")
                     for e in _list(doc, "images")],
             models=[_model(e) for e in _list(doc, "models")],
             services=[Service(_str(e, "name"), _str(e, "image"),
@@ -264,6 +278,9 @@ class Manifest:
             for d in (img.manifest_digest, img.config_digest, *img.layers):
                 if not DIGEST_RE.match(d):
                     raise ManifestError(f"image {img.name!r} has a malformed digest {d!r}")
+            if img.cuda and not CUDA_RE.match(img.cuda):
+                raise ManifestError(f"image {img.name!r} CUDA version {img.cuda!r} is not "
+                                    "MAJOR.MINOR")
         for model in self.models:
             if not NAME_RE.match(model.name):
                 raise ManifestError(f"model name {model.name!r} is not a safe lowercase name")

@@ -132,10 +132,12 @@ def _inspect(args: argparse.Namespace) -> int:
               f"{human(mod.weights_size):>10}  {mod.weights_digest[:19]}  image {mod.image}")
     print("images")
     for img in m.images:
-        print(f"  {img.reference:<40} {img.manifest_digest[:19]}  {len(img.layers)} layers")
+        print(f"  {img.reference:<40} {img.manifest_digest[:19]}  {len(img.layers)} layers  "
+              f"{img.variant}")
     print("services")
     for s in m.services:
-        print(f"  {s.name:<16} port {s.port:<5} gpu {s.gpu:<9} models {', '.join(s.models)}")
+        print(f"  {s.name:<16} port {s.port:<5} gpu {s.gpu:<9} runtime "
+              f"{m.image(s.image).variant:<10} models {', '.join(s.models)}")
     return 0
 
 

@@ -6,7 +6,8 @@ streamed into `POST /images/load` (`image_archive_chunks` as the request body); 
 podman on this host loads them in place from the store (`appliance.engines.podmanload`),
 and what it cannot load is streamed as for Docker. Containers use host
 networking with the release's slot port, restart `unless-stopped`, carry a
-health check, and get an NVIDIA device request when placed on a GPU.
+health check, and get the GPU they are placed on the way this engine takes it
+(`appliance.engines.gpus`: CDI through libpod on Podman, a device request on Docker).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from typing import Any
 from appliance.bundle.imagearchive import image_archive_chunks
 from appliance.bundle.manifest import Image, Manifest, image_blobs
 from appliance.bundle.store import ContentStore
+from appliance.engines import libpod
+from appliance.engines.gpus import CDI_DEVICES, GpuMode, add_gpus, gpu_mode, takes_gpus
 from appliance.engines.podmanload import load_in_place, podman_cli
 from appliance.errors import EngineError, EngineUnavailableError, ImageLoadError, StoreError
 from appliance.frontdoor.container import ProxyContainer, create_kwargs
@@ -68,6 +71,7 @@ class DockerEngine:
         self.stop_timeout_s = stop_timeout_s
         self.tag = site_id(site.root)
         self._client: Any = None
+        self.gpu_mode: GpuMode | None = None  # asked of the engine when a GPU is placed
 
     @property
     def client(self) -> Any:
@@ -101,12 +105,16 @@ class DockerEngine:
 
     def gpu_runtime(self) -> bool:
         try:
-            info = self.client.info()
+            return takes_gpus(self.client.version(), self.client.info())
         except Exception:  # reachability is preflight's question, not this one
             return False
-        runtimes = info.get("Runtimes") or {}
-        return "nvidia" in runtimes or info.get("DefaultRuntime") == "nvidia" or any(
-            "nvidia" in str(d) for d in info.get("CDISpecDirs") or [])
+
+    def gpu_by_cdi(self) -> bool:
+        """Whether this engine takes GPUs as CDI devices (Podman; Docker with CDI)."""
+        try:
+            return gpu_mode(self.client.version(), self.client.info()) != "nvidia"
+        except Exception:  # reachability is preflight's question, not this one
+            return False
 
     def load(self, manifest: Manifest, release: Release, store: ContentStore,
              progress: ProgressFn = no_progress) -> None:
@@ -153,8 +161,14 @@ class DockerEngine:
         urls = {}
         for launch in launches(manifest, placement, slot, door=behind_front_door(manifest)):
             try:
+                if launch.gpu_index is not None and self.gpu_mode is None:
+                    self.gpu_mode = gpu_mode(self.client.version(), self.client.info())
                 cfg = self.client.images.get(launch.image_id).attrs.get("Config") or {}
-                self.client.containers.run(**self.container_spec(launch, cfg), detach=True)
+                spec = self.container_spec(launch, cfg)
+                if CDI_DEVICES in spec:
+                    libpod.run(self.client, spec)
+                else:
+                    self.client.containers.run(**spec, detach=True)
             except docker.errors.DockerException as e:
                 raise EngineError(f"cannot start service {launch.service!r} from "
                                   f"{launch.image_ref}: {_short(e)}") from e
@@ -164,7 +178,6 @@ class DockerEngine:
 
     def container_spec(self, launch: Launch, image_config: dict[str, Any]) -> dict[str, Any]:
         """The keyword arguments of `containers.run` for one service (pure; tested alone)."""
-        from docker.types import DeviceRequest
         cmd = runtime_command(image_config.get("Cmd") or [], launch)
         own = (image_config.get("Healthcheck") or {}).get("Test")
         if self.health_test is None and own and own[0] in ("CMD", "CMD-SHELL"):
@@ -187,11 +200,7 @@ class DockerEngine:
                             "APPLIANCE_SERVICE": launch.service,
                             "RUNTIME_PORT": str(launch.port)},
         }
-        if launch.gpu_index is not None:
-            spec["device_requests"] = [DeviceRequest(
-                device_ids=[launch.gpu_uuid or str(launch.gpu_index)], capabilities=[["gpu"]])]
-        else:
-            spec["environment"]["NVIDIA_VISIBLE_DEVICES"] = "void"
+        add_gpus(spec, launch, self.gpu_mode or "nvidia")
         return spec
 
     # -- the front door's proxy (appliance.site.door.ProxyHost) -------------------

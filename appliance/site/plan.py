@@ -69,8 +69,10 @@ from appliance.site.layout import PLACEMENT_FILE, Release, Site
 from appliance.site.placement import Placement, plan_placement
 from appliance.site.preflight import (
     Check,
+    check_cdi,
     check_clock,
     check_disk,
+    check_driver_for_cuda,
     check_engine,
     check_gpu_runtime,
     check_gpus,
@@ -238,7 +240,11 @@ class InstallPlan:
         checks.append(check_engine(self.engine))
         self.gpus = self.o.gpu_probe.probe()
         checks.append(check_gpus(self.gpus, m))
-        checks.append(check_gpu_runtime(self.engine, self.gpus, m))
+        # only container engines that take GPUs as CDI devices have this method
+        uses_cdi = getattr(self.engine, "gpu_by_cdi", lambda: False)()
+        checks.append(check_gpu_runtime(self.engine, self.gpus, m, uses_cdi))
+        checks.append(check_driver_for_cuda(self.gpus, m))
+        checks.append(check_cdi(self.gpus, m, uses_cdi))
         checks.append(check_clock(m, self.o.now(), self.o.allow_expired))
         for c in checks:
             self._event(CheckEvent("preflight", message=c.line(), level=c.level))

@@ -8,12 +8,15 @@ hardware. A single `fail` stops the install before it touches the site.
 
 from __future__ import annotations
 
+import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+
+import yaml
 
 from appliance.bundle.manifest import Manifest
 from appliance.bundle.store import ContentStore
@@ -29,6 +32,16 @@ DISK_MARGIN_BYTES = 512 * 1024 * 1024
 # A clock this far behind the bundle's creation time is wrong, not merely skewed.
 CLOCK_SKEW = timedelta(days=1)
 EARLIEST_PLAUSIBLE = datetime(2024, 1, 1, tzinfo=UTC)
+# The oldest Linux driver each CUDA major version runs on (CUDA's minor version
+# compatibility: any 12.x runtime on a 525.60.13 or newer driver).
+CUDA_MIN_DRIVER = {13: "580.65.06", 12: "525.60.13", 11: "450.80.02"}
+CDI_KIND = "nvidia.com/gpu"
+CDI_DIRS = (Path("/etc/cdi"), Path("/var/run/cdi"))
+CDI_MAX_BYTES = 4 * 1024 * 1024
+CDI_GENERATE = ("nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml "
+                "--device-name-strategy=uuid")
+# nvidia-ctk mounts the driver's libraries by their versioned names
+DRIVER_LIB_RE = re.compile(r"lib(?:cuda|nvidia-ml)\.so\.(\d+\.\d+(?:\.\d+)?)")
 
 
 @dataclass(frozen=True)
@@ -102,11 +115,14 @@ def check_gpus(report: GpuReport, manifest: Manifest) -> Check:
     return Check("gpu", "pass", f"no GPU wanted ({why})")
 
 
-def check_gpu_runtime(engine: Engine, report: GpuReport, manifest: Manifest) -> Check:
+def check_gpu_runtime(engine: Engine, report: GpuReport, manifest: Manifest,
+                      uses_cdi: bool = False) -> Check:
     """The NVIDIA container runtime is present when GPUs are wanted and found."""
     wants = [s for s in manifest.services if s.gpu != "none"]
     if not wants or not report.gpus:
         return Check("nvidia runtime", "pass", "not needed (no GPU in use)")
+    if uses_cdi:  # no hook or runtime to find: the CDI spec is all (its own line says)
+        return Check("nvidia runtime", "pass", f"{engine.name} takes GPUs as CDI devices")
     if engine.gpu_runtime():
         return Check("nvidia runtime", "pass", f"{engine.name} can hand GPUs to services")
     required = [s.name for s in wants if s.gpu == "required"]
@@ -117,6 +133,91 @@ def check_gpu_runtime(engine: Engine, report: GpuReport, manifest: Manifest) -> 
     return Check("nvidia runtime", "warn",
                  f"{engine.name} has no NVIDIA container runtime; services will run on the CPU "
                  "(install nvidia-container-toolkit to use the GPUs)")
+
+
+def check_driver_for_cuda(report: GpuReport, manifest: Manifest) -> Check:
+    """The NVIDIA driver is new enough for the CUDA of every GPU service's image."""
+    if not report.gpus:
+        return Check("driver", "pass", "no GPU in use")
+    gpu_images = {s.image for s in manifest.services if s.gpu != "none"}
+    cudas = sorted({i.cuda for i in manifest.images if i.name in gpu_images and i.cuda},
+                   key=_version)
+    if not cudas:
+        return Check("driver", "pass", f"driver {report.driver}; no service image uses CUDA")
+    need = max(cudas, key=lambda c: _version(_min_driver(c)))
+    least = _min_driver(need)
+    if _version(report.driver) < _version(least):
+        return Check("driver", "fail",
+                     f"the runtime image needs CUDA {need}, which needs NVIDIA driver {least} "
+                     f"or newer; this server has driver {report.driver or 'unknown'}: upgrade "
+                     "the driver, reboot, and run again")
+    return Check("driver", "pass", f"driver {report.driver} runs CUDA {need} (needs {least})")
+
+
+def check_cdi(report: GpuReport, manifest: Manifest, uses_cdi: bool,
+              dirs: Iterable[Path] = CDI_DIRS) -> Check:
+    """An engine that takes GPUs by CDI has a spec naming every GPU, made for this driver."""
+    wants = [s for s in manifest.services if s.gpu != "none"]
+    if not uses_cdi or not wants or not report.gpus:
+        return Check("cdi", "pass", "not needed (no GPU handed over by CDI)")
+    level: Level = "fail" if any(s.gpu == "required" for s in wants) else "warn"
+    specs = cdi_specs(dirs)
+    where = " or ".join(str(d) for d in dirs)
+    if not specs:
+        return Check("cdi", level, f"no CDI spec for {CDI_KIND} under {where}, so no GPU can "
+                                   f"reach a container; run {CDI_GENERATE}")
+    names = {str(d.get("name")) for _, doc in specs for d in doc.get("devices") or []
+             if isinstance(d, dict)}
+    missing = [g.uuid for g in report.gpus if g.uuid and g.uuid not in names]
+    files = ", ".join(str(p) for p, _ in specs)
+    if missing:
+        return Check("cdi", level, f"the CDI spec ({files}) names no device {missing[0]}: it "
+                                   f"is stale or not by UUID; run {CDI_GENERATE}")
+    made_for = sorted({v for p, _ in specs for v in DRIVER_LIB_RE.findall(_text(p))})
+    if report.driver and made_for and report.driver not in made_for:
+        return Check("cdi", level, f"the CDI spec ({files}) was made for driver "
+                                   f"{', '.join(made_for)} but driver {report.driver} is "
+                                   f"loaded (stale after a driver upgrade); run {CDI_GENERATE}")
+    return Check("cdi", "pass", f"{files} names every GPU, driver {report.driver or '?'}")
+
+
+def cdi_specs(dirs: Iterable[Path]) -> list[tuple[Path, dict[str, Any]]]:
+    """The parsed CDI specs of kind nvidia.com/gpu (unreadable files are not specs)."""
+    out = []
+    for d in dirs:
+        try:
+            files = sorted(p for p in d.iterdir() if p.suffix in (".yaml", ".yml", ".json"))
+        except OSError:
+            continue
+        for p in files:
+            try:
+                if p.stat().st_size > CDI_MAX_BYTES:
+                    continue
+                doc = yaml.safe_load(p.read_bytes())
+            except (OSError, yaml.YAMLError):
+                continue
+            if isinstance(doc, dict) and doc.get("kind") == CDI_KIND:
+                out.append((p, doc))
+    return out
+
+
+def _text(p: Path) -> str:
+    try:
+        return p.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def _min_driver(cuda: str) -> str:
+    return CUDA_MIN_DRIVER.get(_version(cuda)[0], CUDA_MIN_DRIVER[max(CUDA_MIN_DRIVER)])
+
+
+def _version(text: str) -> tuple[int, ...]:
+    """"535.161.08" -> (535, 161, 8); anything unreadable sorts first."""
+    try:
+        return tuple(int(x) for x in text.split("."))
+    except ValueError:
+        return (0,)
 
 
 def check_clock(manifest: Manifest, now: datetime, allow_expired: bool) -> Check:
