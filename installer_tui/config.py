@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from appliance.bundle.verify import DEFAULT_MAX_EXPIRED
 from appliance.site.engine import Engine
 from appliance.site.gpu import GpuProbe
 from appliance.site.layout import Site
@@ -31,6 +32,7 @@ class InstallerConfig:
     start_on_status: bool = False
     now: Callable[[], datetime] = _utc_now
     allow_expired: bool = False
+    max_expired: timedelta = DEFAULT_MAX_EXPIRED
     health_timeout_s: float = 300.0
     poll_interval_s: float = 2.0
     figures: Callable[[Sequence[str]], FiguresSource] = RuntimeFigures

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from appliance.errors import ManifestError
+from signing import jsonbound
 
 SCHEMA_VERSION = 1
 MANIFEST_PATH = "appliance/manifest.json"
@@ -202,7 +203,7 @@ class Manifest:
                 f"manifest is {len(data)} bytes, over the {MAX_MANIFEST_BYTES}-byte cap"
             )
         try:
-            doc = json.loads(data)
+            doc = jsonbound.loads(data)
         except (ValueError, UnicodeDecodeError) as e:
             raise ManifestError(f"manifest is not JSON: {e}") from e
         try:

@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 from appliance.cli.progress import ProgressPrinter
@@ -27,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trust", type=Path, help="trust root to accept on a first install")
     p.add_argument("--allow-expired", action="store_true",
                    help="install a bundle past its expiry (logged); for a wrong site clock")
+    p.add_argument("--expired-max-days", type=int, default=30, metavar="DAYS",
+                   help="with --allow-expired: refuse a bundle expired longer ago than this "
+                        "(default 30)")
     p.add_argument("--health-timeout", type=float, default=300.0, metavar="SECONDS")
     p.add_argument("--gpu-state", type=Path, help="use a recorded GPU state instead of NVML")
     p.add_argument("--json", action="store_true", help="progress as JSON lines on stdout")
@@ -82,6 +86,7 @@ def cmd_install(args: argparse.Namespace) -> int:
         plan = InstallPlan(InstallOptions(
             bundle=args.bundle, site=site, engine=_engine(args, site), gpu_probe=probe,
             trust=args.trust, allow_expired=args.allow_expired,
+            max_expired=timedelta(days=args.expired_max_days),
             health_timeout_s=args.health_timeout), progress=out)
         result = plan.run()
     except (ApplianceError, SigningError) as e:
