@@ -6,7 +6,9 @@ streamed into `POST /images/load` (`image_archive_chunks` as the request body); 
 podman on this host loads them in place from the store (`appliance.engines.podmanload`),
 and what it cannot load is streamed as for Docker. Containers use host
 networking with the release's slot port, restart `unless-stopped`, carry a
-health check, and get an NVIDIA device request when placed on a GPU.
+health check, are confined per `appliance.engines.hardening` (read-only root, no
+capabilities, limits, bounded logs, one data volume per site and service), and get
+an NVIDIA device request when placed on a GPU.
 """
 
 from __future__ import annotations
@@ -23,6 +25,15 @@ from typing import Any
 from appliance.bundle.imagearchive import image_archive_chunks
 from appliance.bundle.manifest import Image, Manifest, image_blobs
 from appliance.bundle.store import ContentStore
+from appliance.engines.hardening import (
+    MIN_MEMORY,
+    Limits,
+    data_dir,
+    data_volume,
+    hardened,
+    nofile_limit,
+    service_limits,
+)
 from appliance.engines.podmanload import load_in_place, podman_cli
 from appliance.errors import EngineError, EngineUnavailableError, ImageLoadError, StoreError
 from appliance.progress import Progress, ProgressFn, no_progress
@@ -149,7 +160,9 @@ class DockerEngine:
         for launch in launches(manifest, placement, slot):
             try:
                 cfg = self.client.images.get(launch.image_id).attrs.get("Config") or {}
-                self.client.containers.run(**self.container_spec(launch, cfg), detach=True)
+                limits = service_limits(manifest, launch.service)
+                self.client.containers.run(**self.container_spec(launch, cfg, limits),
+                                           detach=True)
             except docker.errors.DockerException as e:
                 raise EngineError(f"cannot start service {launch.service!r} from "
                                   f"{launch.image_ref}: {_short(e)}") from e
@@ -157,7 +170,8 @@ class DockerEngine:
             progress(Progress("start", message=f"{launch.service} started on port {launch.port}"))
         return urls
 
-    def container_spec(self, launch: Launch, image_config: dict[str, Any]) -> dict[str, Any]:
+    def container_spec(self, launch: Launch, image_config: dict[str, Any],
+                       limits: Limits | None = None) -> dict[str, Any]:
         """The keyword arguments of `containers.run` for one service (pure; tested alone)."""
         from docker.types import DeviceRequest
         cmd = with_port(image_config.get("Cmd") or [], launch.port)
@@ -182,6 +196,8 @@ class DockerEngine:
                             "APPLIANCE_SERVICE": launch.service,
                             "RUNTIME_PORT": str(launch.port)},
         }
+        spec.update(hardened(limits or Limits(MIN_MEMORY, 1_000_000_000, nofile=nofile_limit()),
+                             data_volume(self.tag, launch.service), data_dir(image_config)))
         if launch.gpu_index is not None:
             spec["device_requests"] = [DeviceRequest(
                 device_ids=[launch.gpu_uuid or str(launch.gpu_index)], capabilities=[["gpu"]])]
