@@ -112,17 +112,35 @@ def cmd_status(args: argparse.Namespace) -> int:
     rec = cur.record
     m = cur.manifest()
     health = {s.name: is_ready(rec.endpoints.get(s.name, "") + s.health) for s in m.services}
+    dead = _dead_services(args, site, cur.sequence, [s for s, ok in health.items() if not ok])
     if args.json:
         print(json.dumps({"current": cur.sequence, "version": m.version, "name": m.name,
                           "engine": rec.engine, "status": rec.status,
                           "endpoints": rec.endpoints, "ready": health,
-                          "highest_sequence": site.state().highest_sequence}, sort_keys=True))
+                          "highest_sequence": site.state().highest_sequence,
+                          "not_running": dead}, sort_keys=True))
     else:
         print(f"{m.name} {m.version}: release {cur.sequence} ({rec.status}, engine {rec.engine})")
         for s in m.services:
             url = rec.endpoints.get(s.name, "?")
             print(f"    {s.name}: {url} {'ready' if health[s.name] else 'NOT READY'}")
+        for svc in dead:
+            print(f"    {svc} is not running (nothing supervises it: its supervisor was killed "
+                  f"or the host rebooted without systemd); start it with: appliance rollback "
+                  f"{cur.sequence} --root {site.root}")
     return 0 if all(health.values()) else 1
+
+
+def _dead_services(args: argparse.Namespace, site: Site, sequence: int,
+                   not_ready: list[str]) -> list[str]:
+    """Of the services that do not answer, those whose engine says nothing runs them."""
+    if not not_ready:
+        return []
+    try:
+        engine = _engine(args, site)
+        return [s for s in not_ready if not engine.alive(sequence, s)]
+    except Exception:  # the engine itself is down: status says NOT READY already
+        return []
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:

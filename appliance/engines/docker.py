@@ -252,6 +252,22 @@ class DockerEngine:
                 time.sleep(delay)
         container.remove(force=True)
 
+    def restart(self, sequence: int, service: str) -> None:
+        """Restart the service's container (a stopped or hung process is killed after
+        `stop_timeout_s`); Docker restarts no unhealthy container by itself.
+
+        Raises:
+            EngineError: there is no such container, or the engine refused.
+        """
+        import docker.errors
+        c = self._container(sequence, service)
+        if c is None:
+            raise EngineError(f"no container for service {service!r} of release {sequence}")
+        try:
+            c.restart(timeout=self.stop_timeout_s)
+        except docker.errors.DockerException as e:
+            raise EngineError(f"cannot restart container {c.name}: {_short(e)}") from e
+
     def running(self) -> set[int]:
         """Releases with a container in any state (a crash-looping one still needs stopping)."""
         return {int(c.labels[LABEL_RELEASE]) for c in self._containers({})}

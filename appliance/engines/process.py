@@ -151,6 +151,25 @@ class ProcessEngine:
         for p in pids:
             os.kill(p, signal.SIGKILL)
 
+    def restart(self, sequence: int, service: str) -> None:
+        """Kill the service's process; its supervisor (systemd or ours) starts it again.
+
+        Raises:
+            EngineError: nothing supervises it any more.
+        """
+        if self.use_systemd:
+            _systemctl("restart", self.unit_name(sequence, service))
+            return
+        if self._supervisor_pid(sequence, service) is None:
+            raise EngineError(f"the supervisor of service {service!r} (release {sequence}) is "
+                              f"not running; run `appliance rollback {sequence}` to start it")
+        child = self.site.releases_dir / str(sequence) / "run" / f"{service}.child"
+        try:
+            os.kill(int(child.read_text().strip()), signal.SIGKILL)  # SIGKILL ends a stopped one
+        except (OSError, ValueError) as e:
+            raise EngineError(f"cannot kill service {service!r} of release {sequence}: {e}") \
+                from e
+
     def running(self) -> set[int]:
         out = set()
         if self.use_systemd:

@@ -20,7 +20,7 @@ from appliance.site.gpu import GpuReport
 from appliance.site.layout import Site
 from appliance.site.placement import plan_placement
 from modelcontract import GpuState
-from tests.enginekit import podman_service, wait_for
+from tests.enginekit import need, podman_service, wait_for
 from tests.site.releasekit import free_port_pair, release_manifest
 
 pytestmark = pytest.mark.engine
@@ -148,6 +148,7 @@ def test_podman_with_its_own_storage_flags_is_loaded_in_place(tmp_path):
     m = release_manifest(site.store, 1, free_port_pair(), tag=uuid.uuid4().hex[:12])
     rel = site.stage_release(m.to_json(), b"{}", 1, "docker")
     img = m.images[0]
+    podman = need("podman")  # skips, with the reason, where podman is not installed
     storage = Path(tempfile.mkdtemp(prefix="pm", dir="/tmp"))  # podman: runroot < 50 chars
     flags = ["--root", str(storage / "root"), "--runroot", str(storage / "run")]
     try:
@@ -165,7 +166,7 @@ def test_podman_with_its_own_storage_flags_is_loaded_in_place(tmp_path):
             finally:
                 eng.close()
     finally:
-        subprocess.run(["podman", *flags, "system", "reset", "-f"], capture_output=True,
+        subprocess.run([podman, *flags, "system", "reset", "-f"], capture_output=True,
                        check=False)
         shutil.rmtree(storage, ignore_errors=True)
 
