@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import socket
 import time
 from collections.abc import Iterator, Sequence
@@ -56,9 +57,11 @@ LABEL_SITE = "io.appliance.site"
 LABEL_RELEASE = "io.appliance.release"
 LABEL_SERVICE = "io.appliance.service"
 REMOVE_RETRY_S = (0.5, 1.0, 2.0)  # waits between attempts to remove a container
+# No whitespace in any word: podman 4.3's compat API splits a health check's words on
+# spaces, so "import urllib.request; ..." became five arguments and never passed.
 DEFAULT_HEALTH = ("CMD", "python", "-c",
-                  "import urllib.request; urllib.request.urlopen("
-                  "'http://127.0.0.1:{port}{path}', timeout=4)")
+                  "__import__('urllib.request').request.urlopen("
+                  "'http://127.0.0.1:{port}{path}',timeout=4)")
 
 
 class DockerEngine:
@@ -160,6 +163,7 @@ class DockerEngine:
         for launch in launches(manifest, placement, slot):
             try:
                 cfg = self.client.images.get(launch.image_id).attrs.get("Config") or {}
+                cfg = self._with_signed_healthcheck(cfg, launch.image_id)
                 limits = service_limits(manifest, launch.service)
                 self.client.containers.run(**self.container_spec(launch, cfg, limits),
                                            detach=True)
@@ -169,6 +173,19 @@ class DockerEngine:
             urls[launch.service] = f"http://127.0.0.1:{launch.port}"
             progress(Progress("start", message=f"{launch.service} started on port {launch.port}"))
         return urls
+
+    def _with_signed_healthcheck(self, cfg: dict[str, Any], config_digest: str) -> dict[str, Any]:
+        """The engine's image config, with the HEALTHCHECK of the signed config blob when the
+        engine dropped it (podman keeps an image loaded from an OCI layout as an OCI config,
+        which has no health check)."""
+        if cfg.get("Healthcheck"):
+            return cfg
+        try:
+            doc = json.loads(self.site.store.path(config_digest).read_bytes())
+        except (OSError, ValueError):
+            return cfg  # the release's config is verified at load; without it, our probe
+        signed = (doc.get("config") or {}).get("Healthcheck") if isinstance(doc, dict) else None
+        return {**cfg, "Healthcheck": signed} if signed else cfg
 
     def container_spec(self, launch: Launch, image_config: dict[str, Any],
                        limits: Limits | None = None) -> dict[str, Any]:
@@ -181,6 +198,7 @@ class DockerEngine:
         else:
             test = [a.format(port=launch.port, path=launch.health_path)
                     for a in (self.health_test or DEFAULT_HEALTH)]
+        test = unsplittable(test)
         spec: dict[str, Any] = {
             "image": launch.image_id,
             "name": self.container_name(launch.release, launch.service),
@@ -383,6 +401,14 @@ class DockerEngine:
         errors = [m for m in messages if '"error' in m]
         if errors:
             raise ImageLoadError(f"the engine refused the images: {errors[0][:300]}")
+
+
+def unsplittable(test: list[str]) -> list[str]:
+    """A health check podman stores as given: a CMD whose words hold whitespace becomes one
+    CMD-SHELL line (podman 4.3 splits CMD words on spaces; Docker keeps either form)."""
+    if test and test[0] == "CMD" and any(any(c.isspace() for c in a) for a in test[1:]):
+        return ["CMD-SHELL", shlex.join(test[1:])]
+    return test
 
 
 def _short(e: BaseException) -> str:

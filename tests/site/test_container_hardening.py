@@ -92,3 +92,12 @@ def test_created_containers_are_confined_and_keep_one_data_volume(tmp_path, engi
             eng.client.images.remove(ref, force=True)
         eng.client.volumes.get(data_volume(eng.tag, "mlp")).remove(force=True)
         eng.close()
+
+
+def test_a_health_check_word_with_spaces_becomes_one_shell_line():
+    from appliance.engines.docker import DEFAULT_HEALTH, unsplittable
+    assert unsplittable(["CMD", "/healthd", "--probe", "/v2"]) == ["CMD", "/healthd", "--probe",
+                                                                     "/v2"]
+    assert unsplittable(["CMD", "python", "-c", "import x; x.y()"]) == [
+        "CMD-SHELL", "python -c 'import x; x.y()'"]
+    assert not any(" " in w for w in DEFAULT_HEALTH)  # works in an image without a shell
