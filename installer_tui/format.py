@@ -10,6 +10,7 @@ from appliance.errors import (
     EXIT_PLACEMENT,
     EXIT_PREFLIGHT,
     EXIT_ROLLED_BACK,
+    RollbackError,
     exit_code,
 )
 
@@ -49,5 +50,10 @@ _MEANING = {
 
 def explain(error: BaseException) -> tuple[str, str]:
     """What a failure means for the site, and what to do next, in plain words."""
+    if isinstance(error, RollbackError):  # genuine and intact, only older: not a bad copy
+        return ("The bundle is older than (or the same as) a release this site already "
+                "accepted: nothing from it will run.",
+                "To serve an earlier release that is still installed, press s for the status "
+                "screen and r to roll back; otherwise ask the vendor for the newest bundle.")
     return _MEANING.get(exit_code(error), ("The install stopped.",
                                            "Read the message below; it says what to do."))

@@ -80,6 +80,8 @@ def cmd_install(args: argparse.Namespace) -> int:
         return 2
     site = Site(args.root)
     out = ProgressPrinter(as_json=args.json, bar=False)
+    if args.trust and not args.json:
+        _print_trust(args.trust)
     try:
         probe: GpuProbe = RecordedProbe.from_file(args.gpu_state) if args.gpu_state \
             else NvmlProbe()
@@ -100,6 +102,20 @@ def cmd_install(args: argparse.Namespace) -> int:
             print(f"    {svc}: {url}")
         print(f"    roll back with: appliance rollback --root {site.root}")
     return 0
+
+
+def _print_trust(path: Path) -> None:
+    """Show the root given with --trust, so the person compares it with the vendor's letter."""
+    from signing import SigningError, TrustRoot
+    try:
+        root = TrustRoot.from_json(path.read_bytes())
+    except (OSError, SigningError):
+        return  # preflight says what is wrong with it
+    print(f"trust root {path}: version {root.version}, {root.threshold} of {len(root.keys)} "
+          "key(s) must sign; compare each fingerprint with the vendor's letter:")
+    for kid in sorted(root.keys):
+        name = root.names.get(kid, "")
+        print(f"    {root.keys[kid].fingerprint}" + (f"  {name}" if name else ""))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
