@@ -142,6 +142,9 @@ class DockerEngine:
                     "after loading it; the engine's store may be corrupted: "
                     f"remove the image (docker rmi {img.reference}) and install again")
             self._tag(img.config_digest, img.reference)
+            # Two bundles of the same name and version (a rebuild, a vendor's fix) share
+            # `reference`; the sequence tag keeps each release's image named.
+            self._tag(img.config_digest, sequence_reference(img.reference, manifest.sequence))
             progress(Progress("load", message=f"{img.reference} is {img.config_digest[:19]}"))
 
     def _tag(self, image_id: str, reference: str) -> None:
@@ -401,6 +404,14 @@ class DockerEngine:
         errors = [m for m in messages if '"error' in m]
         if errors:
             raise ImageLoadError(f"the engine refused the images: {errors[0][:300]}")
+
+
+def sequence_reference(reference: str, sequence: int) -> str:
+    """`reference` tagged with the release's sequence: repo:1.1.0 -> repo:1.1.0-r7."""
+    repo, _, tag = reference.rpartition(":")
+    if not repo or "/" in tag:
+        repo, tag = reference, "latest"
+    return f"{repo}:{tag}-r{sequence}"
 
 
 def unsplittable(test: list[str]) -> list[str]:

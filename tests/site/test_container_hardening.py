@@ -101,3 +101,29 @@ def test_a_health_check_word_with_spaces_becomes_one_shell_line():
     assert unsplittable(["CMD", "python", "-c", "import x; x.y()"]) == [
         "CMD-SHELL", "python -c 'import x; x.y()'"]
     assert not any(" " in w for w in DEFAULT_HEALTH)  # works in an image without a shell
+
+
+@pytest.mark.slow
+def test_two_bundles_with_the_same_name_and_version_keep_their_own_tags(tmp_path, engine_url):
+    from dataclasses import replace
+
+    from appliance.engines.docker import sequence_reference
+    site = Site(tmp_path / "site")
+    site.ensure()
+    same = f"localhost/appliance-test-{uuid.uuid4().hex[:12]}:1.0.0"
+    eng = DockerEngine(site, base_url=engine_url, health_test=PROBE, stop_timeout_s=2)
+    ids = {}
+    try:
+        for seq, scale in ((1, 2.0), (2, 3.0)):  # different weights, same reference
+            m = release_manifest(site.store, seq, free_port_pair(), scale=scale)
+            m = replace(m, images=[replace(m.images[0], reference=same)])
+            rel = site.stage_release(m.to_json(), b"{}", seq, "docker")
+            eng.load(m, rel, site.store)
+            ids[seq] = m.images[0].config_digest
+        assert ids[1] != ids[2]
+        for seq in (1, 2):
+            assert eng.image_id(sequence_reference(same, seq)) == ids[seq]
+    finally:
+        for seq in ids:
+            eng.client.images.remove(ids[seq], force=True)
+        eng.close()
