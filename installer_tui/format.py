@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from appliance.errors import (
     EXIT_BUNDLE,
     EXIT_ENGINE,
@@ -46,6 +48,17 @@ _MEANING = {
     EXIT_LOCKED: ("Another installer is working on this site.",
                   "Wait for it to finish, then try again."),
 }
+
+
+def engine_label(recorded: str, ping: Callable[[], str]) -> str:
+    """The engine a release runs on as a person knows it: "Podman 4.3.1" or "Docker 20.10.24"
+    for the docker engine (the same API serves both), else the recorded kind."""
+    if recorded != "docker":
+        return recorded or "?"
+    try:
+        return ping().split(" (API", 1)[0]
+    except Exception:  # the engine is down: the health column says so
+        return recorded
 
 
 def explain(error: BaseException) -> tuple[str, str]:

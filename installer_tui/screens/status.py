@@ -22,6 +22,7 @@ from appliance.site.plan import StepEvent
 from appliance.site.rollback import rollback, rollback_target
 from appliance.units import human
 from installer_tui.figures import FiguresSource
+from installer_tui.format import engine_label
 from installer_tui.messages import (
     Failed,
     FiguresHistory,
@@ -116,7 +117,8 @@ class StatusScreen(InstallerScreen):
             paths = {s.name: s.health for s in m.services}
             health = {svc: is_ready(url + paths.get(svc, "/v2/health/ready"))
                       for svc, url in rec.endpoints.items()}
-            self.post_message(StatusRead(cur.sequence, f"{m.name} {m.version}", rec.engine,
+            engine = engine_label(rec.engine, lambda: self.config.get_engine().ping())
+            self.post_message(StatusRead(cur.sequence, f"{m.name} {m.version}", engine,
                                          dict(rec.endpoints), health,
                                          rollback_to(site)))
         except Exception as e:  # shown on the screen
