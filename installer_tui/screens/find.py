@@ -105,6 +105,7 @@ class FindBundleScreen(InstallerScreen):
         except Exception as e:  # every failure is shown on the screen, none crashes it
             self.post_message(Failed(e, str(path)))
             return
+        self.config.opened_bundle = parts[0]  # logs go back to the stick it came from
         self.post_message(BundleOpened(parts, manifest, envelope))
 
     @on(BundleOpened)
