@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from textual.message import Message
@@ -69,6 +69,8 @@ class StatusRead(Message):
     endpoints: dict[str, str]
     health: dict[str, bool]
     rollback_to: int | None
+    # every other installed release that can serve: (sequence, "release 1 (demo 1.1.0)")
+    others: list[tuple[int, str]] = field(default_factory=list)
 
 
 @dataclass

@@ -399,3 +399,40 @@ async def test_quit_while_the_new_release_starts_needs_asking_twice(rig, vendor_
         await wait_for(pilot, state_is(app, "done", "failed"), what="the install")
         assert app.screen.state == "done", app.screen.error
     assert rig.site.current().sequence == 1
+
+
+async def test_status_offers_every_installed_release_and_esc_after_a_switch_is_not_stale(
+        rig, vendor_key, port):
+    root = write_root(rig.tmp / "root.json", [vendor_key])
+    for seq in (1, 2, 3):
+        rig.install_headless(build_demo(rig.tmp / f"b{seq}", seq, port, vendor_key),
+                             root if seq == 1 else None)
+    app = rig.app(start_on_status=True)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, StatusScreen)
+                       and app.screen.status is not None, what="the status")
+        assert [s for s, _ in app.screen.status.others] == [2, 1]
+        assert "Serve another installed release (r): 2, 1" in text_of(
+            app.screen.query_one("#release"))
+        await pilot.press("r")  # a list to choose from: 2, then 1
+        await pilot.pause()
+        await pilot.press("down", "enter")
+        await pilot.pause()
+        await pilot.press("y")
+        await wait_for(pilot, lambda: isinstance(app.screen, StatusScreen)
+                       and app.screen.status is not None and app.screen.status.sequence == 1
+                       and not app.screen.busy, what="the switch to release 1")
+        assert rig.site.current().sequence == 1
+        # forward again: the newer installed releases are offered too
+        assert [s for s, _ in app.screen.status.others] == [3, 2]
+        await pilot.press("r")
+        await pilot.pause()
+        await pilot.press("enter")  # release 3, newest first
+        await pilot.pause()
+        await pilot.press("y")
+        await wait_for(pilot, lambda: isinstance(app.screen, StatusScreen)
+                       and app.screen.status is not None and app.screen.status.sequence == 3
+                       and not app.screen.busy, what="the switch to release 3")
+        assert rig.site.current().sequence == 3
+        await pilot.press("escape")
+        await wait_for(pilot, screen_is(app, FindBundleScreen), what="the bundle list")
