@@ -197,7 +197,8 @@ async def test_bundle_signed_by_an_unknown_key_is_flagged_then_refused(rig, vend
         await wait_for(pilot, state_is(app, "review", "failed"), what="the verify")
         text = text_of(app.screen.query_one("#install-error", ErrorPanel))
         assert "bundle signature refused" in text
-        assert app.screen.query_one(StepList).status("verify") == "failed"
+        # preflight checks the signature before it parses anything the signature covers
+        assert app.screen.query_one(StepList).status("preflight") == "failed"
     assert rig.site.current() is None
     assert not rig.site.trust_path.exists()  # a refused bundle does not plant its root
 
