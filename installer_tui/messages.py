@@ -20,6 +20,7 @@ class BundlesFound(Message):
     """The media scan finished."""
 
     bundles: list[FoundBundle]
+    labels: list[str] = field(default_factory=list)  # one line per bundle, as listed
 
 
 @dataclass

@@ -437,3 +437,29 @@ async def test_status_offers_every_installed_release_and_esc_after_a_switch_is_n
         assert rig.site.current().sequence == 3
         await pilot.press("escape")
         await wait_for(pilot, screen_is(app, FindBundleScreen), what="the bundle list")
+
+
+async def test_bundle_list_names_each_bundle_against_what_serves_and_keeps_keys(
+        rig, vendor_key, port):
+    root = write_root(rig.tmp / "root.json", [vendor_key])
+    rig.install_headless(build_demo(rig.tmp / "b2", 2, port, vendor_key), root)
+    for seq in (1, 2, 3):
+        build_demo(rig.media / f"stick-{seq}", seq, port, vendor_key,
+                   name="a-very-long-bundle-name-that-a-vendor-might-well-choose-" + "x" * 40)
+    app = rig.app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, FindBundleScreen)
+                       and len(app.screen.found) == 3, what="the media scan")
+        options = app.screen.query_one("#bundles")
+        labels = [str(options.get_option_at_index(i).prompt) for i in range(3)]
+        assert labels[0].startswith("demo 1.1.0  release 1  OLDER than serving 2")
+        assert labels[1].startswith("demo 1.2.0  release 2  the release serving now")
+        assert labels[2].startswith("demo 1.3.0  release 3  newer than serving 2")
+        assert all(options.get_option_at_index(i).prompt.no_wrap for i in range(3))
+        await pilot.press("enter")
+        await wait_for(pilot, screen_is(app, TrustScreen), what="the trust screen")
+        await pilot.press("escape")
+        await wait_for(pilot, screen_is(app, FindBundleScreen), what="the list again")
+        await pilot.press("down", "enter")  # the first keys after returning reach the list
+        await wait_for(pilot, screen_is(app, TrustScreen), what="the second bundle")
+        assert app.screen.manifest.sequence == 2
