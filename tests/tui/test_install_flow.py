@@ -56,7 +56,14 @@ async def test_first_install_from_stick_to_serving_then_status_figures_and_expor
         await pilot.pause()
         assert isinstance(app.screen, TrustScreen)
         assert not rig.site.trust_path.exists()
+        signers = text_of(trust.query_one("#signers"))
+        assert "not yet" in signers and " yes" not in signers  # the root is only offered
+        from textual.widgets import Checkbox
+        box = trust.query_one("#compared", Checkbox)
+        assert str(box.label).startswith("NOT YET")
         await pilot.press("space")  # tick "I compared every fingerprint"
+        await pilot.pause()
+        assert str(box.label).startswith("YES - I compared")  # in words, not only a colour
         await pilot.press("c")
 
         await wait_for(pilot, state_is(app, "review", "failed"), what="the review")
