@@ -31,13 +31,11 @@ completes the install. Exit codes for each error: `appliance.cli.site.exit_code`
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
-import os
 import shutil
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, suppress
+from collections.abc import Callable
+from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -48,11 +46,8 @@ from appliance.bundle.verify import DEFAULT_MAX_EXPIRED
 from appliance.errors import (
     AcceptanceError,
     ApplianceError,
-    BundleError,
     EngineError,
     InstallError,
-    InstallLockedError,
-    PlacementError,
     PreflightError,
     ReleaseFailedError,
     RestoreError,
@@ -64,8 +59,10 @@ from appliance.progress import Progress, ProgressFn, no_progress
 from appliance.site.acceptance import check_samples, wait_ready
 from appliance.site.auditing import audit_allow_expired, audit_step, audit_trust
 from appliance.site.engine import Engine, launches, port_in_use
+from appliance.site.failures import STARTED_STEPS, unexpected
 from appliance.site.gpu import GpuProbe, GpuReport
 from appliance.site.layout import PLACEMENT_FILE, Release, Site
+from appliance.site.lock import site_lock
 from appliance.site.placement import Placement, plan_placement
 from appliance.site.preflight import (
     Check,
@@ -113,7 +110,6 @@ STEPS = (
     Step("switch", "Switch current to the new release"),
     Step("stop_old", "Stop the previous release"),
 )
-STARTED_STEPS = ("start", "health", "accept", "switch")  # a failure here rolls back
 
 
 @dataclass
@@ -196,7 +192,7 @@ class InstallPlan:
         try:
             getattr(self, f"_step_{name}")()
         except Exception as raw:  # any failure ends as a documented exit code
-            e = raw if isinstance(raw, ApplianceError) else self._unexpected(name, raw)
+            e = raw if isinstance(raw, ApplianceError) else unexpected(name, raw, self.release)
             if name == "stop_old":  # the new release serves; say so, do not undo it
                 self._warnings.append(str(e))
                 self._info("stop_old", str(e))
@@ -211,20 +207,6 @@ class InstallPlan:
         warned = (name == "preflight" and any(c.level == "warn" for c in self.checks)) or (
             name == "stop_old" and bool(self._warnings))
         self._event(StepEvent(name, message=title, status="warn" if warned else "ok"))
-
-    def _unexpected(self, step: str, raw: Exception) -> ApplianceError:
-        """A failure no step foresaw (a bug, a malformed signed field): the step's own error,
-        so it ends with the exit code documented for that step; the traceback is logged."""
-        log.error("install step %s failed unexpectedly", step, exc_info=raw)
-        if self.release is not None:
-            self.release.log("internal_error", step=step, error=f"{type(raw).__name__}: {raw}")
-        cls: type[ApplianceError] = _UNEXPECTED.get(step, InstallError)
-        what = f"{type(raw).__name__}: {raw}".splitlines()[0][:300]
-        done = "nothing was changed" if step == "preflight" else (
-            "nothing was started" if step not in STARTED_STEPS else "the new release is stopped")
-        return cls(f"step {step} failed unexpectedly ({what}); {done}; run the install again "
-                   "with --verbose and send the output and `appliance support export` to the "
-                   "vendor")
 
     def locked(self) -> AbstractContextManager[None]:
         """Hold the site's install lock for a front end that runs steps one by one."""
@@ -519,15 +501,6 @@ class InstallPlan:
         self._emit(ev)
 
 
-# The error each step ends with when it fails in a way it did not foresee: the same exit
-# code as that step's own refusals (docs/field-guide.md); after `start` a rollback wraps it.
-_UNEXPECTED: dict[str, type[ApplianceError]] = {
-    "preflight": PreflightError, "verify": BundleError, "placement": PlacementError,
-    "load": EngineError, "start": EngineError, "health": EngineError, "accept": EngineError,
-    "switch": EngineError, "stop_old": EngineError,
-}
-
-
 def _failed(cause: ApplianceError, message: str) -> ReleaseFailedError:
     cls = AcceptanceError if isinstance(cause, AcceptanceError) else ReleaseFailedError
     err = cls(message)
@@ -538,27 +511,3 @@ def _failed(cause: ApplianceError, message: str) -> ReleaseFailedError:
 def _ready_now(url: str) -> bool:
     from appliance.site.acceptance import is_ready
     return is_ready(url)
-
-
-@contextmanager
-def site_lock(site: Site) -> Iterator[None]:
-    """Hold the site's install lock (the kernel drops it if this process dies).
-
-    Raises:
-        InstallLockedError: another installer or rollback holds it.
-    """
-    try:  # only the root: a preflight that refuses leaves no releases/ or logs/ behind
-        site.root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise SiteError(f"cannot create the site at {site.root}: {e.strerror}; "
-                        "choose a writable --root or run as root") from e
-    fd = os.open(site.root / ".install.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as e:
-            raise InstallLockedError(f"another installer is working on {site.root}; "
-                                     "wait for it to finish") from e
-        yield
-    finally:
-        os.close(fd)
