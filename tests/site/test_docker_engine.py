@@ -296,7 +296,7 @@ def test_cpu_placement_hides_gpus_from_the_container(tmp_path):
     assert "device_requests" not in spec
     assert spec["environment"]["NVIDIA_VISIBLE_DEVICES"] == "void"
     assert spec["command"] == ["serve", "--port", "8100"]
-    assert spec["healthcheck"]["test"][-1].endswith("'http://127.0.0.1:8100/v2/health/ready', "
+    assert spec["healthcheck"]["test"][-1].endswith("'http://127.0.0.1:8100/v2/health/ready',"
                                                     "timeout=4)")
 
 
