@@ -26,6 +26,7 @@ from appliance.bundle.manifest import (
     parse_time,
 )
 from appliance.errors import ManifestError, SpecError
+from bundler.samplecheck import check_sample
 from modelcontract import FRAMEWORKS, ModelContractError, TensorSpec, check_spec
 
 MAX_SPEC_BYTES = 4 * 1024 * 1024
@@ -291,10 +292,13 @@ def _model(doc: Any, here: Path) -> ModelSpec:
             raise SpecError(f"model {name}: each sample needs inputs and outputs mappings")
         samples.append(Sample(dict(s["inputs"]), dict(s["outputs"]),
                               float(s.get("tolerance", 1e-4))))
+    inputs = _tensors(mj.get("inputs"), f"model {name} inputs")
+    outputs = _tensors(mj.get("outputs"), f"model {name} outputs")
+    for i, sample in enumerate(samples):
+        check_sample(name, i, sample, inputs, outputs)
     return ModelSpec(
         name=name, version=version, path=directory, framework=framework, file=file,
-        inputs=_tensors(mj.get("inputs"), f"model {name} inputs"),
-        outputs=_tensors(mj.get("outputs"), f"model {name} outputs"),
+        inputs=inputs, outputs=outputs,
         model_json=merged,
         gpu_memory_mib=gpu_mib, max_batch_size=batch, max_queue_delay_ms=delay,
         provenance=Provenance(**{k: str(prov.get(k, "")) for k in

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 
 from textual.app import App
@@ -106,6 +107,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu-state", type=Path, help="use a recorded GPU state instead of NVML")
     p.add_argument("--allow-expired", action="store_true",
                    help="install a bundle past its expiry (logged); for a wrong site clock")
+    p.add_argument("--expired-max-days", type=int, default=30, metavar="DAYS",
+                   help="with --allow-expired: refuse a bundle expired longer ago than this "
+                        "(default 30)")
     p.add_argument("--health-timeout", type=float, default=300.0, metavar="SECONDS")
     p.add_argument("--status", action="store_true", help="open the status screen")
     return p
@@ -124,6 +128,7 @@ def config_from_args(args: argparse.Namespace) -> InstallerConfig:
         site=site, engine=engine, gpu_probe=probe,
         media_roots=args.media or default_media_roots(), trust=args.trust, bundle=args.bundle,
         start_on_status=args.status, allow_expired=args.allow_expired,
+        max_expired=timedelta(days=args.expired_max_days),
         health_timeout_s=args.health_timeout)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from appliance.errors import (
     EXIT_BUNDLE,
     EXIT_ENGINE,
@@ -10,6 +12,7 @@ from appliance.errors import (
     EXIT_PLACEMENT,
     EXIT_PREFLIGHT,
     EXIT_ROLLED_BACK,
+    RollbackError,
     exit_code,
 )
 
@@ -47,7 +50,23 @@ _MEANING = {
 }
 
 
+def engine_label(recorded: str, ping: Callable[[], str]) -> str:
+    """The engine a release runs on as a person knows it: "Podman 4.3.1" or "Docker 20.10.24"
+    for the docker engine (the same API serves both), else the recorded kind."""
+    if recorded != "docker":
+        return recorded or "?"
+    try:
+        return ping().split(" (API", 1)[0]
+    except Exception:  # the engine is down: the health column says so
+        return recorded
+
+
 def explain(error: BaseException) -> tuple[str, str]:
     """What a failure means for the site, and what to do next, in plain words."""
+    if isinstance(error, RollbackError):  # genuine and intact, only older: not a bad copy
+        return ("The bundle is older than (or the same as) a release this site already "
+                "accepted: nothing from it will run.",
+                "To serve an earlier release that is still installed, press s for the status "
+                "screen and r to roll back; otherwise ask the vendor for the newest bundle.")
     return _MEANING.get(exit_code(error), ("The install stopped.",
                                            "Read the message below; it says what to do."))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from textual.message import Message
@@ -20,6 +20,7 @@ class BundlesFound(Message):
     """The media scan finished."""
 
     bundles: list[FoundBundle]
+    labels: list[str] = field(default_factory=list)  # one line per bundle, as listed
 
 
 @dataclass
@@ -69,6 +70,8 @@ class StatusRead(Message):
     endpoints: dict[str, str]
     health: dict[str, bool]
     rollback_to: int | None
+    # every other installed release that can serve: (sequence, "release 1 (demo 1.1.0)")
+    others: list[tuple[int, str]] = field(default_factory=list)
 
 
 @dataclass

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from signing import jsonbound
 from signing.errors import BadSignatureError, EnvelopeFormatError, ThresholdError
 from signing.keys import PrivateKey, PublicKey
 
@@ -78,7 +79,7 @@ class Envelope:
                 f"signature envelope is {len(data)} bytes, over the {max_bytes}-byte cap"
             )
         try:
-            doc = json.loads(data)
+            doc = jsonbound.loads(data)
         except (ValueError, UnicodeDecodeError) as e:
             raise EnvelopeFormatError(f"signature envelope is not JSON: {e}") from e
         if not isinstance(doc, dict):

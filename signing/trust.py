@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from signing import jsonbound
 from signing.dsse import Envelope, sign, verify
 from signing.errors import (
     BadSignatureError,
@@ -103,13 +104,13 @@ class TrustRoot:
         if len(data) > MAX_ROOT_BYTES:
             raise TrustRootFormatError(f"trust root file is over {MAX_ROOT_BYTES} bytes")
         try:
-            doc = json.loads(data)
+            doc = jsonbound.loads(data)
         except (ValueError, UnicodeDecodeError) as e:
             raise TrustRootFormatError(f"trust root is not JSON: {e}") from e
         if isinstance(doc, dict) and "payloadType" in doc:
             try:
                 env = Envelope.from_json(data, MAX_ROOT_BYTES)
-                root = cls.from_dict(json.loads(env.payload))
+                root = cls.from_dict(jsonbound.loads(env.payload))
                 verify(env, root, ROOT_PAYLOAD_TYPE)
             except (EnvelopeFormatError, BadSignatureError, ValueError) as e:
                 raise TrustRootFormatError(f"signed trust root does not verify: {e}") from e
@@ -131,7 +132,7 @@ def rotate_root(current: TrustRoot, new_root_envelope: bytes) -> TrustRoot:
     """
     try:
         env = Envelope.from_json(new_root_envelope, MAX_ROOT_BYTES)
-        new = TrustRoot.from_dict(json.loads(env.payload))
+        new = TrustRoot.from_dict(jsonbound.loads(env.payload))
     except (EnvelopeFormatError, TrustRootFormatError, ValueError) as e:
         raise RootRotationError(f"new trust root is malformed: {e}") from e
     if new.version != current.version + 1:

@@ -39,8 +39,9 @@ T = TypeVar("T")
 
 def need(binary: str) -> str:
     """The path of `binary`, or skip the test saying it is not installed."""
-    path = shutil.which(binary) or (f"/usr/sbin/{binary}" if Path(f"/usr/sbin/{binary}").exists()
-                                    else None)
+    # /usr/sbin too: dockerd lives there, and a non-root PATH often lacks it
+    path = shutil.which(binary, path=os.pathsep.join(
+        [os.environ.get("PATH", os.defpath), "/usr/sbin", "/sbin"]))
     if path is None:
         pytest.skip(f"{binary} is not installed (.ci/setup-system installs it)")
     return path

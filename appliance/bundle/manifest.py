@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from appliance.errors import ManifestError
 from modelcontract import DATATYPES, FRAMEWORKS, TensorSpec
+from signing import jsonbound
 
 SCHEMA_VERSION = 1
 MANIFEST_PATH = "appliance/manifest.json"
@@ -214,7 +215,7 @@ class Manifest:
                 f"manifest is {len(data)} bytes, over the {MAX_MANIFEST_BYTES}-byte cap"
             )
         try:
-            doc = json.loads(data)
+            doc = jsonbound.loads(data)
         except (ValueError, UnicodeDecodeError) as e:
             raise ManifestError(f"manifest is not JSON: {e}") from e
         try:

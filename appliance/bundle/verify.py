@@ -21,7 +21,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from appliance.bundle.manifest import (
@@ -55,6 +55,10 @@ from signing.dsse import MAX_ENVELOPE_BYTES, verified_key_ids
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY = 16 * 1024 * 1024
+# How long past its expiry `--allow-expired` accepts a bundle unless told a number of days:
+# long enough for a site whose update was delayed, short enough that a years-old bundle
+# with a known flaw cannot be replayed under the override.
+DEFAULT_MAX_EXPIRED = timedelta(days=30)
 
 
 @dataclass(frozen=True)
@@ -121,11 +125,13 @@ def check_signature(manifest_bytes: bytes, envelope_bytes: bytes,
 
 
 def check_freshness(manifest: Manifest, *, now: datetime, last_sequence: int,
-                    allow_expired: bool) -> None:
-    """Refuse an expired manifest (unless overridden) or one not newer than the site's.
+                    allow_expired: bool, max_expired: timedelta = DEFAULT_MAX_EXPIRED) -> None:
+    """Refuse an expired manifest (unless overridden, up to `max_expired` past its expiry)
+    or one not newer than the site's.
 
     Raises:
-        ExpiredBundleError: expired and `allow_expired` is false.
+        ExpiredBundleError: expired and `allow_expired` is false, or expired longer ago
+            than `max_expired`.
         RollbackError: sequence <= `last_sequence`.
     """
     if manifest.expires_at <= now:
@@ -134,12 +140,23 @@ def check_freshness(manifest: Manifest, *, now: datetime, last_sequence: int,
                 f"bundle {manifest.name} {manifest.version} expired at {manifest.expires} and "
                 f"the site clock says {format_time(now)}; if the clock is wrong, set it, or "
                 "accept it knowingly with --allow-expired (logged)")
+        if now - manifest.expires_at > max_expired:
+            raise ExpiredBundleError(expired_too_long(manifest, now, max_expired))
         log.warning("accepting expired bundle %s (expired %s, clock %s): override given",
                     manifest.name, manifest.expires, format_time(now))
     if manifest.sequence <= last_sequence:
         raise RollbackError(
             f"bundle {manifest.name} has sequence {manifest.sequence}, not newer than "
             f"{last_sequence} already accepted here; to go back use `appliance rollback`")
+
+
+def expired_too_long(manifest: Manifest, now: datetime, max_expired: timedelta) -> str:
+    """The one-line refusal of a bundle expired longer ago than the override allows."""
+    days = (now - manifest.expires_at).days
+    return (f"bundle {manifest.name} {manifest.version} expired {days} days ago "
+            f"({manifest.expires}), more than the {max_expired.days} days --allow-expired "
+            "accepts; if the clock is wrong, set it, else get a current bundle from the vendor "
+            "(or pass --expired-max-days with a larger number; logged)")
 
 
 def check_members(manifest: Manifest) -> None:
@@ -206,6 +223,7 @@ def check_delta_base(manifest: Manifest, store: ContentStore) -> None:
 def verify_bundle(
     paths: Path | Sequence[Path], root: TrustRoot, *, now: datetime, last_sequence: int = 0,
     store: ContentStore | None = None, allow_expired: bool = False,
+    max_expired: timedelta = DEFAULT_MAX_EXPIRED,
     progress: ProgressFn = no_progress, progress_every: int = PROGRESS_EVERY,
 ) -> VerifiedBundle:
     """Check a bundle's signature, freshness and every member; copy blobs into `store`.
@@ -224,7 +242,7 @@ def verify_bundle(
         signers = check_signature(manifest_bytes, envelope_bytes, root)
         manifest = Manifest.from_json(manifest_bytes)
         check_freshness(manifest, now=now, last_sequence=last_sequence,
-                        allow_expired=allow_expired)
+                        allow_expired=allow_expired, max_expired=max_expired)
         check_members(manifest)
         check_new_root(manifest, root)
         if store is not None:
@@ -338,3 +356,20 @@ def read_manifest_unverified(paths: Path | Sequence[Path]) -> tuple[Manifest, En
         raise SignatureError(f"bundle signature envelope is malformed: {e}") from e
     return Manifest.from_json(manifest_bytes), env
 
+
+
+def read_manifest_signed(paths: Path | Sequence[Path], root: TrustRoot) -> Manifest:
+    """The manifest of a bundle, parsed only after its signature checked out (preflight).
+
+    Reads members 1 and 2 only; the blobs are checked later by `verify_bundle`.
+
+    Raises:
+        BundleError: not a bundle, the signature is refused, or the manifest is malformed.
+    """
+    stream = PartStream(_parts(paths))
+    try:
+        manifest_bytes, envelope_bytes = _read_front(TarReader(stream))
+    finally:
+        stream.close()
+    check_signature(manifest_bytes, envelope_bytes, root)
+    return Manifest.from_json(manifest_bytes)

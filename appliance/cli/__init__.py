@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "appliance.cli.site",
     "appliance.cli.serve",
     "appliance.cli.k8s",
+    "appliance.cli.watchdog",
     "appliance.cli.demo",
     "appliance.cli.frontdoor",
     "appliance.cli.support",

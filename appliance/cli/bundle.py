@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from appliance.bundle import find_bundle_parts, read_manifest_unverified, verify_bundle
@@ -89,7 +89,7 @@ def _verify(args: argparse.Namespace) -> int:
     try:
         v = verify_bundle(find_bundle_parts(Path(args.bundle)), root, now=now,
                           last_sequence=last, store=store, allow_expired=args.allow_expired,
-                          progress=progress)
+                          max_expired=timedelta(days=args.expired_max_days), progress=progress)
     finally:
         if bar:
             bar.close()
@@ -164,6 +164,9 @@ def register(sub: SubParsers) -> None:
     v.add_argument("--last-sequence", type=int, default=0, help="refuse sequences <= this")
     v.add_argument("--allow-expired", action="store_true",
                    help="accept a bundle past its expiry (the site clock may be wrong); logged")
+    v.add_argument("--expired-max-days", type=int, default=30, metavar="DAYS",
+                   help="with --allow-expired: refuse a bundle expired longer ago than this "
+                        "(default 30)")
     v.add_argument("--now", help="check expiry against this RFC 3339 time instead of the clock")
     v.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     v.set_defaults(func=_verify)

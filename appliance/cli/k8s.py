@@ -7,7 +7,7 @@ import logging
 import os
 import shutil
 import tempfile
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,7 +47,8 @@ def _verify(args: argparse.Namespace, store: ContentStore | None) -> VerifiedBun
     # A cluster re-renders the release it runs (new options, a new node), so the
     # same sequence passes; older ones do not. Going back is `kubectl rollout undo`.
     verified = verify_bundle(find_bundle_parts(Path(args.bundle)), root, now=datetime.now(UTC),
-                             store=store, allow_expired=args.allow_expired)
+                             store=store, allow_expired=args.allow_expired,
+                             max_expired=timedelta(days=args.expired_max_days))
     state = SiteState.load(args.state)
     if verified.manifest.sequence < state.highest_sequence:
         raise RollbackError(
@@ -155,6 +156,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                         f"(default {DEFAULT_STATE})")
     p.add_argument("--allow-expired", action="store_true",
                    help="accept an expired bundle (the site clock may be wrong); logged")
+    p.add_argument("--expired-max-days", type=int, default=30, metavar="DAYS",
+                   help="with --allow-expired: refuse a bundle expired longer ago than this "
+                        "(default 30)")
 
 
 def register(sub: SubParsers) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from appliance.cli.types import SubParsers
@@ -78,7 +79,13 @@ def _generate(args: argparse.Namespace) -> int:
 
 def _root(args: argparse.Namespace) -> int:
     pubs = [load_public_key(p) for p in args.pub]
-    root = TrustRoot.create(pubs, threshold=args.threshold, version=args.root_version)
+    names = args.name or []
+    if len(names) > len(pubs):
+        print("error: more --name than --pub; give one name per key, in the same order",
+              file=sys.stderr)
+        return 2
+    root = TrustRoot.create(pubs, threshold=args.threshold, version=args.root_version,
+                            names={p.key_id: n for p, n in zip(pubs, names, strict=False)})
     if args.sign_with:
         keys = [load_private_key(k, args.passphrase_file) for k in args.sign_with]
         data = sign_root(root, keys)
@@ -89,7 +96,8 @@ def _root(args: argparse.Namespace) -> int:
     atomic_write(Path(args.out), data)
     print(f"trust root v{root.version}, threshold {root.threshold} of {len(root.keys)}: {args.out}")
     for kid in sorted(root.keys):
-        print(f"  {root.keys[kid].fingerprint}")
+        name = root.names.get(kid, "")
+        print(f"  {root.keys[kid].fingerprint}" + (f"  {name}" if name else ""))
     return 0
 
 
@@ -118,6 +126,9 @@ def register(sub: SubParsers) -> None:
 
     r = ks.add_parser("root", help="a trust root from public keys and a threshold")
     r.add_argument("--pub", action="append", required=True, help="public key PEM (repeat)")
+    r.add_argument("--name", action="append",
+                   help="the signer's name shown beside its key (repeat, one per --pub, "
+                        "in order), e.g. 'Acme Imaging release key'")
     r.add_argument("--threshold", type=int, default=1)
     r.add_argument("--root-version", type=int, default=1)
     r.add_argument("--sign-with", action="append", help="private key to sign the root (repeat)")

@@ -10,7 +10,7 @@ import argparse
 import json
 import os
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from appliance.cli.progress import ProgressPrinter
@@ -31,6 +31,9 @@ def register(sub: SubParsers) -> None:
     p.add_argument("--trust", type=Path, help="trust root to accept on a first install")
     p.add_argument("--allow-expired", action="store_true",
                    help="install a bundle past its expiry (logged); for a wrong site clock")
+    p.add_argument("--expired-max-days", type=int, default=30, metavar="DAYS",
+                   help="with --allow-expired: refuse a bundle expired longer ago than this "
+                        "(default 30)")
     p.add_argument("--health-timeout", type=float, default=300.0, metavar="SECONDS")
     p.add_argument("--gpu-state", type=Path, help="use a recorded GPU state instead of NVML")
     p.add_argument("--json", action="store_true", help="progress as JSON lines on stdout")
@@ -98,12 +101,15 @@ def cmd_install(args: argparse.Namespace) -> int:
         return 2
     site = Site(args.root)
     out = ProgressPrinter(as_json=args.json, bar=False)
+    if args.trust and not args.json:
+        _print_trust(args.trust)
     try:
         probe: GpuProbe = RecordedProbe.from_file(args.gpu_state) if args.gpu_state \
             else NvmlProbe()
         plan = InstallPlan(InstallOptions(
             bundle=args.bundle, site=site, engine=_engine(args, site), gpu_probe=probe,
             trust=args.trust, allow_expired=args.allow_expired,
+            max_expired=timedelta(days=args.expired_max_days),
             health_timeout_s=args.health_timeout, tls_cert=args.tls_cert,
             tls_key=args.tls_key, canary=canary, canary_bounds=bounds), progress=out)
         result = plan.run()
@@ -128,6 +134,20 @@ def cmd_install(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_trust(path: Path) -> None:
+    """Show the root given with --trust, so the person compares it with the vendor's letter."""
+    from signing import SigningError, TrustRoot
+    try:
+        root = TrustRoot.from_json(path.read_bytes())
+    except (OSError, SigningError):
+        return  # preflight says what is wrong with it
+    print(f"trust root {path}: version {root.version}, {root.threshold} of {len(root.keys)} "
+          "key(s) must sign; compare each fingerprint with the vendor's letter:")
+    for kid in sorted(root.keys):
+        name = root.names.get(kid, "")
+        print(f"    {root.keys[kid].fingerprint}" + (f"  {name}" if name else ""))
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from appliance.site.acceptance import is_ready
     site = Site(args.root)
@@ -141,6 +161,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     door = DoorRecord.read(site)
     door = door if door is not None and door.sequence == cur.sequence else None
     warning = certificate_warning(site, datetime.now(UTC))
+    dead = _dead_services(args, site, cur.sequence, [s for s, ok in health.items() if not ok])
     if args.json:
         print(json.dumps({"current": cur.sequence, "version": m.version, "name": m.name,
                           "engine": rec.engine, "status": rec.status,
@@ -148,7 +169,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                           "urls": {s.name: door.url(s.name) for s in m.services} if door
                           else {}, "fingerprint": door.fingerprint if door else None,
                           "certificate_warning": warning,
-                          "highest_sequence": site.state().highest_sequence}, sort_keys=True))
+                          "highest_sequence": site.state().highest_sequence,
+                          "not_running": dead}, sort_keys=True))
     else:
         print(f"{m.name} {m.version}: release {cur.sequence} ({rec.status}, engine {rec.engine})")
         for s in m.services:
@@ -160,7 +182,23 @@ def cmd_status(args: argparse.Namespace) -> int:
                 print(f"    {line}")
         if warning:
             print(f"warning: {warning}")
+        for svc in dead:
+            print(f"    {svc} is not running (nothing supervises it: its supervisor was killed "
+                  f"or the host rebooted without systemd); start it with: appliance rollback "
+                  f"{cur.sequence} --root {site.root}")
     return 0 if all(health.values()) else 1
+
+
+def _dead_services(args: argparse.Namespace, site: Site, sequence: int,
+                   not_ready: list[str]) -> list[str]:
+    """Of the services that do not answer, those whose engine says nothing runs them."""
+    if not not_ready:
+        return []
+    try:
+        engine = _engine(args, site)
+        return [s for s in not_ready if not engine.alive(sequence, s)]
+    except Exception:  # the engine itself is down: status says NOT READY already
+        return []
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:

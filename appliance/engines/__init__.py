@@ -28,9 +28,9 @@ def make_engine(kind: str | None, site: Site, *, docker_host: str | None = None,
         cur = site.current() if site.root.exists() else None
         kind = cur.record.engine if cur is not None and cur.record.engine else "docker"
     if kind == "docker":
-        from appliance.engines.discover import find_docker_host
+        from appliance.engines.detect import detect_docker_host
         from appliance.engines.docker import DockerEngine
-        return DockerEngine(site, base_url=docker_host or find_docker_host())
+        return DockerEngine(site, base_url=detect_docker_host(docker_host))
     if kind == "process":
         from appliance.engines.process import DEFAULT_COMMAND, DEFAULT_UNIT_DIR, ProcessEngine
         template = os.environ.get(RUNTIME_COMMAND_ENV)

@@ -6,8 +6,10 @@ streamed into `POST /images/load` (`image_archive_chunks` as the request body); 
 podman on this host loads them in place from the store (`appliance.engines.podmanload`),
 and what it cannot load is streamed as for Docker. Containers use host
 networking with the release's slot port, restart `unless-stopped`, carry a
-health check, and get the GPU they are placed on the way this engine takes it
-(`appliance.engines.gpus`: CDI through libpod on Podman, a device request on Docker).
+health check, are confined per `appliance.engines.hardening` (read-only root, no
+capabilities, limits, bounded logs, one data volume per site and service), and get
+the GPU they are placed on the way this engine takes it (`appliance.engines.gpus`: CDI
+through libpod on Podman, a device request on Docker).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import socket
 import time
 from collections.abc import Iterator, Sequence
@@ -26,6 +29,15 @@ from appliance.bundle.manifest import Image, Manifest, image_blobs
 from appliance.bundle.store import ContentStore
 from appliance.engines import libpod
 from appliance.engines.gpus import CDI_DEVICES, GpuMode, add_gpus, gpu_mode, takes_gpus
+from appliance.engines.hardening import (
+    MIN_MEMORY,
+    Limits,
+    data_dir,
+    data_volume,
+    hardened,
+    nofile_limit,
+    service_limits,
+)
 from appliance.engines.podmanload import load_in_place, podman_cli
 from appliance.errors import EngineError, EngineUnavailableError, ImageLoadError, StoreError
 from appliance.frontdoor.container import ProxyContainer, create_kwargs
@@ -51,9 +63,11 @@ LABEL_RELEASE = "io.appliance.release"
 LABEL_SERVICE = "io.appliance.service"
 LABEL_FRONTDOOR = "io.appliance.frontdoor"  # the proxy: the site it serves
 REMOVE_RETRY_S = (0.5, 1.0, 2.0)  # waits between attempts to remove a container
+# No whitespace in any word: podman 4.3's compat API splits a health check's words on
+# spaces, so "import urllib.request; ..." became five arguments and never passed.
 DEFAULT_HEALTH = ("CMD", "python", "-c",
-                  "import urllib.request; urllib.request.urlopen("
-                  "'http://127.0.0.1:{port}{path}', timeout=4)")
+                  "__import__('urllib.request').request.urlopen("
+                  "'http://127.0.0.1:{port}{path}',timeout=4)")
 
 
 class DockerEngine:
@@ -141,6 +155,9 @@ class DockerEngine:
                     "after loading it; the engine's store may be corrupted: "
                     f"remove the image (docker rmi {img.reference}) and install again")
             self._tag(img.config_digest, img.reference)
+            # Two bundles of the same name and version (a rebuild, a vendor's fix) share
+            # `reference`; the sequence tag keeps each release's image named.
+            self._tag(img.config_digest, sequence_reference(img.reference, manifest.sequence))
             progress(Progress("load", message=f"{img.reference} is {img.config_digest[:19]}"))
 
     def _tag(self, image_id: str, reference: str) -> None:
@@ -164,7 +181,9 @@ class DockerEngine:
                 if launch.gpu_index is not None and self.gpu_mode is None:
                     self.gpu_mode = gpu_mode(self.client.version(), self.client.info())
                 cfg = self.client.images.get(launch.image_id).attrs.get("Config") or {}
-                spec = self.container_spec(launch, cfg)
+                cfg = self._with_signed_healthcheck(cfg, launch.image_id)
+                limits = service_limits(manifest, launch.service)
+                spec = self.container_spec(launch, cfg, limits)
                 if CDI_DEVICES in spec:
                     libpod.run(self.client, spec)
                 else:
@@ -176,7 +195,21 @@ class DockerEngine:
             progress(Progress("start", message=f"{launch.service} started on port {launch.port}"))
         return urls
 
-    def container_spec(self, launch: Launch, image_config: dict[str, Any]) -> dict[str, Any]:
+    def _with_signed_healthcheck(self, cfg: dict[str, Any], config_digest: str) -> dict[str, Any]:
+        """The engine's image config, with the HEALTHCHECK of the signed config blob when the
+        engine dropped it (podman keeps an image loaded from an OCI layout as an OCI config,
+        which has no health check)."""
+        if cfg.get("Healthcheck"):
+            return cfg
+        try:
+            doc = json.loads(self.site.store.path(config_digest).read_bytes())
+        except (OSError, ValueError):
+            return cfg  # the release's config is verified at load; without it, our probe
+        signed = (doc.get("config") or {}).get("Healthcheck") if isinstance(doc, dict) else None
+        return {**cfg, "Healthcheck": signed} if signed else cfg
+
+    def container_spec(self, launch: Launch, image_config: dict[str, Any],
+                       limits: Limits | None = None) -> dict[str, Any]:
         """The keyword arguments of `containers.run` for one service (pure; tested alone)."""
         cmd = runtime_command(image_config.get("Cmd") or [], launch)
         own = (image_config.get("Healthcheck") or {}).get("Test")
@@ -185,6 +218,7 @@ class DockerEngine:
         else:
             test = [a.format(port=launch.port, path=launch.health_path)
                     for a in (self.health_test or DEFAULT_HEALTH)]
+        test = unsplittable(test)
         spec: dict[str, Any] = {
             "image": launch.image_id,
             "name": self.container_name(launch.release, launch.service),
@@ -200,6 +234,8 @@ class DockerEngine:
                             "APPLIANCE_SERVICE": launch.service,
                             "RUNTIME_PORT": str(launch.port)},
         }
+        spec.update(hardened(limits or Limits(MIN_MEMORY, 1_000_000_000, nofile=nofile_limit()),
+                             data_volume(self.tag, launch.service), data_dir(image_config)))
         add_gpus(spec, launch, self.gpu_mode or "nvidia")
         return spec
 
@@ -297,6 +333,22 @@ class DockerEngine:
                          _short(e))
                 time.sleep(delay)
         container.remove(force=True)
+
+    def restart(self, sequence: int, service: str) -> None:
+        """Restart the service's container (a stopped or hung process is killed after
+        `stop_timeout_s`); Docker restarts no unhealthy container by itself.
+
+        Raises:
+            EngineError: there is no such container, or the engine refused.
+        """
+        import docker.errors
+        c = self._container(sequence, service)
+        if c is None:
+            raise EngineError(f"no container for service {service!r} of release {sequence}")
+        try:
+            c.restart(timeout=self.stop_timeout_s)
+        except docker.errors.DockerException as e:
+            raise EngineError(f"cannot restart container {c.name}: {_short(e)}") from e
 
     def running(self) -> set[int]:
         """Releases with a container in any state (a crash-looping one still needs stopping)."""
@@ -413,6 +465,22 @@ class DockerEngine:
         errors = [m for m in messages if '"error' in m]
         if errors:
             raise ImageLoadError(f"the engine refused the images: {errors[0][:300]}")
+
+
+def sequence_reference(reference: str, sequence: int) -> str:
+    """`reference` tagged with the release's sequence: repo:1.1.0 -> repo:1.1.0-r7."""
+    repo, _, tag = reference.rpartition(":")
+    if not repo or "/" in tag:
+        repo, tag = reference, "latest"
+    return f"{repo}:{tag}-r{sequence}"
+
+
+def unsplittable(test: list[str]) -> list[str]:
+    """A health check podman stores as given: a CMD whose words hold whitespace becomes one
+    CMD-SHELL line (podman 4.3 splits CMD words on spaces; Docker keeps either form)."""
+    if test and test[0] == "CMD" and any(any(c.isspace() for c in a) for a in test[1:]):
+        return ["CMD-SHELL", shlex.join(test[1:])]
+    return test
 
 
 def _short(e: BaseException) -> str:

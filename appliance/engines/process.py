@@ -21,6 +21,8 @@ from pathlib import Path
 from appliance.bundle.layers import extract_model
 from appliance.bundle.manifest import Manifest
 from appliance.bundle.store import ContentStore
+from appliance.engines.hardening import service_limits
+from appliance.engines.supervise import open_log
 from appliance.errors import EngineError, ImageLoadError, StoreError
 from appliance.fsutil import atomic_write
 from appliance.progress import Progress, ProgressFn, no_progress
@@ -32,6 +34,9 @@ DEFAULT_COMMAND = (sys.executable, "-m", "runtime", "--models", "{models}", "--p
                    "--data-dir", "{data}")
 DEFAULT_UNIT_DIR = Path("/etc/systemd/system")
 STOP_TIMEOUT_S = 15.0
+# The unprivileged user systemd runs the services as (made on first start when missing).
+SERVICE_USER = "appliance-runtime"
+LIMIT_NOFILE = 65536  # idle client connections and model files must not hit EMFILE
 CRASH_LOOP = 3  # quick exits in a row after which a service counts as dead
 
 
@@ -87,7 +92,9 @@ class ProcessEngine:
             self._write_unit(manifest, release, launch, cmd, env)
             run = self._run_dir(release)
             run.mkdir(parents=True, exist_ok=True)
+            open_log(run / f"{launch.service}.log").close()  # 0640 before anything writes
             if self.use_systemd:
+                self._own_data(launch)
                 _systemctl("daemon-reload")
                 _systemctl("start", self.unit_name(launch.release, launch.service))
             else:
@@ -127,7 +134,7 @@ class ProcessEngine:
         """Stop every supervised service of the release and wait until they are gone."""
         run = self.site.releases_dir / str(sequence) / "run"
         if self.use_systemd:
-            for unit in self.unit_dir.glob(f"appliance-{sequence}-*.service"):
+            for unit in self.unit_dir.glob(f"appliance-{self.tag}-{sequence}-*.service"):
                 _systemctl("stop", unit.name)
         if not run.is_dir():
             return
@@ -144,12 +151,31 @@ class ProcessEngine:
         for p in pids:
             os.kill(p, signal.SIGKILL)
 
+    def restart(self, sequence: int, service: str) -> None:
+        """Kill the service's process; its supervisor (systemd or ours) starts it again.
+
+        Raises:
+            EngineError: nothing supervises it any more.
+        """
+        if self.use_systemd:
+            _systemctl("restart", self.unit_name(sequence, service))
+            return
+        if self._supervisor_pid(sequence, service) is None:
+            raise EngineError(f"the supervisor of service {service!r} (release {sequence}) is "
+                              f"not running; run `appliance rollback {sequence}` to start it")
+        child = self.site.releases_dir / str(sequence) / "run" / f"{service}.child"
+        try:
+            os.kill(int(child.read_text().strip()), signal.SIGKILL)  # SIGKILL ends a stopped one
+        except (OSError, ValueError) as e:
+            raise EngineError(f"cannot kill service {service!r} of release {sequence}: {e}") \
+                from e
+
     def running(self) -> set[int]:
         out = set()
         if self.use_systemd:
-            for unit in self.unit_dir.glob("appliance-*-*.service"):
+            for unit in self.unit_dir.glob(f"appliance-{self.tag}-*-*.service"):
                 seq, _, svc = unit.name.removesuffix(".service").removeprefix(
-                    "appliance-").partition("-")
+                    f"appliance-{self.tag}-").partition("-")
                 if seq.isdigit() and self.alive(int(seq), svc):
                     out.add(int(seq))
             return out
@@ -164,9 +190,9 @@ class ProcessEngine:
         """Enable `sequence`'s units for boot (multi-user.target.wants) and disable others."""
         wants = self.unit_dir / "multi-user.target.wants"
         wants.mkdir(parents=True, exist_ok=True)
-        for unit in self.unit_dir.glob("appliance-*.service"):
+        for unit in self.unit_dir.glob(f"appliance-{self.tag}-*.service"):
             link = wants / unit.name
-            mine = unit.name.startswith(f"appliance-{sequence}-")
+            mine = unit.name.startswith(f"appliance-{self.tag}-{sequence}-")
             if mine and not link.is_symlink():
                 tmp = wants / f".{unit.name}.tmp"
                 tmp.unlink(missing_ok=True)
@@ -178,9 +204,35 @@ class ProcessEngine:
             _systemctl("daemon-reload")
 
     # -- helpers ----------------------------------------------------------------
-    @staticmethod
-    def unit_name(sequence: int, service: str) -> str:
-        return f"appliance-{sequence}-{service}.service"
+    def unit_name(self, sequence: int, service: str) -> str:
+        """The unit's name; it carries the site id, so two sites' units never collide."""
+        return f"appliance-{self.tag}-{sequence}-{service}.service"
+
+    def _data_dir(self, service: str) -> Path:
+        return self.site.root / "runtime" / service
+
+    def _own_data(self, launch: Launch) -> None:
+        """Make the service user (once) and give it the service's data directory.
+
+        Raises:
+            EngineError: the user cannot be made.
+        """
+        import pwd
+        try:
+            pw = pwd.getpwnam(SERVICE_USER)
+        except KeyError:
+            r = subprocess.run(["useradd", "--system", "--no-create-home", "--shell",
+                                "/usr/sbin/nologin", SERVICE_USER], capture_output=True,
+                               check=False, timeout=60)
+            if r.returncode != 0:
+                raise EngineError(f"cannot create the service user {SERVICE_USER}: "
+                                  f"{r.stderr.decode(errors='replace').strip()}; create it "
+                                  "(useradd --system) and install again") from None
+            pw = pwd.getpwnam(SERVICE_USER)
+        data = self._data_dir(launch.service)
+        for p in (data, *data.rglob("*")):
+            if not p.is_symlink():
+                os.chown(p, pw.pw_uid, pw.pw_gid)
 
     def _models_dir(self, release: Release, service: str) -> Path:
         return release.models_dir / service
@@ -191,7 +243,7 @@ class ProcessEngine:
     def _command(self, release: Release, launch: Launch) -> tuple[list[str], dict[str, str]]:
         models = str(self._models_dir(release, launch.service))
         # logs and metrics history outlive releases: one directory per service, site-wide
-        data = self.site.root / "runtime" / launch.service
+        data = self._data_dir(launch.service)
         data.mkdir(parents=True, exist_ok=True)
         cmd = [a.format(models=models, port=launch.port, data=data) for a in self.command]
         if launch.loopback_only:
@@ -218,6 +270,19 @@ class ProcessEngine:
             f"WorkingDirectory={release.path}",
             "Restart=always",
             "RestartSec=2",
+            # Confinement: an unprivileged user that cannot gain privileges, bounded
+            # memory and files, and a read-only view of the system but its data.
+            f"User={SERVICE_USER}",
+            f"Group={SERVICE_USER}",
+            "NoNewPrivileges=yes",
+            f"LimitNOFILE={LIMIT_NOFILE}",
+            f"MemoryMax={service_limits(manifest, launch.service).memory_bytes}",
+            "TasksMax=1024",
+            "UMask=0027",
+            "PrivateTmp=yes",
+            "ProtectSystem=strict",
+            "ProtectHome=yes",
+            f"ReadWritePaths={self._data_dir(launch.service)}",
             f"StandardOutput=append:{log}",
             f"StandardError=append:{log}",
             "",

@@ -16,12 +16,21 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from appliance.fsutil import atomic_write
 
 MAX_BACKOFF_S = 30.0
 HEALTHY_RUN_S = 60.0
 STOP_GRACE_S = 10.0
+
+
+def open_log(path: Path) -> BinaryIO:
+    """Open the service's log for appending, readable by owner and group only (0640):
+    the runtime's output may name the site's hosts and models."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o640)
+    os.fchmod(fd, 0o640)  # a log left by an older version may be 0644
+    return os.fdopen(fd, "ab")
 
 
 def supervise(command: list[str], pidfile: Path, log: Path,
@@ -45,7 +54,7 @@ def supervise(command: list[str], pidfile: Path, log: Path,
     try:
         while not stopping:
             started = time.monotonic()
-            with open(log, "ab") as out:
+            with open_log(log) as out:
                 child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out,
                                          stderr=subprocess.STDOUT)
             atomic_write(pidfile.with_suffix(".child"), f"{child.pid}\n".encode())
@@ -57,7 +66,7 @@ def supervise(command: list[str], pidfile: Path, log: Path,
                     child.kill()
             if stopping:
                 break
-            with open(log, "ab") as out:
+            with open_log(log) as out:
                 out.write(f"supervise: exited with {child.returncode}; restarting\n".encode())
             # quick exits in a row tell the installer this is a crash loop, not a slow start
             quick = 0 if time.monotonic() - started > HEALTHY_RUN_S else quick + 1

@@ -7,6 +7,7 @@ reads (tampered, older, expired, wrong key, not enough space).
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -116,6 +117,9 @@ def audit_trust(root: Path, trust: TrustRoot, action: str) -> None:
                  threshold=trust.threshold, keys=sorted(k[:16] for k in trust.keys))
 
 
-def audit_allow_expired(plan: InstallPlan, expires: str) -> None:
-    """Record an install of an expired bundle under `--allow-expired`."""
-    audit.record(plan.site.root, "allow_expired", expired=expires, **_identity(plan))
+def audit_allow_expired(plan: InstallPlan, expires: str, past: timedelta) -> None:
+    """Record an install of an expired bundle under `--allow-expired` (how far past it was,
+    and how far the override reached)."""
+    audit.record(plan.site.root, "allow_expired", expired=expires,
+                 days_past_expiry=round(past.total_seconds() / 86400, 1),
+                 max_days=plan.o.max_expired.days, **_identity(plan))

@@ -160,3 +160,11 @@ class Engine(Protocol):
     def enable(self, sequence: int) -> None:
         """Make `sequence` the release that comes back after a reboot (and no other)."""
         ...
+
+    def restart(self, sequence: int, service: str) -> None:
+        """Kill and restart one service that lives but answers nothing (the watchdog's cure).
+
+        Raises:
+            EngineError: it could not be restarted.
+        """
+        ...

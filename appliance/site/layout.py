@@ -29,6 +29,7 @@ from appliance.bundle.store import ContentStore
 from appliance.errors import ManifestError, SiteError
 from appliance.fsutil import atomic_write, fsync_dir
 from appliance.site.state import SiteState
+from signing import jsonbound
 
 DEFAULT_ROOT = Path("/var/lib/appliance")
 MANIFEST_FILE = "manifest.json"
@@ -80,7 +81,7 @@ class Release:
         """
         p = self.path / RECORD_FILE
         try:
-            return ReleaseRecord.from_dict(json.loads(p.read_bytes()))
+            return ReleaseRecord.from_dict(jsonbound.loads(p.read_bytes()))
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise SiteError(f"release record {p} is unreadable ({e}); reinstall the bundle") from e
 
@@ -112,7 +113,7 @@ class Release:
         p = self.path / LOG_FILE
         if not p.exists():
             return []
-        return [json.loads(x) for x in p.read_text().splitlines() if x.strip()]
+        return [jsonbound.loads(x) for x in p.read_text().splitlines() if x.strip()]
 
 
 class Site:
@@ -137,6 +138,11 @@ class Site:
         except OSError as e:
             raise SiteError(f"cannot create the site at {self.root}: {e.strerror}; "
                             "choose a writable --root or run as root") from e
+
+    def directories(self) -> list[Path]:
+        """Every directory the installer writes into or cleans (root first)."""
+        return [self.root, self.root / "blobs", self.store.blobs, self.store.tmp,
+                self.releases_dir, self.logs_dir, self.root / "audit"]
 
     # -- state ----------------------------------------------------------------
     def state(self) -> SiteState:

@@ -31,26 +31,24 @@ completes the install. Exit codes for each error: `appliance.cli.site.exit_code`
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
-import os
 import shutil
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, suppress
+from collections.abc import Callable
+from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from appliance.bundle.manifest import Manifest
+from appliance.bundle.verify import DEFAULT_MAX_EXPIRED
 from appliance.errors import (
     AcceptanceError,
     ApplianceError,
     CanaryRejectedError,
     EngineError,
     InstallError,
-    InstallLockedError,
     PreflightError,
     ReleaseFailedError,
     RestoreError,
@@ -64,8 +62,10 @@ from appliance.site.acceptance import check_samples, wait_ready
 from appliance.site.auditing import audit_allow_expired, audit_step, audit_trust
 from appliance.site.door import DoorRecord, FrontDoor
 from appliance.site.engine import Engine, behind_front_door, launches, port_in_use
+from appliance.site.failures import STARTED_STEPS, unexpected
 from appliance.site.gpu import GpuProbe, GpuReport
 from appliance.site.layout import PLACEMENT_FILE, Release, Site
+from appliance.site.lock import site_lock
 from appliance.site.placement import Placement, plan_placement
 from appliance.site.preflight import (
     Check,
@@ -76,6 +76,7 @@ from appliance.site.preflight import (
     check_engine,
     check_gpu_runtime,
     check_gpus,
+    check_site_paths,
     check_trust,
 )
 from signing import SigningError, TrustRoot, rotate_root
@@ -114,7 +115,6 @@ STEPS = (
     Step("switch", "Switch current to the new release"),
     Step("stop_old", "Stop the previous release"),
 )
-STARTED_STEPS = ("start", "health", "accept", "switch")  # a failure here rolls back
 
 
 @dataclass
@@ -128,6 +128,7 @@ class InstallOptions:
     trust: Path | None = None  # a root file to accept on first install
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     allow_expired: bool = False
+    max_expired: timedelta = DEFAULT_MAX_EXPIRED  # how far past expiry allow_expired reaches
     health_timeout_s: float = 300.0
     tls_cert: Path | None = None  # the hospital's own pair for the front door
     tls_key: Path | None = None
@@ -206,12 +207,17 @@ class InstallPlan:
         self._event(StepEvent(name, message=title, status="running"))
         try:
             getattr(self, f"_step_{name}")()
-        except ApplianceError as e:
-            if name in STARTED_STEPS:
-                e = self._roll_back(name, e)
-            audit_step(self, name, e)
-            self._event(StepEvent(name, message=str(e), status="failed"))
-            raise e from e.__cause__
+        except Exception as raw:  # any failure ends as a documented exit code
+            e = raw if isinstance(raw, ApplianceError) else unexpected(name, raw, self.release)
+            if name == "stop_old":  # the new release serves; say so, do not undo it
+                self._warnings.append(str(e))
+                self._info("stop_old", str(e))
+            else:
+                if name in STARTED_STEPS:
+                    e = self._roll_back(name, e)
+                audit_step(self, name, e)
+                self._event(StepEvent(name, message=str(e), status="failed"))
+                raise e from (raw if e is not raw else raw.__cause__)
         self._done.append(name)
         audit_step(self, name, None)
         warned = (name == "preflight" and any(c.level == "warn" for c in self.checks)) or (
@@ -224,28 +230,33 @@ class InstallPlan:
 
     # -- steps -------------------------------------------------------------------
     def _step_preflight(self) -> None:
-        from appliance.bundle import read_manifest_unverified
-        self.site.ensure()
-        self._clear_partial_blobs()
-        self.door.recover()  # a canary a killed installer left goes back to the old release
+        # Nothing on the site changes here: a refusal leaves it as it was (bar the audit
+        # line), and nothing of the bundle is parsed before its signature checked out.
+        from appliance.bundle import read_manifest_signed
+        site_check = check_site_paths(self.site.directories())
         trust_path = self.o.trust or self.site.trust_path
-        trust_check, self.trust_root = check_trust(trust_path)
-        checks = [trust_check]
+        trust_check, self.trust_root = check_trust(trust_path,
+                                                   self.site.state().trust_root_version)
+        checks = [site_check, trust_check]
         if self.o.trust and self.site.trust_path.exists() and self.trust_root is not None:
             checks.append(self._check_trust_matches(self.trust_root))
-        self.manifest, _ = read_manifest_unverified(self.o.bundle)
+        if self.trust_root is not None:
+            self.manifest = read_manifest_signed(self.o.bundle, self.trust_root)
         m = self.manifest
-        extract = sum(x.weights_size for x in m.models) if self.engine.name == "process" else 0
-        checks.append(check_disk(m, self.site.store, extract))
         checks.append(check_engine(self.engine))
-        self.gpus = self.o.gpu_probe.probe()
-        checks.append(check_gpus(self.gpus, m))
-        # only container engines that take GPUs as CDI devices have this method
-        uses_cdi = getattr(self.engine, "gpu_by_cdi", lambda: False)()
-        checks.append(check_gpu_runtime(self.engine, self.gpus, m, uses_cdi))
-        checks.append(check_driver_for_cuda(self.gpus, m))
-        checks.append(check_cdi(self.gpus, m, uses_cdi))
-        checks.append(check_clock(m, self.o.now(), self.o.allow_expired))
+        if m is not None:
+            extract = sum(x.weights_size for x in m.models) if self.engine.name == "process" \
+                else 0
+            checks.append(check_disk(m, self.site.store, extract))
+            self.gpus = self.o.gpu_probe.probe()
+            checks.append(check_gpus(self.gpus, m))
+            # only container engines that take GPUs as CDI devices have this method
+            uses_cdi = getattr(self.engine, "gpu_by_cdi", lambda: False)()
+            checks.append(check_gpu_runtime(self.engine, self.gpus, m, uses_cdi))
+            checks.append(check_driver_for_cuda(self.gpus, m))
+            checks.append(check_cdi(self.gpus, m, uses_cdi))
+            checks.append(check_clock(m, self.o.now(), self.o.allow_expired,
+                                      self.o.max_expired))
         for c in checks:
             self._event(CheckEvent("preflight", message=c.line(), level=c.level))
         self.checks = checks
@@ -253,6 +264,9 @@ class InstallPlan:
         if failed:
             more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
             raise PreflightError(f"preflight failed: {failed[0].name}: {failed[0].message}{more}")
+        self.site.ensure()
+        self._clear_partial_blobs()
+        self.door.recover()  # a canary a killed installer left goes back to the old release
 
     def _check_trust_matches(self, given: TrustRoot) -> Check:
         try:
@@ -274,7 +288,8 @@ class InstallPlan:
             last = seq - 1  # re-run of the installed bundle: stage_release checks the digest
         self.verified = verify_bundle(self.o.bundle, self.trust_root, now=self.o.now(),
                                       last_sequence=last, store=self.site.store,
-                                      allow_expired=self.o.allow_expired, progress=self._emit)
+                                      allow_expired=self.o.allow_expired,
+                                      max_expired=self.o.max_expired, progress=self._emit)
         v = self.verified
         self.manifest = v.manifest
         self._new_root = self._rotated_root()  # a bad rotation refuses the bundle up front
@@ -290,7 +305,7 @@ class InstallPlan:
         if self.o.allow_expired and self.o.now() > v.manifest.expires_at:
             self.release.log("override", reason=f"installed expired bundle (expired "
                                                 f"{v.manifest.expires}) with --allow-expired")
-            audit_allow_expired(self, v.manifest.expires)
+            audit_allow_expired(self, v.manifest.expires, self.o.now() - v.manifest.expires_at)
         self._info("verify", f"signed by {', '.join(k[:16] for k in v.signers)}; "
                              f"release {v.manifest.sequence} ({v.manifest.version})")
 
@@ -464,7 +479,13 @@ class InstallPlan:
                     self.engine.enable(prev.sequence)
                 else:
                     self.site.current_link.unlink(missing_ok=True)
-        self.engine.stop(seq)
+        stop_failed = ""
+        try:
+            self.engine.stop(seq)
+        except Exception as e:  # still restore the previous release
+            log.error("cannot stop release %s", seq, exc_info=e)
+            stop_failed = f"; it could not be stopped ({e}): run `appliance status`"
+        why += stop_failed
         self._record(status="failed", reason=str(error))
         self.release.log("rolled_back", step=step, reason=str(error))
         if prev is None:
@@ -474,7 +495,7 @@ class InstallPlan:
             return err
         try:
             self._ensure_serving(prev)
-        except ApplianceError as e:
+        except Exception as e:  # any failure here means nothing serves
             return RestoreError(f"{why}; and release {prev.sequence} could not be restored "
                                 f"({e}): run `appliance rollback {prev.sequence}`")
         return _failed(error, f"{why}; release {prev.sequence} keeps serving")
@@ -498,6 +519,8 @@ class InstallPlan:
         """Remove temp files an installer killed mid-ingest left, and the image layouts of
         links one killed mid-load left (we hold the site lock)."""
         tmp = self.site.store.tmp
+        if tmp.is_symlink():  # preflight refused this; never clean through a link
+            raise SiteError(f"{tmp} is a symbolic link; remove it and run again")
         if tmp.is_dir():
             for p in tmp.iterdir():
                 if p.is_file():
@@ -551,23 +574,3 @@ def _failed(cause: ApplianceError, message: str) -> ReleaseFailedError:
 def _ready_now(url: str) -> bool:
     from appliance.site.acceptance import is_ready
     return is_ready(url)
-
-
-@contextmanager
-def site_lock(site: Site) -> Iterator[None]:
-    """Hold the site's install lock (the kernel drops it if this process dies).
-
-    Raises:
-        InstallLockedError: another installer or rollback holds it.
-    """
-    site.ensure()
-    fd = os.open(site.root / ".install.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as e:
-            raise InstallLockedError(f"another installer is working on {site.root}; "
-                                     "wait for it to finish") from e
-        yield
-    finally:
-        os.close(fd)

@@ -8,8 +8,10 @@ hardware. A single `fail` stops the install before it touches the site.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -20,6 +22,7 @@ import yaml
 
 from appliance.bundle.manifest import Manifest
 from appliance.bundle.store import ContentStore
+from appliance.bundle.verify import DEFAULT_MAX_EXPIRED, expired_too_long
 from appliance.errors import ApplianceError
 from appliance.site.engine import Engine
 from appliance.site.gpu import GpuReport
@@ -56,8 +59,9 @@ class Check:
         return f"{self.level.upper():4}  {self.name}: {self.message}"
 
 
-def check_trust(trust_path: Path) -> tuple[Check, TrustRoot | None]:
-    """The site's trust root (or the one given with --trust) is present and parses."""
+def check_trust(trust_path: Path, recorded_version: int = 0) -> tuple[Check, TrustRoot | None]:
+    """The site's trust root (or the one given with --trust) is present, parses, and is not
+    older than the version this site already accepted (`recorded_version`, state.json)."""
     try:
         root = TrustRoot.from_json(trust_path.read_bytes())
     except FileNotFoundError:
@@ -66,6 +70,12 @@ def check_trust(trust_path: Path) -> tuple[Check, TrustRoot | None]:
                      "after comparing its fingerprint"), None
     except (OSError, SigningError) as e:
         return Check("trust root", "fail", f"{trust_path} is not a usable trust root: {e}"), None
+    if root.version < recorded_version:
+        # A retired root (its keys perhaps leaked) must not come back by deleting root.json.
+        return Check("trust root", "fail",
+                     f"{trust_path} is root version {root.version}, older than version "
+                     f"{recorded_version} this site already accepted; use the vendor's current "
+                     f"root (version {recorded_version} or later)"), None
     return Check("trust root", "pass",
                  f"version {root.version}, {root.threshold} of {len(root.keys)} key(s) must "
                  "sign"), root
@@ -220,7 +230,8 @@ def _version(text: str) -> tuple[int, ...]:
         return (0,)
 
 
-def check_clock(manifest: Manifest, now: datetime, allow_expired: bool) -> Check:
+def check_clock(manifest: Manifest, now: datetime, allow_expired: bool,
+                max_expired: timedelta = DEFAULT_MAX_EXPIRED) -> Check:
     """The site clock is plausible: not before 2024, not before the bundle was made."""
     if now < EARLIEST_PLAUSIBLE:
         return Check("clock", "fail", f"the site clock says {now:%Y-%m-%d %H:%M}; set the "
@@ -230,6 +241,8 @@ def check_clock(manifest: Manifest, now: datetime, allow_expired: bool) -> Check
                      f"the site clock ({now:%Y-%m-%d %H:%M}) is before the bundle was made "
                      f"({manifest.created}); set the correct time and run again")
     if now > manifest.expires_at:
+        if allow_expired and now - manifest.expires_at > max_expired:
+            return Check("clock", "fail", expired_too_long(manifest, now, max_expired))
         if allow_expired:
             return Check("clock", "warn", f"the bundle expired {manifest.expires}; installing "
                                           "anyway as --allow-expired asks (logged)")
@@ -239,6 +252,33 @@ def check_clock(manifest: Manifest, now: datetime, allow_expired: bool) -> Check
                      "--allow-expired (logged)")
     return Check("clock", "pass", f"{now:%Y-%m-%d %H:%M %Z}, bundle valid until "
                                   f"{manifest.expires}")
+
+
+def check_site_paths(paths: list[Path]) -> Check:
+    """Each site directory that exists is a real directory owned by us, not a link.
+
+    A link planted at, say, `blobs/tmp` would make the installer clean or write files
+    wherever it points; so nothing under a path that fails here is touched.
+    """
+    uid = os.geteuid()
+    for p in paths:
+        try:
+            st = os.lstat(p)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            return Check("site", "fail", f"cannot inspect {p}: {e.strerror}; run as root")
+        if stat.S_ISLNK(st.st_mode):
+            return Check("site", "fail", f"{p} is a symbolic link to {os.readlink(p)!r}, not a "
+                                         "directory; remove the link (nothing was changed) and "
+                                         "run again")
+        if not stat.S_ISDIR(st.st_mode):
+            return Check("site", "fail", f"{p} is not a directory; move it away and run again")
+        if st.st_uid != uid:
+            return Check("site", "fail", f"{p} is owned by uid {st.st_uid}, not by this "
+                                         f"installer (uid {uid}); check who made it, fix its "
+                                         "owner and run again")
+    return Check("site", "pass", "site directories are real directories owned by us")
 
 
 def run_checks(checks: list[Callable[[], Check]]) -> list[Check]:

@@ -18,8 +18,9 @@ from appliance.site.audit import record as audit
 from appliance.site.door import FrontDoor
 from appliance.site.engine import Engine
 from appliance.site.layout import PLACEMENT_FILE, Release, Site
+from appliance.site.lock import site_lock
 from appliance.site.placement import Placement
-from appliance.site.plan import StepEvent, site_lock
+from appliance.site.plan import StepEvent
 
 
 def rollback(site: Site, engine: Engine, sequence: int | None = None, *,
@@ -42,9 +43,12 @@ def rollback(site: Site, engine: Engine, sequence: int | None = None, *,
         placement = Placement.from_dict(json.loads((target.path / PLACEMENT_FILE).read_bytes()))
         progress(StepEvent("rollback", message=f"roll back to release {seq}", status="running"))
         target.log("rollback", message=f"from release {cur.sequence if cur else None}")
-        if cur is None or cur.sequence != seq:
+        # the current release too, when a service of it is dead (its supervisor was killed)
+        dead = cur is not None and cur.sequence == seq and not all(
+            engine.alive(seq, s.name) for s in m.services)
+        if cur is None or cur.sequence != seq or dead:
             engine.load(m, target, site.store, progress)
-            slot = 1 - cur.record.slot if cur is not None else 0
+            slot = (cur.record.slot if dead else 1 - cur.record.slot) if cur is not None else 0
             endpoints = engine.start(m, target, placement, slot, progress)
             site.update_record(target, slot=slot, endpoints=endpoints, status="started")
             try:

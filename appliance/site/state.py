@@ -8,6 +8,7 @@ from pathlib import Path
 
 from appliance.errors import SiteError
 from appliance.fsutil import atomic_write
+from signing import jsonbound
 
 STATE_FILE = "state.json"
 
@@ -26,7 +27,7 @@ class SiteState:
         """
         path = Path(root) / STATE_FILE
         try:
-            doc = json.loads(path.read_bytes())
+            doc = jsonbound.loads(path.read_bytes())
         except FileNotFoundError:
             return cls()
         except (OSError, ValueError) as e:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -12,6 +13,8 @@ from textual.widgets import Footer, Header, Input, Label, OptionList
 from textual.widgets.option_list import Option
 
 from appliance.bundle import find_bundle_parts, read_manifest_unverified
+from appliance.errors import ApplianceError
+from appliance.site.layout import Site
 from appliance.units import human
 from installer_tui.media import FoundBundle, find_bundles
 from installer_tui.messages import BundleOpened, BundlesFound, Failed
@@ -55,17 +58,19 @@ class FindBundleScreen(InstallerScreen):
     @work(thread=True, exclusive=True, group="scan")
     def scan(self) -> None:
         """Look for bundles on the media roots (a slow stick must not freeze the screen)."""
-        self.post_message(BundlesFound(find_bundles(self.config.media_roots)))
+        found = find_bundles(self.config.media_roots)
+        serving = _serving(self.config.site)
+        self.post_message(BundlesFound(found, [bundle_label(b, serving) for b in found]))
 
     @on(BundlesFound)
     def show_bundles(self, message: BundlesFound) -> None:
         self.found = message.bundles
         options = self.query_one("#bundles", OptionList)
         options.clear_options()
-        for i, b in enumerate(message.bundles):
-            parts = f", {b.parts} parts" if b.parts > 1 else ""
-            root = "  root.json beside it" if b.trust_root_beside else ""
-            options.add_option(Option(f"{b.path}  ({human(b.size)}{parts}){root}", id=str(i)))
+        for i, label in enumerate(message.labels):
+            # one line each: a long name is cut with an ellipsis, never wrapped
+            options.add_option(Option(Text(label, no_wrap=True, overflow="ellipsis"),
+                                      id=str(i)))
         if not message.bundles:
             options.add_option(Option("No bundle found. Plug in the stick and press r, or type "
                                       "a path below.", disabled=True))
@@ -105,6 +110,7 @@ class FindBundleScreen(InstallerScreen):
         except Exception as e:  # every failure is shown on the screen, none crashes it
             self.post_message(Failed(e, str(path)))
             return
+        self.config.opened_bundle = parts[0]  # logs go back to the stick it came from
         self.post_message(BundleOpened(parts, manifest, envelope))
 
     @on(BundleOpened)
@@ -117,3 +123,33 @@ class FindBundleScreen(InstallerScreen):
         panel = self.query_one("#find-error", ErrorPanel)
         panel.show_error(message.error, message.where)
         panel.display = True
+
+
+def _serving(site: Site) -> tuple[int, str] | None:
+    """The serving release's sequence and version, or None."""
+    try:
+        cur = site.current() if site.root.exists() else None
+        return (cur.sequence, cur.manifest().version) if cur is not None else None
+    except ApplianceError:
+        return None
+
+
+def bundle_label(b: FoundBundle, serving: tuple[int, str] | None) -> str:
+    """What a person needs to pick a bundle: name, version, sequence, how it compares with
+    what serves, size, where it is (read from the unverified manifest; verify checks it)."""
+    parts = f", {b.parts} parts" if b.parts > 1 else ""
+    root = ", root.json beside it" if b.trust_root_beside else ""
+    tail = f"{human(b.size)}{parts}{root}  {b.path}"
+    try:
+        m, _ = read_manifest_unverified(find_bundle_parts(b.path))
+    except Exception:  # listed anyway: opening it says what is wrong
+        return f"(unreadable bundle)  {tail}"
+    if serving is None:
+        compare = "nothing serves yet"
+    elif m.sequence > serving[0]:
+        compare = f"newer than serving {serving[0]}"
+    elif m.sequence == serving[0]:
+        compare = "the release serving now"
+    else:
+        compare = f"OLDER than serving {serving[0]}"
+    return f"{m.name} {m.version}  release {m.sequence}  {compare}  {tail}"

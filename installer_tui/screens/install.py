@@ -129,6 +129,7 @@ class InstallScreen(InstallerScreen):
             self.plan = InstallPlan(InstallOptions(
                 bundle=self.parts, site=c.site, engine=c.get_engine(), gpu_probe=c.gpu_probe,
                 trust=self.trust, now=c.now, allow_expired=c.allow_expired,
+                max_expired=c.max_expired,
                 health_timeout_s=c.health_timeout_s), progress=self._relay)
             self._lock.enter_context(self.plan.locked())
             for step in REVIEW_STEPS:

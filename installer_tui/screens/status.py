@@ -23,6 +23,7 @@ from appliance.site.plan import StepEvent
 from appliance.site.rollback import rollback, rollback_target
 from appliance.units import human
 from installer_tui.figures import FiguresSource
+from installer_tui.format import engine_label
 from installer_tui.messages import (
     Failed,
     FiguresHistory,
@@ -33,6 +34,7 @@ from installer_tui.messages import (
     StatusRead,
 )
 from installer_tui.screens.base import InstallerScreen
+from installer_tui.screens.choose import ChooseReleaseScreen
 from installer_tui.screens.confirm import ConfirmScreen
 from installer_tui.widgets import ErrorPanel, Figure
 
@@ -43,6 +45,24 @@ MEANINGS = {
                "Check that the stick is mounted and writable, then press e again."),
     "status": ("The site could not be read.", "Read the message below; it says what to do."),
 }
+
+
+def other_releases(site: Site, current: int) -> list[tuple[int, str]]:
+    """Every installed release but `current` that `appliance rollback N` can serve, newest
+    first, labelled for a person."""
+    out = []
+    for rel in reversed(site.releases()):
+        if rel.sequence == current:
+            continue
+        try:
+            rollback_target(site, rel.sequence)
+            m, rec = rel.manifest(), rel.record
+        except SiteError:
+            continue
+        where = "newer" if rel.sequence > current else "earlier"
+        out.append((rel.sequence, f"release {rel.sequence} ({m.name} {m.version}, {where}, "
+                                  f"last {rec.status})"))
+    return out
 
 
 def rollback_to(site: Site) -> int | None:
@@ -69,6 +89,7 @@ class StatusScreen(InstallerScreen):
         self.figures: FiguresSource | None = None
         self.busy = False
         self._timer: Timer | None = None
+        self._switched = False  # a rollback ran from here
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -96,8 +117,7 @@ class StatusScreen(InstallerScreen):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "rollback":
-            return not self.busy and self.status is not None and \
-                self.status.rollback_to is not None
+            return not self.busy and self.status is not None and bool(self.status.others)
         if action == "export":
             return not self.busy and self.status is not None and bool(self.status.endpoints)
         return True
@@ -117,9 +137,11 @@ class StatusScreen(InstallerScreen):
             paths = {s.name: s.health for s in m.services}
             health = {svc: is_ready(url + paths.get(svc, "/v2/health/ready"))
                       for svc, url in rec.endpoints.items()}
-            self.post_message(StatusRead(cur.sequence, f"{m.name} {m.version}", rec.engine,
+            engine = engine_label(rec.engine, lambda: self.config.get_engine().ping())
+            self.post_message(StatusRead(cur.sequence, f"{m.name} {m.version}", engine,
                                          dict(rec.endpoints), health,
-                                         rollback_to(site)))
+                                         rollback_to(site),
+                                         other_releases(site, cur.sequence)))
         except Exception as e:  # shown on the screen
             self.post_message(Failed(e, "status"))
 
@@ -158,8 +180,14 @@ class StatusScreen(InstallerScreen):
         if door is not None:
             t.add_row("", Text(f"certificate SHA-256 {door.fingerprint[:23]}...; CA file "
                                f"{door.ca_file}", style="dim"), "")
-        back = Text(f"Roll back (r) to release {s.rollback_to}" if s.rollback_to is not None
-                    else "No earlier release is installed to roll back to.", style="dim")
+        if [seq for seq, _ in s.others] == ([s.rollback_to] if s.rollback_to else []) and \
+                s.rollback_to is not None:
+            back = Text(f"Roll back (r) to release {s.rollback_to}", style="dim")
+        elif s.others:
+            back = Text("Serve another installed release (r): " + ", ".join(
+                str(seq) for seq, _ in s.others), style="dim")
+        else:
+            back = Text("No other installed release to switch to.", style="dim")
         return Group(head, t, back)
 
     # -- live figures --------------------------------------------------------------------
@@ -197,21 +225,35 @@ class StatusScreen(InstallerScreen):
         self.read_status()
 
     def action_back(self) -> None:
-        if len(self.app.screen_stack) > 2:
+        # after a rollback the screens below describe a release that no longer serves
+        if len(self.app.screen_stack) > 2 and not self._switched:
             self.app.pop_screen()
         else:
             self.nav.show_bundles()
 
     def action_rollback(self) -> None:
         s = self.status
-        if s is None or s.rollback_to is None or self.busy:
+        if s is None or not s.others or self.busy:
             return
-        question = f"Roll back from release {s.sequence} to release {s.rollback_to}?"
+        if len(s.others) == 1:
+            self._confirm(s.others[0][0])
+            return
+
+        def chosen(seq: int | None) -> None:
+            if seq is not None:
+                self._confirm(seq)
+        self.app.push_screen(ChooseReleaseScreen(s.others), chosen)
+
+    def _confirm(self, target: int) -> None:
+        s = self.status
+        assert s is not None
+        verb = "Roll back" if s.sequence is None or target < s.sequence else "Switch"
+        question = f"{verb} from release {s.sequence} to release {target}?"
 
         def answered(yes: bool | None) -> None:
-            if yes and s.rollback_to is not None:
-                self._busy(True, f"Rolling back to release {s.rollback_to}...")
-                self.do_rollback(s.rollback_to)
+            if yes:
+                self._busy(True, f"Switching to release {target}...")
+                self.do_rollback(target)
         self.app.push_screen(ConfirmScreen(question), answered)
 
     @work(thread=True, exclusive=True, group="rollback")
@@ -236,6 +278,7 @@ class StatusScreen(InstallerScreen):
 
     @on(RolledBack)
     def rolled_back(self, message: RolledBack) -> None:
+        self._switched = True
         self._busy(False, f"Release {message.sequence} is serving again.")
         self.read_status()
 

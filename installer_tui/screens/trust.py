@@ -98,8 +98,7 @@ class TrustScreen(InstallerScreen):
                 yield Label(f"Path of the vendor's {TRUST_ROOT_NAME}:")
                 yield Input(placeholder=f"/media/usb/{TRUST_ROOT_NAME}", id="root-path")
             elif self.first_install:
-                yield Checkbox("I compared every fingerprint above with the vendor's copy",
-                               id="compared")
+                yield Checkbox(compared_label(False), id="compared")
                 yield Button("Trust this root and continue", id="accept", disabled=True,
                              variant="warning")
             elif self.root is not None:
@@ -132,8 +131,13 @@ class TrustScreen(InstallerScreen):
         for kid in dict.fromkeys(self.envelope.key_ids):
             known = self.root is not None and kid in self.root.keys
             name = self.root.names.get(kid, "") if self.root is not None else ""
-            t.add_row(fingerprint(kid), name or "?",
-                      Text("yes", style="green") if known else Text("NO", style="bold red"))
+            if known and self.first_install:  # in the root offered, which is not trusted yet
+                verdict = Text("not yet", style="bold yellow")
+            elif known:
+                verdict = Text("yes", style="green")
+            else:
+                verdict = Text("NO", style="bold red")
+            t.add_row(fingerprint(kid), name or "(the root names no signer)", verdict)
         if not self.envelope.key_ids:
             t.add_row(Text("nobody: the bundle is unsigned", style="bold red"), "", "")
         return t
@@ -166,6 +170,8 @@ class TrustScreen(InstallerScreen):
     # -- actions ------------------------------------------------------------------
     @on(Checkbox.Changed, "#compared")
     def compared_changed(self, event: Checkbox.Changed) -> None:
+        # said in words too: a monochrome terminal draws the box the same ticked or not
+        event.checkbox.label = compared_label(event.value)
         self.query_one("#accept", Button).disabled = not event.value
 
     @on(Input.Submitted, "#root-path")
@@ -194,3 +200,9 @@ class TrustScreen(InstallerScreen):
 
     def action_back(self) -> None:
         self.app.pop_screen()
+
+
+def compared_label(ticked: bool) -> str:
+    """The fingerprint checkbox's label, which says whether it is ticked."""
+    return ("YES - I compared each fingerprint with the vendor's copy" if ticked else
+            "NOT YET - I compared each fingerprint with the vendor's copy")

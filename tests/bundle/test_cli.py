@@ -78,8 +78,11 @@ def test_verify_expiry_override_and_now(tmp_path, keyfiles, capsys):
     code, _, err = run(capsys, "bundle", "verify", str(tmp_path / "b.tar"), "--trust",
                        str(root), *later)
     assert code == 1 and "--allow-expired" in err
+    code, _, err = run(capsys, "bundle", "verify", str(tmp_path / "b.tar"), "--trust",
+                       str(root), *later, "--allow-expired")
+    assert code == 1 and "more than the 30 days --allow-expired accepts" in err
     code, _, _ = run(capsys, "bundle", "verify", str(tmp_path / "b.tar"), "--trust",
-                     str(root), *later, "--allow-expired")
+                     str(root), *later, "--allow-expired", "--expired-max-days", "40000")
     assert code == 0
 
 

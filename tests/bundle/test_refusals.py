@@ -122,10 +122,21 @@ def test_verify_refuses_expired_bundle_and_names_the_override(bundle, root, stor
 
 def test_verify_accepts_expired_bundle_with_explicit_override(bundle, root, store, built,
                                                               caplog):
-    later = built.manifest.expires_at + timedelta(days=400)
+    later = built.manifest.expires_at + timedelta(days=20)
     v = verify_bundle(bundle, root, now=later, store=store, allow_expired=True)
     assert v.manifest.sequence == 1
     assert "expired" in caplog.text
+
+
+def test_verify_refuses_a_bundle_expired_longer_ago_than_the_override_reaches(
+        bundle, root, store, built):
+    later = built.manifest.expires_at + timedelta(days=400)
+    with pytest.raises(ExpiredBundleError, match=r"expired 400 days ago .* more than the 30 days"):
+        verify_bundle(bundle, root, now=later, store=store, allow_expired=True)
+    assert not store.digests()
+    v = verify_bundle(bundle, root, now=later, store=store, allow_expired=True,
+                      max_expired=timedelta(days=401))
+    assert v.manifest.sequence == 1
 
 
 @pytest.mark.parametrize("last", [1, 2], ids=["equal", "older"])
@@ -366,7 +377,8 @@ def test_bundle_may_carry_a_valid_root_rotation(tmp_path, root, vendor, other_ke
 
     new = TrustRoot.create([other_key.public_key], version=2)
     path = _bundle_with_new_root(tmp_path, vendor, sign_root(new, [vendor, other_key]))
-    v = verify_bundle(path, root, now=NOW.replace(year=2099), allow_expired=True)
+    v = verify_bundle(path, root, now=NOW.replace(year=2099), allow_expired=True,
+                      max_expired=timedelta(days=50000))
     assert v.manifest.trust_root is not None
     assert rotate_root(root, v.manifest.trust_root.encode()) == new
 
@@ -378,5 +390,6 @@ def test_verify_refuses_a_rotation_not_signed_by_the_current_root(tmp_path, root
     new = TrustRoot.create([other_key.public_key], version=2)
     path = _bundle_with_new_root(tmp_path, vendor, sign_root(new, [other_key]))
     with pytest.raises(SignatureError, match="rotation"):
-        verify_bundle(path, root, now=NOW.replace(year=2099), allow_expired=True, store=store)
+        verify_bundle(path, root, now=NOW.replace(year=2099), allow_expired=True,
+                      max_expired=timedelta(days=50000), store=store)
     assert not store.digests()

@@ -21,7 +21,7 @@ from appliance.site.gpu import GpuReport
 from appliance.site.layout import Site
 from appliance.site.placement import plan_placement
 from modelcontract import GpuState
-from tests.enginekit import podman_service, wait_for
+from tests.enginekit import need, podman_service, wait_for
 from tests.site.releasekit import free_port_pair, release_manifest
 
 pytestmark = pytest.mark.engine
@@ -149,6 +149,7 @@ def test_podman_with_its_own_storage_flags_is_loaded_in_place(tmp_path):
     m = release_manifest(site.store, 1, free_port_pair(), tag=uuid.uuid4().hex[:12])
     rel = site.stage_release(m.to_json(), b"{}", 1, "docker")
     img = m.images[0]
+    podman = need("podman")  # skips, with the reason, where podman is not installed
     storage = Path(tempfile.mkdtemp(prefix="pm", dir="/tmp"))  # podman: runroot < 50 chars
     flags = ["--root", str(storage / "root"), "--runroot", str(storage / "run")]
     try:
@@ -166,7 +167,7 @@ def test_podman_with_its_own_storage_flags_is_loaded_in_place(tmp_path):
             finally:
                 eng.close()
     finally:
-        subprocess.run(["podman", *flags, "system", "reset", "-f"], capture_output=True,
+        subprocess.run([podman, *flags, "system", "reset", "-f"], capture_output=True,
                        check=False)
         shutil.rmtree(storage, ignore_errors=True)
 
@@ -296,7 +297,7 @@ def test_cpu_placement_hides_gpus_from_the_container(tmp_path):
     assert "device_requests" not in spec
     assert spec["environment"]["NVIDIA_VISIBLE_DEVICES"] == "void"
     assert spec["command"] == ["serve", "--port", "8100"]
-    assert spec["healthcheck"]["test"][-1].endswith("'http://127.0.0.1:8100/v2/health/ready', "
+    assert spec["healthcheck"]["test"][-1].endswith("'http://127.0.0.1:8100/v2/health/ready',"
                                                     "timeout=4)")
 
 

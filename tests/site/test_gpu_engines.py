@@ -226,5 +226,5 @@ def test_docker_with_cdi_asks_for_the_cdi_device(tmp_path):
 
 
 def test_libpod_refuses_a_spec_key_it_cannot_pass_on():
-    with pytest.raises(EngineError, match=r"no translation for cap_drop"):
-        specgen({"image": "x", "name": "n", "cap_drop": ["ALL"]})
+    with pytest.raises(EngineError, match=r"no translation for privileged"):
+        specgen({"image": "x", "name": "n", "privileged": True})

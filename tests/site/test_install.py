@@ -75,7 +75,7 @@ def test_update_starts_beside_old_then_switches_and_stops_it(ps, port):
     assert ps.site.release(1).record.status == "stopped"
     assert ps.engine.running() == {2}
     wants = ps.tmp / "units" / "multi-user.target.wants"
-    assert [p.name for p in wants.iterdir()] == ["appliance-2-mlp.service"]
+    assert [p.name for p in wants.iterdir()] == [ps.engine.unit_name(2, "mlp")]
 
 
 def test_an_install_clears_what_a_killed_one_left_in_the_store(ps, port):
@@ -245,7 +245,7 @@ def test_gpu_table_is_shown_in_the_placement_step(ps, port):
     assert "GPU 3 NVIDIA L4: 500 of 23034 MiB free, 99% busy (driver 535.161.08, CUDA 12.2)" \
         in lines
     assert any(x.startswith("mlp: GPU 0 (NVIDIA L4, needs 5000 MiB") for x in lines)
-    unit = (ps.tmp / "units" / "appliance-1-mlp.service").read_text()
+    unit = (ps.tmp / "units" / ps.engine.unit_name(1, "mlp")).read_text()
     assert 'Environment="CUDA_VISIBLE_DEVICES=GPU-l40"' in unit
 
 
@@ -274,7 +274,7 @@ def test_failure_at_the_switch_puts_current_back(ps, port):
     assert ps.site.current().sequence == 1 and ps.engine.running() == {1}
     assert ready(f"http://127.0.0.1:{port}")
     wants = ps.tmp / "units" / "multi-user.target.wants"
-    assert [p.name for p in wants.iterdir()] == ["appliance-1-mlp.service"]
+    assert [p.name for p in wants.iterdir()] == [ps.engine.unit_name(1, "mlp")]
 
 
 def test_trust_root_rotation_in_a_bundle_is_adopted_at_the_switch(ps, port):

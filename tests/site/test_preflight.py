@@ -109,7 +109,18 @@ def test_clock_plausibility_and_expiry():
                                                  False).message
     late = check_clock(m, datetime(2027, 6, 1, tzinfo=UTC), False)
     assert late.level == "fail" and "--allow-expired" in late.message
-    assert check_clock(m, datetime(2027, 6, 1, tzinfo=UTC), True).level == "warn"
+    assert check_clock(m, datetime(2027, 1, 20, tzinfo=UTC), True).level == "warn"
+
+
+def test_allow_expired_reaches_only_the_stated_days_past_expiry():
+    from datetime import timedelta
+    m = manifest([("mlp", [("mlp", 0)], "preferred")])  # expires 2027-01-01
+    # five months past expiry: the default 30 days of --allow-expired do not reach it
+    late = check_clock(m, datetime(2027, 6, 1, tzinfo=UTC), True)
+    assert late.level == "fail"
+    assert "expired 151 days ago" in late.message and "more than the 30 days" in late.message
+    assert check_clock(m, datetime(2027, 6, 1, tzinfo=UTC), True,
+                       timedelta(days=200)).level == "warn"
 
 
 def test_unreachable_engine_is_a_fail_line(tmp_path):

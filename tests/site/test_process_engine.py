@@ -79,19 +79,20 @@ def test_started_service_answers_and_is_supervised(started):
 
 def test_unit_written_for_reboot_and_enabled_for_the_serving_release_only(started, tmp_path):
     _site, eng, rel, port, _ = started
-    unit = tmp_path / "units" / "appliance-4-mlp.service"
+    u3, u4 = eng.unit_name(3, "mlp"), eng.unit_name(4, "mlp")
+    unit = tmp_path / "units" / u4
     text = unit.read_text()
     assert f"ExecStart={sys.executable} -m tests.site.fakeruntime --models " \
            f"{rel.path}/models/mlp --port {port}" in text
     assert "Restart=always" in text and "WantedBy=multi-user.target" in text
     assert 'Environment="CUDA_VISIBLE_DEVICES="' in text  # CPU placement hides GPUs
     assert f"StandardOutput=append:{rel.path}/run/mlp.log" in text
-    (tmp_path / "units" / "appliance-3-mlp.service").write_text(text)
+    (tmp_path / "units" / u3).write_text(text)
     eng.enable(3)
     eng.enable(4)
     wants = tmp_path / "units" / "multi-user.target.wants"
-    assert sorted(p.name for p in wants.iterdir()) == ["appliance-4-mlp.service"]
-    assert os.readlink(wants / "appliance-4-mlp.service") == "../appliance-4-mlp.service"
+    assert sorted(p.name for p in wants.iterdir()) == [u4]
+    assert os.readlink(wants / u4) == f"../{u4}"
 
 
 def test_gpu_placement_sets_visible_device(tmp_path):
@@ -105,7 +106,7 @@ def test_gpu_placement_sets_visible_device(tmp_path):
     eng.start(m, rel, plan_placement(m, report), slot=1)
     try:
         assert 'Environment="CUDA_VISIBLE_DEVICES=GPU-x"' in (
-            tmp_path / "units" / "appliance-2-mlp.service").read_text()
+            tmp_path / "units" / eng.unit_name(2, "mlp")).read_text()
     finally:
         eng.stop(2)
 
@@ -120,3 +121,27 @@ def test_stop_ignores_a_pidfile_whose_pid_is_not_our_supervisor(tmp_path):
     eng = fake_engine(site, tmp_path)
     assert not eng.alive(5, "mlp")
     eng.stop(5)  # must not signal us
+
+
+def test_units_are_confined_and_named_by_site_and_logs_are_0640(tmp_path):
+    import stat
+    units = []
+    for name in ("a", "b"):  # two sites on one host, the same release and service
+        site = Site(tmp_path / name)
+        site.ensure()
+        m = release_manifest(site.store, 1, free_port_pair())
+        rel = site.stage_release(m.to_json(), b"{}", 1, "process")
+        eng = fake_engine(site, tmp_path)
+        eng.load(m, rel, site.store)
+        eng.start(m, rel, plan_placement(m, GpuReport(unavailable="test")), slot=0)
+        try:
+            log = rel.path / "run" / "mlp.log"
+            assert stat.S_IMODE(log.stat().st_mode) == 0o640
+            units.append(tmp_path / "units" / eng.unit_name(1, "mlp"))
+        finally:
+            eng.stop(1)
+    assert units[0] != units[1] and all(u.is_file() for u in units)
+    text = units[0].read_text()
+    for line in ("User=appliance-runtime", "NoNewPrivileges=yes", "LimitNOFILE=65536",
+                 "MemoryMax=2147483648", "ProtectSystem=strict", "UMask=0027"):
+        assert line in text.splitlines(), line

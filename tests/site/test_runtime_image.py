@@ -8,6 +8,7 @@ building that image takes minutes, so the default suite uses a tiny image instea
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from appliance.engines.docker import DockerEngine
 from appliance.site.gpu import GpuReport, RecordedProbe
 from appliance.site.layout import Site
 from appliance.site.plan import InstallOptions, InstallPlan
+from tests.enginekit import wait_for
 from tests.site.bundlekit import vendor
 from tests.site.installkit import REPO, ready
 from tests.site.releasekit import free_port_pair
@@ -38,11 +40,19 @@ def test_runtime_image_installs_and_passes_the_gate(tmp_path, engine_url):
             bundle=bundle, site=site, engine=eng, trust=v.root_path, health_timeout_s=120,
             gpu_probe=RecordedProbe(GpuReport(unavailable="no GPU in tests")))).run()
         assert ready(r.endpoints["mlp"])
-        c = eng.client.containers.get(eng.container_name(1, "mlp"))
-        # the image's own check where the engine kept it (dockerd); podman stores OCI configs,
-        # which have no health check, so ours (python urllib against the slot port) stands in
+        name = eng.container_name(1, "mlp")
+        c = eng.client.containers.get(name)
+        # the image's own HEALTHCHECK on both engines: podman keeps an image loaded from the
+        # OCI layout without one, so the engine takes it from the signed config blob
         test = c.attrs["Config"]["Healthcheck"]["Test"]
-        assert test[:2] == ["CMD", "python"]
+        assert test == ["CMD", "python", "/opt/appliance/healthcheck.py"]
+        if "podman" in engine_url:  # podman stored it whole: its own run passes
+            out = subprocess.run(["podman", "--url", engine_url, "healthcheck", "run", name],
+                                 capture_output=True, text=True, check=False, timeout=60)
+            assert out.returncode == 0, out.stdout + out.stderr
+        else:  # dockerd runs the check itself
+            wait_for(lambda: eng.client.api.inspect_container(name)["State"]["Health"]
+                     ["Status"] == "healthy", 60, "docker to call the service healthy")
     finally:
         for rel in site.releases():
             eng.stop(rel.sequence)

@@ -57,7 +57,14 @@ async def test_first_install_from_stick_to_serving_then_status_figures_and_expor
         await pilot.pause()
         assert isinstance(app.screen, TrustScreen)
         assert not rig.site.trust_path.exists()
+        signers = text_of(trust.query_one("#signers"))
+        assert "not yet" in signers and " yes" not in signers  # the root is only offered
+        from textual.widgets import Checkbox
+        box = trust.query_one("#compared", Checkbox)
+        assert str(box.label).startswith("NOT YET")
         await pilot.press("space")  # tick "I compared every fingerprint"
+        await pilot.pause()
+        assert str(box.label).startswith("YES - I compared")  # in words, not only a colour
         await pilot.press("c")
 
         await wait_for(pilot, state_is(app, "review", "failed"), what="the review")
@@ -200,7 +207,8 @@ async def test_bundle_signed_by_an_unknown_key_is_flagged_then_refused(rig, vend
         await wait_for(pilot, state_is(app, "review", "failed"), what="the verify")
         text = text_of(app.screen.query_one("#install-error", ErrorPanel))
         assert "bundle signature refused" in text
-        assert app.screen.query_one(StepList).status("verify") == "failed"
+        # preflight checks the signature before it parses anything the signature covers
+        assert app.screen.query_one(StepList).status("preflight") == "failed"
     assert rig.site.current() is None
     assert not rig.site.trust_path.exists()  # a refused bundle does not plant its root
 
@@ -402,3 +410,66 @@ async def test_quit_while_the_new_release_starts_needs_asking_twice(rig, vendor_
         await wait_for(pilot, state_is(app, "done", "failed"), what="the install")
         assert app.screen.state == "done", app.screen.error
     assert rig.site.current().sequence == 1
+
+
+async def test_status_offers_every_installed_release_and_esc_after_a_switch_is_not_stale(
+        rig, vendor_key, port):
+    root = write_root(rig.tmp / "root.json", [vendor_key])
+    for seq in (1, 2, 3):
+        rig.install_headless(build_demo(rig.tmp / f"b{seq}", seq, port, vendor_key),
+                             root if seq == 1 else None)
+    app = rig.app(start_on_status=True)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, StatusScreen)
+                       and app.screen.status is not None, what="the status")
+        assert [s for s, _ in app.screen.status.others] == [2, 1]
+        assert "Serve another installed release (r): 2, 1" in text_of(
+            app.screen.query_one("#release"))
+        await pilot.press("r")  # a list to choose from: 2, then 1
+        await pilot.pause()
+        await pilot.press("down", "enter")
+        await pilot.pause()
+        await pilot.press("y")
+        await wait_for(pilot, lambda: isinstance(app.screen, StatusScreen)
+                       and app.screen.status is not None and app.screen.status.sequence == 1
+                       and not app.screen.busy, what="the switch to release 1")
+        assert rig.site.current().sequence == 1
+        # forward again: the newer installed releases are offered too
+        assert [s for s, _ in app.screen.status.others] == [3, 2]
+        await pilot.press("r")
+        await pilot.pause()
+        await pilot.press("enter")  # release 3, newest first
+        await pilot.pause()
+        await pilot.press("y")
+        await wait_for(pilot, lambda: isinstance(app.screen, StatusScreen)
+                       and app.screen.status is not None and app.screen.status.sequence == 3
+                       and not app.screen.busy, what="the switch to release 3")
+        assert rig.site.current().sequence == 3
+        await pilot.press("escape")
+        await wait_for(pilot, screen_is(app, FindBundleScreen), what="the bundle list")
+
+
+async def test_bundle_list_names_each_bundle_against_what_serves_and_keeps_keys(
+        rig, vendor_key, port):
+    root = write_root(rig.tmp / "root.json", [vendor_key])
+    rig.install_headless(build_demo(rig.tmp / "b2", 2, port, vendor_key), root)
+    for seq in (1, 2, 3):
+        build_demo(rig.media / f"stick-{seq}", seq, port, vendor_key,
+                   name="a-very-long-bundle-name-that-a-vendor-might-well-choose-" + "x" * 40)
+    app = rig.app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, FindBundleScreen)
+                       and len(app.screen.found) == 3, what="the media scan")
+        options = app.screen.query_one("#bundles")
+        labels = [str(options.get_option_at_index(i).prompt) for i in range(3)]
+        assert labels[0].startswith("demo 1.1.0  release 1  OLDER than serving 2")
+        assert labels[1].startswith("demo 1.2.0  release 2  the release serving now")
+        assert labels[2].startswith("demo 1.3.0  release 3  newer than serving 2")
+        assert all(options.get_option_at_index(i).prompt.no_wrap for i in range(3))
+        await pilot.press("enter")
+        await wait_for(pilot, screen_is(app, TrustScreen), what="the trust screen")
+        await pilot.press("escape")
+        await wait_for(pilot, screen_is(app, FindBundleScreen), what="the list again")
+        await pilot.press("down", "enter")  # the first keys after returning reach the list
+        await wait_for(pilot, screen_is(app, TrustScreen), what="the second bundle")
+        assert app.screen.manifest.sequence == 2

@@ -61,3 +61,22 @@ def test_runtime_figures_say_nothing_when_the_runtime_does_not_answer(port):
     assert figures.sample() is None
     assert figures.sample() is None
     assert figures.history() == []
+
+
+def test_log_export_defaults_to_the_stick_the_bundle_came_from(tmp_path, port):
+    from appliance.site.gpu import GpuReport, RecordedProbe
+    from appliance.site.layout import Site
+    from installer_tui.config import InstallerConfig
+    from tests.site.bundlekit import make_bundle, vendor
+    media = tmp_path / "media"
+    stick = media / "nurse" / "VENDOR-USB"
+    stick.mkdir(parents=True)
+    other = media / "aaa-other"  # sorts first: /media itself used to be the default
+    other.mkdir()
+    cfg = InstallerConfig(site=Site(tmp_path / "site"), engine=lambda s: None,  # type: ignore
+                          gpu_probe=RecordedProbe(GpuReport()), media_roots=[media])
+    assert cfg.default_export_dir() == media  # nothing on any stick yet
+    bundle = make_bundle(stick, vendor(tmp_path), 1, port=port)
+    assert cfg.default_export_dir() == stick  # found on the media
+    cfg.opened_bundle = bundle
+    assert cfg.default_export_dir() == stick
