@@ -19,7 +19,7 @@ def make_engine(kind: str | None, site: Site, *, docker_host: str | None = None,
                 unit_dir: Path | None = None) -> Engine:
     """The engine named `kind` ("docker" or "process") for `site`; with no kind, the one
     the current release runs on, else docker (at `docker_host`, else the socket
-    `appliance.engines.discover` finds).
+    `appliance.engines.detect` finds).
 
     Raises:
         EngineError: an unknown kind.
