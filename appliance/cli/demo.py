@@ -17,9 +17,7 @@ import shutil
 import time
 from pathlib import Path
 
-from appliance.cli.demo_site import print_bundle, run_demo, stop_demo
 from appliance.cli.types import SubParsers
-from bundler.demo import make_demo_bundle
 
 
 def register(sub: SubParsers) -> None:
@@ -41,6 +39,10 @@ def register(sub: SubParsers) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the demo: build, verify, install, serve, answer; print what it did."""
+    # Imported here: the demo makes its model with numpy and onnx (the samples extra),
+    # which a core install of the `appliance` command does not have.
+    from appliance.cli.demo_site import print_bundle, run_demo, stop_demo
+    from bundler.demo import make_demo_bundle
     root = Path(args.out)
     started = time.monotonic()
     if args.stop:
