@@ -136,7 +136,8 @@ def _front(spec: Spec, comp: Composition, blobs: Sequence[Blob], base: Manifest 
               provenance=m.provenance, samples=m.samples)
         for m in spec.models
     ]
-    services = [Service(s.name, s.name, list(s.models), s.port, s.gpu) for s in spec.services]
+    services = [Service(s.name, s.name, list(s.models), s.port, s.gpu, fallback=s.fallback)
+                for s in spec.services]
     base_ref = None
     if base is not None:
         base_ref = Base(base.sequence, "sha256:" + hashlib.sha256(base.to_json()).hexdigest())

@@ -68,6 +68,7 @@ class ServiceSpec:
     models: list[str]
     port: int
     gpu: str = "preferred"
+    fallback: str = ""  # another service serving the same models, for the front door
 
 
 @dataclass(frozen=True)
@@ -326,9 +327,18 @@ def _services(doc: Any, models: list[str], path: Path) -> list[ServiceSpec]:
         port = int(s.get("port", 8000 + i))
         if not 1 <= port <= 65535:
             raise SpecError(f"service {name}: port {port} is out of range")
-        out.append(ServiceSpec(name, names, port, gpu))
+        fallback = s.get("fallback") or ""
+        if not isinstance(fallback, str):
+            raise SpecError(f"service {name}: fallback must be the name of another service")
+        out.append(ServiceSpec(name, names, port, gpu, fallback))
     if len({s.name for s in out}) != len(out):
         raise SpecError(f"spec {path}: service names repeat")
+    for s in out:
+        fb = next((f for f in out if f.name == s.fallback), None) if s.fallback else None
+        if s.fallback and (fb is None or fb.name == s.name or fb.fallback
+                           or not set(s.models) <= set(fb.models)):
+            raise SpecError(f"service {s.name}: fallback {s.fallback!r} must be another "
+                            "service, with no fallback of its own, serving the same models")
     served = {m for s in out for m in s.models}
     unserved = [m for m in models if m not in served]
     if unserved:

@@ -127,6 +127,10 @@ class Service:
     port: int = 8000
     gpu: str = "preferred"
     health: str = "/v2/health/ready"
+    # Another service of the bundle that serves the same models (say, on the CPU): the
+    # front door sends this service's requests to it while this one is down or past its
+    # queue bound, marked `X-Appliance-Served-By: fallback`. "" for none.
+    fallback: str = ""
 
 
 @dataclass(frozen=True)
@@ -194,6 +198,9 @@ class Manifest:
         for img in doc["images"]:
             if not img["cuda"]:  # CPU images keep the bytes they always had
                 del img["cuda"]
+        for svc in doc["services"]:
+            if not svc["fallback"]:  # as do services without a fallback
+                del svc["fallback"]
         return doc
 
     def to_json(self) -> bytes:
@@ -248,7 +255,8 @@ class Manifest:
             models=[_model(e) for e in _list(doc, "models")],
             services=[Service(_str(e, "name"), _str(e, "image"),
                               [str(x) for x in _list(e, "models")], _int(e, "port"),
-                              _str(e, "gpu"), _str(e, "health"))
+                              _str(e, "gpu"), _str(e, "health"),
+                              _str(e, "fallback") if "fallback" in e else "")
                       for e in _list(doc, "services")],
             base=(Base(_int(doc["base"], "sequence"), _str(doc["base"], "manifest_digest"))
                   if doc.get("base") is not None else None),
@@ -309,6 +317,19 @@ class Manifest:
                 raise ManifestError(f"service {svc.name!r} gpu policy {svc.gpu!r} is unknown")
             if not 1 <= svc.port <= 65535:
                 raise ManifestError(f"service {svc.name!r} port {svc.port} is out of range")
+        by_name = {s.name: s for s in self.services}
+        for svc in self.services:
+            if not svc.fallback:
+                continue
+            fb = by_name.get(svc.fallback)
+            if fb is None or fb.name == svc.name or fb.fallback:
+                raise ManifestError(f"service {svc.name!r} falls back to {svc.fallback!r}, "
+                                    "which must be another service with no fallback of its own")
+            missing = [m for m in svc.models if m not in fb.models]
+            if missing:
+                raise ManifestError(f"service {svc.name!r} falls back to {fb.name!r}, which "
+                                    f"does not serve {missing}: a fallback answers the same "
+                                    "models")
 
 
 def _str(doc: Any, key: str) -> str:

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -75,6 +75,8 @@ class DoorRecord:
     ca_file: str
     token_file: str
     not_after: str
+    fallbacks: dict[str, str] = field(default_factory=dict)  # service -> its fallback
+
 
     def url(self, service: str) -> str:
         """The stable base URL of `service`."""
@@ -85,7 +87,8 @@ class DoorRecord:
         out = [f"front door: certificate SHA-256 {self.fingerprint}",
                f"    CA file for clients: {self.ca_file}; token: {self.token_file} (0600)"]
         for s in manifest.services:
-            out.append(f"    {s.name}: {self.url(s.name)}")
+            fb = f" (falls back to {s.fallback})" if s.fallback else ""
+            out.append(f"    {s.name}: {self.url(s.name)}{fb}")
             for m in s.models:
                 out.append(f"        {m}: POST {self.url(s.name)}/v2/models/{m}/infer")
         first = manifest.services[0] if manifest.services else None
@@ -176,14 +179,20 @@ class FrontDoor:
             self.token_made = files.token
         api = ProxyApi(files.socket)
         ports = {s.name: s.port for s in manifest.services}
+        fallbacks = {s.name: s.fallback for s in manifest.services if s.fallback}
         before = DoorRecord.read(self.site)
-        same_doors = before is not None and before.ports == ports and _answers(api)
+        same_doors = (before is not None and before.ports == ports
+                      and before.fallbacks == fallbacks and _answers(api))
         addrs = {s: _host_port(u) for s, u in endpoints.items()}
         if same_doors:
             slots = {}
             for svc, (host, port) in addrs.items():
                 self._say(f"{svc}: moving new requests to {host}:{port}, draining the old")
                 try:
+                    if svc in fallbacks:  # the new release's fallback answers from now on
+                        fb_host, fb_port = addrs[fallbacks[svc]]
+                        for be in (config.backend_name(svc), f"fb_{svc}"):
+                            api.point(be, config.FALLBACK, fb_host, fb_port)
                     slots[svc] = switch.switch(api, svc, host, port)
                 except ProxyApiError as e:
                     raise FrontDoorError(f"the front door could not switch {svc}: {e}") from e
@@ -205,7 +214,8 @@ class FrontDoor:
                 sequence: int) -> DoorRecord:
         record = DoorRecord(lan_address(), {s.name: s.port for s in manifest.services},
                             sequence, files.fingerprint, str(files.ca_file),
-                            str(self.site.root / "token"), files.not_after.isoformat())
+                            str(self.site.root / "token"), files.not_after.isoformat(),
+                            {s.name: s.fallback for s in manifest.services if s.fallback})
         atomic_write(files.conf_dir / DOOR_FILE,
                      json.dumps(asdict(record), indent=2, sort_keys=True).encode() + b"\n")
         return record
@@ -276,6 +286,9 @@ class FrontDoor:
                 guard.wait(10)
         (files.conf_dir / CANARY_FILE).unlink(missing_ok=True)
         if promote:
+            for svc, fb in ((s.name, s.fallback) for s in manifest.services if s.fallback):
+                for be in (config.backend_name(svc), f"fb_{svc}"):  # the new release's
+                    api.point(be, config.FALLBACK, *addrs[fb])
             slots = {s: switch.other_slot(o) for s, o in old_slots.items()}
             self._write_config(files, manifest, addrs, slots)
             self._record(files, manifest, sequence)
@@ -302,9 +315,12 @@ class FrontDoor:
 
     def _write_config(self, files: files_of.FrontDoorFiles, manifest: Manifest,
                       addrs: dict[str, tuple[str, int]], slots: dict[str, str]) -> None:
+        def at(service: str) -> str:
+            return f"{addrs[service][0]}:{addrs[service][1]}"
+
         doors = [config.ServiceDoor(s.name, s.port, servers={
-            slot: (f"{addrs[s.name][0]}:{addrs[s.name][1]}" if slot == slots[s.name] else None)
-            for slot in config.SLOTS}) for s in manifest.services]
+            slot: (at(s.name) if slot == slots[s.name] else None) for slot in config.SLOTS},
+            fallback=at(s.fallback) if s.fallback else None) for s in manifest.services]
         settings = files_of.settings(files, in_container=True)
         # HAProxy holds about two descriptors a connection: stay under half the limit
         settings = replace(settings, maxconn=min(settings.maxconn, _nofile() // 2 - 64))

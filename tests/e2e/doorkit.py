@@ -25,12 +25,13 @@ SIZES = (64, 32, 10)  # the load generator's body is x [1, 64]; answers are y [1
 
 
 def free_port() -> int:
-    """A service port in 10000-19999 whose runtime ports (2xxxx, 3xxxx) are free too."""
+    """A service port p in 10000-19998 with p + 1 and all their runtime ports (2xxxx,
+    3xxxx) free too."""
     rng = random.Random()
     for _ in range(200):
-        p = rng.randrange(10000, 20000)
+        p = rng.randrange(10000, 19999)
         try:
-            for q in (p, runtime_port(p, 0), runtime_port(p, 1)):
+            for q in (p, p + 1, *(runtime_port(x, s) for x in (p, p + 1) for s in (0, 1))):
                 with socket.socket() as s:
                     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                     s.bind(("0.0.0.0", q))
@@ -53,7 +54,7 @@ class Vendor:
         self.key_path.chmod(0o600)
 
     def build(self, sequence: int, seed: int, base: Path | None = None,
-              broken: bool = False) -> Path:
+              broken: bool = False, fallback: bool = False) -> Path:
         d = self.work / f"spec-{sequence}"
         make_mlp_onnx(d / "models" / "mlp", sizes=SIZES, seed=seed)
         if broken:  # signed and well formed, but the runtime cannot load it
@@ -68,6 +69,10 @@ class Vendor:
             "services": [{"name": "mlp", "models": ["mlp"], "port": self.port,
                           "gpu": "preferred"}],
         }
+        if fallback:  # a second service of the same model on the CPU backs the first up
+            spec["services"][0]["fallback"] = "mlp-cpu"
+            spec["services"].append({"name": "mlp-cpu", "models": ["mlp"],
+                                     "port": self.port + 1, "gpu": "none"})
         (d / "appliance.yaml").write_text(yaml.safe_dump(spec))
         out = self.work / f"door-{sequence}.tar"
         cmd = [sys.executable, "-m", "appliance", "bundle", "build", "-f",

@@ -172,3 +172,41 @@ def test_an_installer_killed_mid_canary_leaves_the_old_release_all_the_traffic(s
             proc.kill()
     assert report.failures == [], report.summary()
     assert json.loads(appliance(root, url, "status", "--json").stdout)["current"] == 1
+
+
+def test_while_the_main_runtime_is_down_its_fallback_answers_marked(site):
+    import os
+    import signal
+
+    from appliance.engines.docker import DockerEngine
+    from appliance.frontdoor.runtime_api import ProxyApi
+    from appliance.site.layout import Site
+    vendor, root, url = site
+    first = vendor.build(1, seed=0, fallback=True)
+    out = install(vendor, root, url, first)
+    assert "falls back to mlp-cpu" in out, out[-2000:]
+    eng = DockerEngine(Site(root), base_url=url)
+    load = steady_load(root, vendor.port).start()
+    try:
+        wait_for(lambda: load.served("main") > 50, 60, "the main runtime to answer")
+        pid = eng.client.containers.get(eng.container_name(1, "mlp")).attrs["State"]["Pid"]
+        os.kill(pid, signal.SIGKILL)  # a crash: the engine's restart policy brings it back
+        wait_for(lambda: load.served("fallback") > 50, 60, "the fallback to answer")
+        back = load.served("main")
+        wait_for(lambda: load.served("main") > back + 50, 180,
+                 "the main runtime to take its traffic back")
+        failed = len(load.report.failures)
+        # an update moves the fallback to the new release's too, failing nothing
+        install(vendor, root, url, vendor.build(2, seed=1, base=first, fallback=True))
+        assert len(load.report.failures) == failed, load.report.summary()
+        api = ProxyApi(root / "frontdoor-run" / "admin.sock")
+        record = json.loads((root / "releases" / "2" / "release.json").read_text())
+        assert api.servers("fb_mlp")["fallback"].address == \
+            record["endpoints"]["mlp-cpu"].removeprefix("http://")
+    finally:
+        report = load.stop()
+        eng.close()
+    # Only a request inside the main runtime at the instant it was killed can fail:
+    # HAProxy 2.6 does not resend one whose connection was reset (docs/frontdoor.md).
+    assert len(report.failures) <= 8, report.summary()
+    assert report.served_by["fallback"] > 50 and report.served_by["main"] > 100
