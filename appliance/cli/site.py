@@ -18,7 +18,7 @@ from appliance.cli.types import SubParsers
 from appliance.engines import Engine, make_engine
 from appliance.errors import ApplianceError, CanaryFlagError, exit_code
 from appliance.frontdoor.canary import parse_bounds, parse_canary
-from appliance.site.door import DoorRecord, certificate_warning
+from appliance.site.door import DoorRecord, certificate_warning, fallback_answers
 from appliance.site.layout import DEFAULT_ROOT, Site
 from signing import SigningError
 
@@ -169,6 +169,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                           "urls": {s.name: door.url(s.name) for s in m.services} if door
                           else {}, "fingerprint": door.fingerprint if door else None,
                           "certificate_warning": warning,
+                          "fallback_answers": fallback_answers(site, door) if door else {},
                           "highest_sequence": site.state().highest_sequence,
                           "not_running": dead}, sort_keys=True))
     else:
@@ -180,6 +181,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         if door is not None:
             for line in door.lines(m):
                 print(f"    {line}")
+            for svc, n in fallback_answers(site, door).items():
+                print(f"    {svc}: {n} request(s) answered by its fallback since the front "
+                      "door started" + (" (the main was down or too busy)" if n else ""))
         if warning:
             print(f"warning: {warning}")
         for svc in dead:

@@ -345,6 +345,19 @@ class FrontDoor:
         self.progress(Progress("switch", message=message))
 
 
+def fallback_answers(site: Site, record: DoorRecord) -> dict[str, int]:
+    """Requests each service's fallback has answered since the proxy started ({} when the
+    proxy does not answer)."""
+    api = ProxyApi(site.root / files_of.RUN_DIR / files_of.SOCKET)
+    out = {}
+    for svc in record.fallbacks:
+        try:
+            out[svc] = api.servers(config.backend_name(svc))[config.FALLBACK].requests
+        except (ProxyApiError, KeyError):
+            continue
+    return out
+
+
 def _files_and_api(site: Site) -> tuple[Path, ProxyApi]:
     """The front door's directory and its runtime API.
 

@@ -210,3 +210,5 @@ def test_while_the_main_runtime_is_down_its_fallback_answers_marked(site):
     # HAProxy 2.6 does not resend one whose connection was reset (docs/frontdoor.md).
     assert len(report.failures) <= 8, report.summary()
     assert report.served_by["fallback"] > 50 and report.served_by["main"] > 100
+    status = json.loads(appliance(root, url, "status", "--json").stdout)
+    assert status["fallback_answers"]["mlp"] >= report.served_by["fallback"]
