@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from appliance.cli.types import SubParsers
-from appliance.site.door import guard_canary, replace_certificate, rotate_token
+from appliance.site.canarywatch import guard_canary
+from appliance.site.doorops import replace_certificate, rotate_token
 from appliance.site.layout import DEFAULT_ROOT, Site
 
 

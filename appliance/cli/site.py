@@ -18,7 +18,8 @@ from appliance.cli.types import SubParsers
 from appliance.engines import Engine, make_engine
 from appliance.errors import ApplianceError, CanaryFlagError, exit_code
 from appliance.frontdoor.canary import parse_bounds, parse_canary
-from appliance.site.door import DoorRecord, certificate_warning, fallback_answers
+from appliance.site.door import DoorRecord, certificate_warning
+from appliance.site.doorops import fallback_answers
 from appliance.site.layout import DEFAULT_ROOT, Site
 from signing import SigningError
 

@@ -12,44 +12,45 @@ move, so a proxy that restarts serves the release that serves now.
 from __future__ import annotations
 
 import json
-import os
 import resource
 import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 from appliance.bundle.manifest import Manifest
 from appliance.errors import FrontDoorError, ProxyApiError
-from appliance.frontdoor import config, switch, tls, token
+from appliance.frontdoor import config, switch, tls
 from appliance.frontdoor import site as files_of
 from appliance.frontdoor.canary import (
     CanaryBounds,
     CanaryPlan,
     CanaryVerdict,
-    WindowFigures,
     decide,
 )
 from appliance.frontdoor.container import (
-    CONF_IN_CONTAINER,
     NOFILE,
     ProxyContainer,
     own_for_proxy,
 )
-from appliance.frontdoor.runtime_api import ProxyApi, ServerStats
+from appliance.frontdoor.runtime_api import ProxyApi
 from appliance.fsutil import atomic_write
 from appliance.progress import Progress, ProgressFn, no_progress
+from appliance.site.canarywatch import (
+    CANARY_FILE,
+    end_left_canary,
+    figures,
+    latency_buckets,
+    p99_ms,
+    start_guard,
+)
 from appliance.site.engine import behind_front_door
 from appliance.site.layout import Site
 
 DOOR_FILE = "door.json"  # in the front door's directory: what serves where, for status
-CANARY_FILE = "canary.json"  # a canary under way: each service's old slot
 START_TIMEOUT_S = 60.0
 
 
@@ -271,8 +272,8 @@ class FrontDoor:
                 n = switch.other_slot(o)
                 old_p99 = p99_ms(hist[s][0], latency_buckets(old_urls[s]))
                 new_p99 = p99_ms(hist[s][1], latency_buckets(endpoints[s]))
-                verdicts.append(decide(_figures(start[s][o], end[s][o], old_p99),
-                                       _figures(start[s][n], end[s][n], new_p99), bounds))
+                verdicts.append(decide(figures(start[s][o], end[s][o], old_p99),
+                                       figures(start[s][n], end[s][n], new_p99), bounds))
             worst = next((v for v in verdicts if v.action == "rollback"), verdicts[0])
             promote = worst.action == "promote"
             for svc, old in old_slots.items():
@@ -300,18 +301,7 @@ class FrontDoor:
 
     def recover(self) -> None:
         """End a canary a killed installer left: all new requests to the old release."""
-        path = self.site.root / files_of.CONF_DIR / CANARY_FILE
-        try:
-            old_slots = json.loads(path.read_bytes())
-        except (OSError, ValueError):
-            return
-        api = ProxyApi(self.site.root / files_of.RUN_DIR / files_of.SOCKET)
-        for svc, old in old_slots.items():
-            try:
-                switch.end_canary(api, svc, old, promote=False)
-            except ProxyApiError:
-                continue  # the proxy restarts from its file, which names the old release
-        path.unlink(missing_ok=True)
+        end_left_canary(self.site)
 
     def _write_config(self, files: files_of.FrontDoorFiles, manifest: Manifest,
                       addrs: dict[str, tuple[str, int]], slots: dict[str, str]) -> None:
@@ -343,163 +333,6 @@ class FrontDoor:
 
     def _say(self, message: str) -> None:
         self.progress(Progress("switch", message=message))
-
-
-def fallback_answers(site: Site, record: DoorRecord) -> dict[str, int]:
-    """Requests each service's fallback has answered since the proxy started ({} when the
-    proxy does not answer)."""
-    api = ProxyApi(site.root / files_of.RUN_DIR / files_of.SOCKET)
-    out = {}
-    for svc in record.fallbacks:
-        try:
-            out[svc] = api.servers(config.backend_name(svc))[config.FALLBACK].requests
-        except (ProxyApiError, KeyError):
-            continue
-    return out
-
-
-def _files_and_api(site: Site) -> tuple[Path, ProxyApi]:
-    """The front door's directory and its runtime API.
-
-    Raises:
-        FrontDoorError: this site has no front door yet.
-    """
-    conf = site.root / files_of.CONF_DIR
-    if DoorRecord.read(site) is None:
-        raise FrontDoorError(f"{site.root} has no front door yet: install a bundle that "
-                             "carries one with a container engine first")
-    return conf, ProxyApi(site.root / files_of.RUN_DIR / files_of.SOCKET)
-
-
-def rotate_token(site: Site, finish: bool) -> str:
-    """Begin a token rotation (the proxy accepts a new token beside the old one; the new
-    one is returned and kept in the token file) or `finish` it (only the kept one is
-    accepted). No request fails and no connection closes.
-
-    Raises:
-        FrontDoorError: no front door, the proxy refused, or no rotation to finish.
-    """
-    conf, api = _files_and_api(site)
-    token_file = site.root / token.TOKEN_FILE
-    pending = site.root / (token.TOKEN_FILE + ".old")
-    in_proxy = CONF_IN_CONTAINER / files_of.TOKEN_MAP
-    current = token.read_token(token_file)
-    if finish:
-        if not pending.exists():
-            raise FrontDoorError("no token rotation is under way: run `appliance token rotate` "
-                                 "first")
-        old = token.read_token(pending)
-        atomic_write(conf / files_of.TOKEN_MAP, token.render_token_map([current]).encode(),
-                     token.MAP_MODE)
-        api.del_token(in_proxy, token.token_digest(old))
-        pending.unlink()
-        return current
-    if pending.exists():
-        raise FrontDoorError("a token rotation is already under way: move the clients to the "
-                             "new token, then run `appliance token rotate --finish`")
-    new = token.new_token()
-    api.add_token(in_proxy, token.token_digest(new))
-    atomic_write(conf / files_of.TOKEN_MAP, token.render_token_map([current, new]).encode(),
-                 token.MAP_MODE)
-    atomic_write(pending, (current + "\n").encode(), token.SECRET_MODE)
-    atomic_write(token_file, (new + "\n").encode(), token.SECRET_MODE)
-    return new
-
-
-def replace_certificate(site: Site, cert: Path, key: Path, now: datetime) -> str:
-    """Serve the hospital's certificate from now on (new connections; none is closed);
-    return its fingerprint.
-
-    Raises:
-        TlsError: the pair is bad (key does not match, expired, unreadable).
-        FrontDoorError: no front door, or the proxy refused it.
-    """
-    conf, api = _files_and_api(site)
-    pem_text, leaf = tls.load_pair(cert, key, now)
-    api.replace_certificate(CONF_IN_CONTAINER / tls.SITE_PEM, pem_text)
-    made = tls.install_pair(conf, cert, key, now)
-    own_for_proxy([conf / tls.SITE_PEM])
-    ca = conf / "ca" / tls.CA_CERT
-    ca.parent.mkdir(exist_ok=True)
-    atomic_write(ca, cert.read_bytes(), 0o644)  # the hospital's chain is what clients trust
-    record = DoorRecord.read(site)
-    if record is not None:
-        record = replace(record, fingerprint=made.fingerprint,
-                         not_after=made.not_after.isoformat())
-        atomic_write(conf / DOOR_FILE,
-                     json.dumps(asdict(record), indent=2, sort_keys=True).encode() + b"\n")
-    return tls.fingerprint(leaf)
-
-
-def start_guard(root: Path) -> subprocess.Popen[bytes] | None:
-    """A detached process that ends the canary (old release takes everything back) if
-    this installer dies before it does: `appliance frontdoor-guard`."""
-    me = [sys.executable] if getattr(sys, "frozen", False) else [sys.executable, "-m",
-                                                                   "appliance"]
-    try:
-        return subprocess.Popen([*me, "frontdoor-guard", "--root", str(root), "--pid",
-                                 str(os.getpid())], start_new_session=True,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-    except OSError:
-        return None
-
-
-def guard_canary(site: Site, pid: int, poll_s: float = 0.2) -> bool:
-    """Wait while installer `pid` lives and a canary is under way; if the installer dies
-    first, end the canary in the old release's favour. True when it had to."""
-    canary = site.root / files_of.CONF_DIR / CANARY_FILE
-    while canary.exists():
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            FrontDoor(site, object(), datetime.now(UTC)).recover()
-            return True
-        except PermissionError:
-            pass
-        time.sleep(poll_s)
-    return False
-
-
-LATENCY_BUCKET = "runtime_request_duration_seconds_bucket"
-
-
-def latency_buckets(url: str) -> dict[float, float]:
-    """A runtime's request latency histogram (upper bound in seconds -> count, all series
-    summed) from its /metrics; empty when it does not answer."""
-    out: dict[float, float] = {}
-    try:
-        with urllib.request.urlopen(f"{url}/metrics", timeout=5) as r:  # noqa: S310 - loopback
-            text = r.read().decode()
-    except OSError:
-        return out
-    for line in text.splitlines():
-        if line.startswith(LATENCY_BUCKET + "{"):
-            labels, _, value = line.rpartition(" ")
-            le = labels.split('le="', 1)[1].split('"', 1)[0]
-            bound = float("inf") if le == "+Inf" else float(le)
-            out[bound] = out.get(bound, 0.0) + float(value)
-    return out
-
-
-def p99_ms(start: dict[float, float], end: dict[float, float]) -> float:
-    """The 99th percentile (bucket upper bound, ms) of the requests between two scrapes."""
-    diff = sorted((b, end[b] - start.get(b, 0.0)) for b in end)
-    total = diff[-1][1] if diff else 0.0
-    if total <= 0:
-        return 0.0
-    finite = [b for b, _ in diff if b != float("inf")]
-    for bound, count in diff:
-        if count >= 0.99 * total:
-            return (bound if bound != float("inf") else (finite[-1] if finite else 0.0)) * 1e3
-    return 0.0  # pragma: no cover - the +Inf bucket holds every request
-
-
-def _figures(start: ServerStats, end: ServerStats, p99: float) -> WindowFigures:
-    """One slot's requests and errors over the window, from HAProxy's counters."""
-    errors = (end.responses_5xx - start.responses_5xx) + (
-        end.connection_errors - start.connection_errors)
-    return WindowFigures(end.requests - start.requests, errors, p99)
 
 
 def _nofile() -> int:

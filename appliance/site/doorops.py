@@ -1,0 +1,106 @@
+"""What an admin does to a running front door: rotate its token, replace its
+certificate, and count what each service's fallback answered."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, replace
+from datetime import datetime
+from pathlib import Path
+
+from appliance.errors import FrontDoorError, ProxyApiError
+from appliance.frontdoor import config, tls, token
+from appliance.frontdoor import site as files_of
+from appliance.frontdoor.container import CONF_IN_CONTAINER, own_for_proxy
+from appliance.frontdoor.runtime_api import ProxyApi
+from appliance.fsutil import atomic_write
+from appliance.site.door import DOOR_FILE, DoorRecord
+from appliance.site.layout import Site
+
+
+def fallback_answers(site: Site, record: DoorRecord) -> dict[str, int]:
+    """Requests each service's fallback has answered since the proxy started ({} when the
+    proxy does not answer)."""
+    api = ProxyApi(site.root / files_of.RUN_DIR / files_of.SOCKET)
+    out = {}
+    for svc in record.fallbacks:
+        try:
+            out[svc] = api.servers(config.backend_name(svc))[config.FALLBACK].requests
+        except (ProxyApiError, KeyError):
+            continue
+    return out
+
+
+def _files_and_api(site: Site) -> tuple[Path, ProxyApi]:
+    """The front door's directory and its runtime API.
+
+    Raises:
+        FrontDoorError: this site has no front door yet.
+    """
+    conf = site.root / files_of.CONF_DIR
+    if DoorRecord.read(site) is None:
+        raise FrontDoorError(f"{site.root} has no front door yet: install a bundle that "
+                             "carries one with a container engine first")
+    return conf, ProxyApi(site.root / files_of.RUN_DIR / files_of.SOCKET)
+
+
+def rotate_token(site: Site, finish: bool) -> str:
+    """Begin a token rotation (the proxy accepts a new token beside the old one; the new
+    one is returned and kept in the token file) or `finish` it (only the kept one is
+    accepted). No request fails and no connection closes.
+
+    Raises:
+        FrontDoorError: no front door, the proxy refused, or no rotation to finish.
+    """
+    conf, api = _files_and_api(site)
+    token_file = site.root / token.TOKEN_FILE
+    pending = site.root / (token.TOKEN_FILE + ".old")
+    in_proxy = CONF_IN_CONTAINER / files_of.TOKEN_MAP
+    current = token.read_token(token_file)
+    if finish:
+        if not pending.exists():
+            raise FrontDoorError("no token rotation is under way: run `appliance token rotate` "
+                                 "first")
+        old = token.read_token(pending)
+        atomic_write(conf / files_of.TOKEN_MAP, token.render_token_map([current]).encode(),
+                     token.MAP_MODE)
+        api.del_token(in_proxy, token.token_digest(old))
+        pending.unlink()
+        return current
+    if pending.exists():
+        raise FrontDoorError("a token rotation is already under way: move the clients to the "
+                             "new token, then run `appliance token rotate --finish`")
+    new = token.new_token()
+    api.add_token(in_proxy, token.token_digest(new))
+    atomic_write(conf / files_of.TOKEN_MAP, token.render_token_map([current, new]).encode(),
+                 token.MAP_MODE)
+    atomic_write(pending, (current + "\n").encode(), token.SECRET_MODE)
+    atomic_write(token_file, (new + "\n").encode(), token.SECRET_MODE)
+    return new
+
+
+def replace_certificate(site: Site, cert: Path, key: Path, now: datetime) -> str:
+    """Serve the hospital's certificate from now on (new connections; none is closed);
+    return its fingerprint.
+
+    Raises:
+        TlsError: the pair is bad (key does not match, expired, unreadable).
+        FrontDoorError: no front door, or the proxy refused it.
+    """
+    conf, api = _files_and_api(site)
+    pem_text, leaf = tls.load_pair(cert, key, now)
+    api.replace_certificate(CONF_IN_CONTAINER / tls.SITE_PEM, pem_text)
+    made = tls.install_pair(conf, cert, key, now)
+    own_for_proxy([conf / tls.SITE_PEM])
+    ca = conf / "ca" / tls.CA_CERT
+    ca.parent.mkdir(exist_ok=True)
+    atomic_write(ca, cert.read_bytes(), 0o644)  # the hospital's chain is what clients trust
+    record = DoorRecord.read(site)
+    if record is not None:
+        record = replace(record, fingerprint=made.fingerprint,
+                         not_after=made.not_after.isoformat())
+        atomic_write(conf / DOOR_FILE,
+                     json.dumps(asdict(record), indent=2, sort_keys=True).encode() + b"\n")
+    return tls.fingerprint(leaf)
+
+
