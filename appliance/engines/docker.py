@@ -397,6 +397,8 @@ class DockerEngine:
     def podman_cli(self) -> list[str] | None:
         """`podman` with the flags that reach this socket's own image storage, when the
         socket is a podman on this host whose storage this user owns; else None."""
+        if not self.base_url.startswith("unix://"):  # before the client asks for a version
+            return None
         return podman_cli(self.base_url, self.client.api)
 
     def _load_local(self, images: list[Image], store: ContentStore,

@@ -24,6 +24,7 @@ from typing import Any
 from appliance.bundle.imagearchive import OCI_LAYOUT, blob_path, oci_index
 from appliance.bundle.manifest import Image, image_blobs
 from appliance.bundle.store import ContentStore
+from appliance.engines.libpod import LIBPOD_API
 from appliance.errors import ImageLoadError, StoreError
 from appliance.progress import Progress, ProgressFn
 
@@ -39,7 +40,7 @@ def podman_cli(base_url: str, api: Any) -> list[str] | None:
     if not base_url.startswith("unix://") or (exe := shutil.which("podman")) is None:
         return None
     try:  # only podman answers its own API (Docker: 404); cheaper than /version
-        r = api.get(f"{api.base_url}/libpod/info", timeout=30)
+        r = api.get(f"{api.base_url}{LIBPOD_API}/info", timeout=30)
         r.raise_for_status()
         info = r.json()
     except Exception:  # not a libpod API we understand: stream instead

@@ -150,7 +150,7 @@ def test_an_install_on_podman_hands_our_container_the_placed_gpu(tmp_path, podma
         for rel in site.releases():
             eng.stop(rel.sequence)
             for i in rel.manifest().images:
-                eng.client.images.remove(i.reference, force=True)
+                eng.client.images.remove(i.config_digest, force=True)  # every tag
         eng.close()
 
 

@@ -69,7 +69,7 @@ def test_install_update_and_failed_update_through_engine(tmp_path, engine_url, r
             eng.stop(rel.sequence)
         for rel in site.releases():
             for img in rel.manifest().images:
-                eng.client.images.remove(img.reference, force=True)
+                eng.client.images.remove(img.config_digest, force=True)  # every tag
         eng.close()
 
 
@@ -119,5 +119,5 @@ def test_sigkill_while_new_containers_start_keeps_old_serving(tmp_path, engine_u
             eng.stop(rel.sequence)
         for rel in site.releases():
             for img in rel.manifest().images:
-                eng.client.images.remove(img.reference, force=True)
+                eng.client.images.remove(img.config_digest, force=True)  # every tag
         eng.close()

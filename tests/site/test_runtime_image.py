@@ -57,5 +57,5 @@ def test_runtime_image_installs_and_passes_the_gate(tmp_path, engine_url):
         for rel in site.releases():
             eng.stop(rel.sequence)
             for img in rel.manifest().images:
-                eng.client.images.remove(img.reference, force=True)
+                eng.client.images.remove(img.config_digest, force=True)  # every tag
         eng.close()

@@ -92,7 +92,7 @@ def test_a_hung_container_is_restarted(tmp_path, engine_url):
         assert [(r["sequence"], r["service"]) for r in _restarts(site)] == [(1, "mlp")]
     finally:
         eng.stop(1)
-        eng.client.images.remove(m.images[0].reference, force=True)
+        eng.client.images.remove(m.images[0].config_digest, force=True)  # every tag
         eng.close()
 
 

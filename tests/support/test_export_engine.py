@@ -42,5 +42,5 @@ def test_export_holds_the_engine_version_and_the_running_containers_output(tmp_p
         assert engine["name"] == "docker" and "API" in engine["version"]
     finally:
         eng.stop(1)
-        eng.client.images.remove(m.images[0].reference, force=True)
+        eng.client.images.remove(m.images[0].config_digest, force=True)  # every tag
         eng.close()
