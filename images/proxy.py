@@ -88,9 +88,14 @@ def download_debs(base_tar: Path, dest: Path, *, log: bool = False) -> list[Path
         raise BaseImageError(f"{base_tar} is missing: run `make runtime-image` to make the base")
     (dest / "partial").mkdir(parents=True, exist_ok=True)
     status = dest / "base-status"
-    with status.open("wb") as out:
-        proc = subprocess.run(["tar", "-xOf", str(base_tar), "./var/lib/dpkg/status"],
-                              stdout=out, stderr=subprocess.PIPE, check=False)
+    # The base's tar names its members with or without a leading "./" (it depends on how
+    # the rootfs was archived), so ask for both spellings.
+    for member in ("var/lib/dpkg/status", "./var/lib/dpkg/status"):
+        with status.open("wb") as out:
+            proc = subprocess.run(["tar", "-xOf", str(base_tar), member],
+                                  stdout=out, stderr=subprocess.PIPE, check=False)
+        if proc.returncode == 0:
+            break
     if proc.returncode != 0:
         raise BaseImageError(f"cannot read dpkg status from {base_tar}: {proc.stderr[-200:]!r}")
     apt = ["apt-get", "-q", "-o", f"Dir::State::status={status}", "-o",
