@@ -42,6 +42,7 @@ TRUST_FILE = "root.json"
 # ones shifted by one slot so both can answer during the handover.
 SLOT_PORT_STEP = 100
 RUNTIME_PORT_BASE = 20000  # behind the front door: see runtime_port
+RUNTIME_PORT_SPAN = 6000
 
 
 @dataclass(frozen=True)
@@ -264,8 +265,9 @@ def slot_port(port: int, slot: int) -> int:
 
 def runtime_port(port: int, slot: int) -> int:
     """The loopback port a release's runtime listens on in `slot` behind the front door,
-    which itself owns the declared `port` (20000-29999 for slot 0, 30000-39999 for slot 1)."""
-    return RUNTIME_PORT_BASE + slot * 10000 + port % 10000
+    which itself owns the declared `port`: 20000-25999 for slot 0, 26000-31999 for slot 1,
+    below the kernel's ephemeral range (32768 up), whose ports outgoing connections take."""
+    return RUNTIME_PORT_BASE + slot * RUNTIME_PORT_SPAN + port % RUNTIME_PORT_SPAN
 
 
 def _now() -> str:

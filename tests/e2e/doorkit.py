@@ -25,8 +25,7 @@ SIZES = (64, 32, 10)  # the load generator's body is x [1, 64]; answers are y [1
 
 
 def free_port() -> int:
-    """A service port p in 10000-19998 with p + 1 and all their runtime ports (2xxxx,
-    3xxxx) free too."""
+    """A service port p in 10000-19998 with p + 1 and all their runtime ports free too."""
     rng = random.Random()
     for _ in range(200):
         p = rng.randrange(10000, 19999)
