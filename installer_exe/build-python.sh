@@ -5,10 +5,20 @@
 set -eu
 export DEBIAN_FRONTEND=noninteractive LC_ALL=C
 echo "deb-src http://deb.debian.org/debian bookworm main" > /etc/apt/sources.list.d/python-src.list
-apt-get update -qq
+# A mirror or resolver that stumbles once (seen under load: getaddrinfo EBUSY) must not
+# fail a build that takes ten minutes: each fetch gets three tries, and apt its own.
+fetch() {
+    for try in 1 2 3; do
+        apt-get -o Acquire::Retries=3 "$@" && return 0
+        echo "apt-get $*: try $try failed" >&2
+        sleep $((try * 5))
+    done
+    return 1
+}
+fetch update -qq
 rm -rf /opt/src && mkdir -p /opt/src && cd /opt/src
 chown _apt /opt/src 2>/dev/null || true
-apt-get source -qq --download-only python3.11
+fetch source -qq --download-only python3.11
 tar -xf python3.11_*.orig.tar.*
 cd Python-3.11*/
 # --enable-shared: PyInstaller bundles libpython; rpath so the build needs no LD_LIBRARY_PATH.
