@@ -3,8 +3,8 @@
 PyInstaller bundles the build host's libpython and shared libraries, so the
 executable needs at least the glibc it was built against. Building inside a
 bullseye root (glibc 2.31) makes that the floor; CPython 3.11 is built there
-from bookworm's `python3.11` source package, fetched with apt (there is no
-bullseye binary of it). The root is cached by a digest of its recipe.
+from bookworm's `python3.11` source package, fetched with the host's apt (there is
+no bullseye binary of it). The root is cached by a digest of its recipe.
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ def ensure_build_root(cache: Path, *, mirror: str | None = None, log: bool = Fal
              str(work), mirror],
             what=f"debootstrap {SUITE} from {mirror} (set DEBIAN_MIRROR to a reachable mirror)",
             log=log)
+        fetch_python_source(work / "opt" / "src", mirror, log=log)
         shutil.copy2(BUILD_PYTHON_SCRIPT, work / "build-python.sh")
         in_root(work, ["/bin/sh", "/build-python.sh"],
                 what="building CPython 3.11 from Debian's source package in the build root",
@@ -75,6 +76,28 @@ def ensure_build_root(cache: Path, *, mirror: str | None = None, log: bool = Fal
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return root
+
+
+def fetch_python_source(dest: Path, mirror: str, *, log: bool = False) -> None:
+    """Download bookworm's `python3.11` source package into `dest` with the host's apt,
+    from a sources list of our own (the host's configuration is not touched), so the
+    build root needs no network: under a busy test run its resolver was seen to fail.
+
+    Raises:
+        InstallerBuildError: apt could not fetch the source package.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="python-src-") as tmp:
+        t = Path(tmp)
+        (t / "sources.list").write_text(f"deb-src {mirror} bookworm main\n")
+        (t / "lists" / "partial").mkdir(parents=True)
+        apt = ["apt-get", "-q", "-o", f"Dir::Etc::SourceList={t / 'sources.list'}",
+               "-o", "Dir::Etc::SourceParts=/dev/null", "-o", f"Dir::State::Lists={t / 'lists'}",
+               "-o", "APT::Sandbox::User=root", "-o", "Acquire::Retries=5"]
+        run([*apt, "update"], what=f"fetching the source index of {mirror}", log=log)
+        run(["/bin/sh", "-c", 'cd "$0" && exec "$@"', str(dest), *apt, "source",
+             "--download-only", "python3.11"],
+            what="fetching the python3.11 source package", log=log)
 
 
 def in_root(root: Path, argv: Sequence[str], *, what: str, log: bool = False,
