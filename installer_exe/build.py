@@ -36,7 +36,7 @@ REQUIREMENTS = Path(__file__).with_name("requirements.txt")
 ENTRY = Path(__file__).with_name("entry_script.py")
 # Our packages inside the executable; `runtime` comes along only as far as the CLI's
 # argument parsing imports it (its settings), without numpy or onnxruntime.
-SOURCES = ("appliance", "bundler", "installer_tui", "signing", "runtime")
+SOURCES = ("appliance", "bundler", "installer_tui", "modelcontract", "signing", "runtime")
 COLLECT = ("appliance", "bundler", "installer_tui", "modelcontract", "signing")
 SOURCE_SUFFIXES = (".py", ".tcss")
 SOURCE_DATE_EPOCH = "1700000000"
