@@ -126,13 +126,19 @@ def build_runtime_image(
         ImageBuildError: any step failed; the message says which and what to do.
     """
     started = time.monotonic()
-    out_dir = out_dir or root / "out"
-    cache = cache or default_cache()
-    podman = podman or Podman(verbose=log)
-    cache.mkdir(parents=True, exist_ok=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir, cache, podman = build_places(root, out_dir, cache, podman, log)
     with _locked(cache / ".lock"):
         return _build_locked(VARIANTS[variant], root, out_dir, cache, podman, log, started)
+
+
+def build_places(root: Path, out_dir: Path | None, cache: Path | None, podman: Podman | None,
+                 log: bool) -> tuple[Path, Path, Podman]:
+    """The output and cache directories (made when missing) and the podman to build with."""
+    out_dir = out_dir or root / "out"
+    cache = cache or default_cache()
+    cache.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir, cache, podman or Podman(verbose=log)
 
 
 def _build_locked(

@@ -21,7 +21,15 @@ from dataclasses import asdict
 from pathlib import Path
 
 from images.base import SUITE, ensure_base, recipe_digest
-from images.build import HERE, ROOT, BuiltImage, _link_or_copy, _locked, _save_if_stale
+from images.build import (
+    HERE,
+    ROOT,
+    BuiltImage,
+    _link_or_copy,
+    _locked,
+    _save_if_stale,
+    build_places,
+)
 from images.build import default_cache as default_cache
 from images.errors import BaseImageError, ImageBuildError
 from images.podman import Podman, run_tool
@@ -48,11 +56,7 @@ def build_proxy_image(
         ImageBuildError: any step failed; the message says which and what to do.
     """
     started = time.monotonic()
-    out_dir = out_dir or root / "out"
-    cache = cache or default_cache()
-    podman = podman or Podman(verbose=log)
-    cache.mkdir(parents=True, exist_ok=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir, cache, podman = build_places(root, out_dir, cache, podman, log)
     with _locked(cache / ".lock"):
         base_tag = ensure_base(podman, cache / "base", log=log)
         base_tar = cache / "base" / f"base-{SUITE}-{recipe_digest()[:12]}.tar"
