@@ -9,18 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.site.bundlekit import make_bundle, sample, vendor
-from tests.site.installkit import REPO, process_site, ready
+from tests.site.bundlekit import make_bundle, sample
+from tests.site.installkit import REPO, ready
 from tests.site.releasekit import free_port_pair
 
 NO_GPU = Path(__file__).parent / "gpu_states" / "none.json"
-
-
-@pytest.fixture
-def ps(tmp_path):
-    s = process_site(tmp_path, vendor(tmp_path))
-    yield s
-    s.stop_all()
 
 
 def appliance(ps, *args: str) -> subprocess.CompletedProcess[str]:

@@ -23,21 +23,8 @@ from appliance.site.placement import Placement
 from appliance.site.plan import STEPS, CheckEvent, StepEvent
 from appliance.site.rollback import rollback, rollback_target
 from tests.enginekit import wait_for
-from tests.site.bundlekit import make_bundle, sample, vendor
-from tests.site.installkit import process_site, ready
-from tests.site.releasekit import free_port_pair
-
-
-@pytest.fixture
-def ps(tmp_path):
-    s = process_site(tmp_path, vendor(tmp_path))
-    yield s
-    s.stop_all()
-
-
-@pytest.fixture
-def port():
-    return free_port_pair()
+from tests.site.bundlekit import make_bundle, sample
+from tests.site.installkit import ready
 
 
 def test_first_install_runs_every_step_in_order_and_serves(ps, port):

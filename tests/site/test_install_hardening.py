@@ -23,21 +23,8 @@ from appliance.site.audit import verify as audit_entries
 from appliance.site.gpu import GpuReport, RecordedProbe
 from appliance.site.plan import STEPS, InstallOptions, InstallPlan
 from signing import PrivateKey, TrustRoot
-from tests.site.bundlekit import make_bundle, resign, sample, vendor
-from tests.site.installkit import process_site, ready
-from tests.site.releasekit import free_port_pair
-
-
-@pytest.fixture
-def ps(tmp_path):
-    s = process_site(tmp_path, vendor(tmp_path))
-    yield s
-    s.stop_all()
-
-
-@pytest.fixture
-def port():
-    return free_port_pair()
+from tests.site.bundlekit import make_bundle, resign, sample
+from tests.site.installkit import ready
 
 
 def tree(root: Path) -> dict[str, bytes | str]:
