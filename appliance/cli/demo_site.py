@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -27,6 +28,7 @@ import numpy as np
 
 from appliance.bundle.store import ContentStore
 from appliance.errors import ApplianceError, EngineUnavailableError
+from appliance.site.door import DoorRecord
 from appliance.site.engine import Engine
 from appliance.site.layout import SLOT_PORT_STEP, Site
 from appliance.units import human
@@ -133,15 +135,27 @@ def runtime_image(say: Any) -> Path | None:
 
 
 def proxy_image(runtime_archive: Path | None, say: Any) -> Path | None:
-    """The front door's proxy image archive, when `make proxy-image` left one beside the
-    runtime image's (the bundle then carries it; the demo does not build it)."""
+    """The front door's proxy image archive (built or cached beside the runtime image's),
+    or None saying why the demo serves without a front door."""
     if runtime_archive is None:
         return None
-    proxy = runtime_archive.with_name("proxy-image.tar")
-    if not proxy.is_file():
+    try:
+        from images.errors import ImageBuildError
+        from images.proxy import build_proxy_image
+    except ImportError as e:
+        say(f"image        no image builder here ({e}); serving without a front door")
         return None
-    say(f"image        front door proxy image {proxy} (carried in the bundle)")
-    return proxy
+    started = time.monotonic()
+    try:
+        built = build_proxy_image()
+    except ImageBuildError as e:
+        say(f"image        cannot build the front door's proxy image ({e}); serving "
+            "without a front door")
+        return None
+    how = "built" if built.built else "cached"
+    say(f"image        front door proxy image {built.tag} ({built.archive_bytes / 1e6:.0f} MB, "
+        f"{how}, {time.monotonic() - started:.1f} s; carried in the bundle)")
+    return built.archive
 
 
 def free_port(preferred: int) -> int:
@@ -192,6 +206,10 @@ def stop_previous(work: Path, site: Site, url: str | None) -> None:
                 for rel in site.releases():
                     with suppress(ApplianceError, OSError):
                         eng.stop(rel.sequence)
+                stop_proxy = getattr(eng, "stop_proxy", None)  # the front door, if any
+                if stop_proxy is not None:
+                    with suppress(ApplianceError, OSError):
+                        stop_proxy()
     shutil.rmtree(site.root, ignore_errors=True)
     recorded.unlink(missing_ok=True)
 
@@ -200,15 +218,21 @@ def record_engine(work: Path, choice: EngineChoice) -> None:
     (work / ENGINE_FILE).write_text(json.dumps({"kind": choice.kind, "url": choice.url}) + "\n")
 
 
-def infer_once(endpoint: str, x: np.ndarray, request_file: Path) -> np.ndarray:
-    """One V2 JSON inference (the body is also saved for the printed curl line)."""
+def infer_once(endpoint: str, x: np.ndarray, request_file: Path,
+               door: DoorRecord | None = None) -> np.ndarray:
+    """One V2 JSON inference (the body is also saved for the printed curl line); through
+    the front door with its CA file and token when `door` is given."""
     body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": list(x.shape),
                                    "data": x.reshape(-1).tolist()}]}).encode()
     request_file.write_bytes(body)
+    headers = {"Content-Type": "application/json"}
+    context = None
+    if door is not None:
+        headers["Authorization"] = f"Bearer {Path(door.token_file).read_text().strip()}"
+        context = ssl.create_default_context(cafile=door.ca_file)
     req = urllib.request.Request(  # noqa: S310 - the local endpoint we just installed
-        f"{endpoint}/v2/models/mlp/infer", data=body, method="POST",
-        headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310 - the local endpoint
+        f"{endpoint}/v2/models/mlp/infer", data=body, method="POST", headers=headers)
+    with urllib.request.urlopen(req, timeout=30, context=context) as r:  # noqa: S310
         doc = json.loads(r.read())
     out = doc["outputs"][0]
     return np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])
@@ -295,15 +319,25 @@ def run_demo(work: Path, *, engine: str, port: int, clean: bool, started: float)
     except (ApplianceError, OSError) as e:
         print(f"error: {e}", flush=True)
         return 1
-    endpoint = result.endpoints["mlp"]
+    door = DoorRecord.read(site)
     x = np.linspace(-1.0, 1.0, 64, dtype=np.float32).reshape(1, 64)
     request = work / "request.json"
-    y = infer_once(endpoint, x, request)
+    if door is not None:
+        # the stable address; the demo reaches it on loopback, which the certificate covers
+        endpoint = f"https://127.0.0.1:{door.ports['mlp']}"
+        auth = (f"--cacert {door.ca_file} -H \"Authorization: Bearer $(cat "
+                f"{door.token_file})\" ")
+    else:
+        endpoint, auth = result.endpoints["mlp"], ""
+    y = infer_once(endpoint, x, request, door)
     ok = np.allclose(y, mlp_reference(x), rtol=1e-4, atol=1e-5)
     say("")
-    say(f"serving      release {result.sequence} with the {choice.kind} engine")
+    say(f"serving      release {result.sequence} with the {choice.kind} engine"
+        + (" behind the front door (HTTPS, token)" if door is not None else ""))
+    if door is not None:
+        say(f"front door   {door.url('mlp')}  certificate SHA-256 {door.fingerprint}")
     say(f"endpoint     {endpoint}/v2/models/mlp  (ready: {endpoint}/v2/health/ready)")
-    say(f"try it       curl -s -X POST {endpoint}/v2/models/mlp/infer "
+    say(f"try it       curl -s {auth}-X POST {endpoint}/v2/models/mlp/infer "
         f"-H 'Content-Type: application/json' -d @{request}")
     say(f"answer       y = [{', '.join(f'{v:.4f}' for v in y.reshape(-1))}]")
     say(f"             {'matches' if ok else 'DOES NOT MATCH'} the numpy reference of the model")

@@ -48,5 +48,9 @@ def test_demo_with_a_container_engine_serves_and_answers(tmp_path: Path, podman_
         stdout = _demo(out, "--engine", "docker", env=env)
         _check_serving(stdout, "docker")
         assert "engine       docker: Podman" in stdout
+        # the first install is behind the front door: HTTPS and a token, curl line included
+        assert "behind the front door (HTTPS, token)" in stdout, stdout[-2000:]
+        assert re.search(r"try it       curl -s --cacert \S+ -H \"Authorization: Bearer",
+                         stdout), stdout[-2000:]
     finally:
         assert "stopped the demo" in _demo(out, "--stop", env=env)
