@@ -12,6 +12,7 @@ import sys
 import time
 from typing import Any, TextIO
 
+from appliance.frontdoor.canary import CanaryEvent
 from appliance.progress import Progress
 from appliance.site.plan import CheckEvent, StepEvent
 from appliance.units import human
@@ -58,6 +59,8 @@ class ProgressPrinter:
             doc["status"] = ev.status
         if isinstance(ev, CheckEvent):
             doc["level"] = ev.level
+        if isinstance(ev, CanaryEvent):  # the figures themselves, not only their sentence
+            doc["canary"] = ev.figures()
         print(json.dumps(doc), file=self.stream, flush=True)
 
     def _line(self, text: str) -> None:
