@@ -129,3 +129,55 @@ def test_fallback_answering_is_counted_shown_and_audited_from_start_to_end(
         proxy.stop()
         if main_again is not None:
             main_again.stop()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # Textual runs on asyncio
+
+
+@pytest.mark.anyio
+async def test_status_screen_shows_the_fallback_answering_then_the_main_back(
+        served: ProcessSite, runtimes: list[Server], mlp_models: Path) -> None:
+    from appliance.site.gpu import GpuReport, RecordedProbe
+    from installer_tui.app import make_app
+    from installer_tui.config import InstallerConfig
+    from installer_tui.screens.status import StatusScreen
+    from installer_tui.widgets import FallbackPanel
+    from tests.tui.kit import text_of
+    from tests.tui.kit import wait_for as wait_on_screen
+
+    ps = served
+    main, fallback = runtimes
+    ds, proxy = _front_door(ps, main, fallback)
+    be = config.backend_name(SERVICE)
+    main_again = None
+    app = make_app(InstallerConfig(site=ps.site, engine=lambda _s: ps.engine,
+                                   gpu_probe=RecordedProbe(GpuReport(unavailable="no GPU")),
+                                   start_on_status=True, poll_interval_s=0.3))
+    try:
+        wait_for(lambda: proxy.api.servers(be)["a"].up, 20, "the main runtime up")
+        main.proc.send_signal(signal.SIGKILL)
+        main.proc.wait(10)
+        wait_for(lambda: not proxy.api.servers(be)["a"].up, 20, "the main runtime down")
+        _ask(ds, 6, "fallback")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_on_screen(pilot, lambda: isinstance(app.screen, StatusScreen)
+                                 and app.screen.query_one(FallbackPanel).display,
+                                 what="the fallback panel")
+            panel = app.screen.query_one(FallbackPanel)
+            shown = text_of(panel)
+            assert f"{SERVICE}: answered by its fallback {FALLBACK_SERVICE} now (main: a DOWN" \
+                in shown and "; 6 request(s) answered by the fallback" in shown
+            assert [e.event for e in _events(ps)] == ["fallback_started"]  # the screen saw it
+
+            main_again = start_server(mlp_models, ps.tmp / "data-main-again", port=main.port)
+            wait_for(lambda: proxy.api.servers(be)["a"].up, 20, "the main runtime up again")
+            await wait_on_screen(pilot, lambda: "main release serving" in text_of(panel),
+                                 what="the main release back on the screen")
+            assert "; 6 request(s) answered by the fallback" in text_of(panel)
+            assert [e.event for e in _events(ps)] == ["fallback_started", "fallback_stopped"]
+    finally:
+        proxy.stop()
+        if main_again is not None:
+            main_again.stop()
