@@ -123,3 +123,21 @@ def test_cli_progress_prints_the_canary_figures_as_lines_and_json() -> None:
     assert doc["kind"] == "CanaryEvent" and doc["canary"]["new"] == {
         "requests": 40, "errors": 1, "error_rate": 0.025, "p99_ms": 12.0}
     assert doc["canary"]["old"]["requests"] == 360 and doc["canary"]["verdict"] == ""
+
+
+def test_cli_prints_a_running_canary_every_ten_seconds_and_always_its_verdict() -> None:
+    import io
+
+    from appliance.cli.progress import ProgressPrinter
+    out = io.StringIO()
+    printer = ProgressPrinter(out, bar=False)
+    figs = canary.WindowFigures(40, 0, 9.0)
+    for t in (2.0, 4.0, 6.0, 12.0, 14.0):
+        printer(CanaryEvent("switch", service=SERVICE, share=0.1, elapsed_s=t, window_s=15,
+                            new=figs, old=figs))
+    printer(CanaryEvent("switch", service=SERVICE, share=0.1, elapsed_s=15.0, window_s=15,
+                        new=figs, old=figs, verdict="promote", reason="canary within bounds"))
+    lines = out.getvalue().splitlines()
+    assert [ln.split(",")[0] for ln in lines] == [
+        "    canary mlp: 2/15 s", "    canary mlp: 12/15 s",
+        "    canary mlp: promoted: canary within bounds"]
