@@ -9,6 +9,7 @@ from textual.message import Message
 
 from appliance.bundle.manifest import Manifest
 from appliance.progress import Progress
+from appliance.site.fallbacks import FallbackFigures
 from appliance.site.plan import InstallResult
 from installer_tui.figures import FigureSample
 from installer_tui.media import FoundBundle
@@ -100,3 +101,10 @@ class LogsExported(Message):
     """The log archives were written (one per service)."""
 
     paths: list[Path]
+
+
+@dataclass
+class FallbacksRead(Message):
+    """Each service's fallback as the front door's proxy sees it now."""
+
+    figures: list[FallbackFigures]

@@ -12,11 +12,13 @@ import sys
 import time
 from typing import Any, TextIO
 
+from appliance.frontdoor.canary import CanaryEvent
 from appliance.progress import Progress
 from appliance.site.plan import CheckEvent, StepEvent
 from appliance.units import human
 
 STEP_MARKS = {"running": "==>", "ok": " ok", "warn": "  !", "failed": "  X"}
+CANARY_LINE_EVERY_S = 10.0  # a canary's figures come every 2 s; a log line every 10 is enough
 
 
 class ProgressPrinter:
@@ -31,6 +33,7 @@ class ProgressPrinter:
         self._last_draw = 0.0
         self._drawn = False
         self._last_pct: dict[str, int] = {}
+        self._canary_at: dict[str, float] = {}
 
     def __call__(self, ev: Progress) -> None:
         if self.as_json:
@@ -39,6 +42,11 @@ class ProgressPrinter:
             self._line(f"{STEP_MARKS[ev.status]} {ev.step}: {ev.message}")
         elif isinstance(ev, CheckEvent):
             self._line(f"    {ev.message}")
+        elif isinstance(ev, CanaryEvent):
+            last = self._canary_at.get(ev.service)
+            if ev.verdict or last is None or ev.elapsed_s - last >= CANARY_LINE_EVERY_S:
+                self._canary_at[ev.service] = ev.elapsed_s
+                self._line(f"    {ev.message}")
         elif ev.total:
             self._draw(ev) if self.bar else self._tenth(ev)
         elif ev.message:
@@ -58,6 +66,8 @@ class ProgressPrinter:
             doc["status"] = ev.status
         if isinstance(ev, CheckEvent):
             doc["level"] = ev.level
+        if isinstance(ev, CanaryEvent):  # the figures themselves, not only their sentence
+            doc["canary"] = ev.figures()
         print(json.dumps(doc), file=self.stream, flush=True)
 
     def _line(self, text: str) -> None:

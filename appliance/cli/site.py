@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,7 +20,8 @@ from appliance.engines import Engine, make_engine
 from appliance.errors import ApplianceError, CanaryFlagError, exit_code
 from appliance.frontdoor.canary import parse_bounds, parse_canary
 from appliance.site.door import DoorRecord, certificate_warning
-from appliance.site.doorops import fallback_answers
+from appliance.site.fallbacks import fallback_line
+from appliance.site.fallbacks import observe as observe_fallbacks
 from appliance.site.layout import DEFAULT_ROOT, Site
 from signing import SigningError
 
@@ -163,6 +165,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     door = door if door is not None and door.sequence == cur.sequence else None
     warning = certificate_warning(site, datetime.now(UTC))
     dead = _dead_services(args, site, cur.sequence, [s for s, ok in health.items() if not ok])
+    fallbacks = observe_fallbacks(site) if door else []
     if args.json:
         print(json.dumps({"current": cur.sequence, "version": m.version, "name": m.name,
                           "engine": rec.engine, "status": rec.status,
@@ -170,7 +173,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                           "urls": {s.name: door.url(s.name) for s in m.services} if door
                           else {}, "fingerprint": door.fingerprint if door else None,
                           "certificate_warning": warning,
-                          "fallback_answers": fallback_answers(site, door) if door else {},
+                          "fallback_answers": {f.service: f.answered for f in fallbacks},
+                          "fallbacks": [asdict(f) for f in fallbacks],
                           "highest_sequence": site.state().highest_sequence,
                           "not_running": dead}, sort_keys=True))
     else:
@@ -182,9 +186,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         if door is not None:
             for line in door.lines(m):
                 print(f"    {line}")
-            for svc, n in fallback_answers(site, door).items():
-                print(f"    {svc}: {n} request(s) answered by its fallback since the front "
-                      "door started" + (" (the main was down or too busy)" if n else ""))
+            for f in fallbacks:
+                print(f"    {fallback_line(f)}")
         if warning:
             print(f"warning: {warning}")
         for svc in dead:

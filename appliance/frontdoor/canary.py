@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 from appliance.errors import CanaryFlagError
+from appliance.progress import Progress
 
 _FLAG = re.compile(r"(?P<share>\d+(?:\.\d+)?)%:(?P<window>\d+)(?P<unit>s|m|h)")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600}
 MAX_WINDOW_S = 24 * 3600
+DEFAULT_CANARY = "10%:5m"  # what the screens offer first: a tenth of traffic, five minutes
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,53 @@ class CanaryVerdict:
 
     action: Literal["promote", "rollback"]
     reason: str
+
+
+NO_FIGURES = WindowFigures(0, 0, 0.0)
+
+
+@dataclass(frozen=True)
+class CanaryEvent(Progress):
+    """One service's canary figures so far (`verdict` "") or at its end, with the verdict.
+
+    Sent through the install's progress callback every few seconds of the window, so the
+    screens and the CLI show the figures as they come, not text to be parsed.
+    """
+
+    service: str = ""
+    share: float = 0.0
+    elapsed_s: float = 0.0
+    window_s: int = 0
+    new: WindowFigures = NO_FIGURES
+    old: WindowFigures = NO_FIGURES
+    verdict: Literal["", "promote", "rollback"] = ""
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.message:  # renderers that know only Progress still print something
+            object.__setattr__(self, "message", canary_line(self))
+
+    def figures(self) -> dict[str, object]:
+        """The event's figures as plain JSON values (for `--json` progress)."""
+        def side(f: WindowFigures) -> dict[str, object]:
+            return {"requests": f.requests, "errors": f.errors,
+                    "error_rate": round(f.error_rate, 6), "p99_ms": f.p99_ms}
+        return {"service": self.service, "share": self.share,
+                "elapsed_s": round(self.elapsed_s, 1), "window_s": self.window_s,
+                "new": side(self.new), "old": side(self.old), "verdict": self.verdict,
+                "reason": self.reason}
+
+
+def canary_line(ev: CanaryEvent) -> str:
+    """One line a person reads: progress and both releases' figures, or the verdict."""
+    def side(name: str, f: WindowFigures) -> str:
+        return (f"{name} {f.requests} req, {f.errors} err ({f.error_rate:.2%}), p99 "
+                f"{f.p99_ms:.1f} ms")
+    if ev.verdict:
+        word = "promoted" if ev.verdict == "promote" else "rolled back"
+        return f"canary {ev.service}: {word}: {ev.reason}"
+    return (f"canary {ev.service}: {min(ev.elapsed_s, ev.window_s):.0f}/{ev.window_s} s, "
+            f"{side('new', ev.new)}; {side('old', ev.old)}")
 
 
 def parse_canary(flag: str) -> CanaryPlan:

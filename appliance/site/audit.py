@@ -7,7 +7,8 @@ that line. `audit.head` holds the last line's number and hash, so cutting lines 
 is caught too. Appends are serialised with a lock on the file and fsync'd.
 
 Events: install, update, install_failed, refused (reason: tampered, older, expired,
-wrong key, not enough space, ...), rollback, rollback_failed, trust, allow_expired.
+wrong key, not enough space, ...), rollback, rollback_failed, trust, allow_expired,
+watchdog_restart, watchdog_failed, fallback_started, fallback_stopped.
 """
 
 from __future__ import annotations

@@ -15,10 +15,12 @@ from appliance.errors import ProxyApiError
 from appliance.frontdoor import site as files_of
 from appliance.frontdoor import switch
 from appliance.frontdoor.canary import WindowFigures
+from appliance.frontdoor.config import backend_name
 from appliance.frontdoor.runtime_api import ProxyApi, ServerStats
 from appliance.site.layout import Site
 
 CANARY_FILE = "canary.json"  # a canary under way: each service's old slot
+TICK_S = 2.0  # how often the figures of a running canary are read and reported
 
 
 def start_guard(root: Path) -> subprocess.Popen[bytes] | None:
@@ -106,3 +108,21 @@ def end_left_canary(site: Site) -> None:
         except ProxyApiError:
             continue  # the proxy restarts from its file, which names the old release
     path.unlink(missing_ok=True)
+
+
+def window_figures(api: ProxyApi, service: str, old_slot: str,
+                   start: dict[str, ServerStats],
+                   buckets: tuple[dict[float, float], dict[float, float]],
+                   urls: tuple[str, str]) -> tuple[WindowFigures, WindowFigures]:
+    """The old and the new release's figures since the window began (`start`: each slot's
+    counters then; `buckets`, `urls`: the old and new runtimes' histograms then, and their
+    addresses).
+
+    Raises:
+        ProxyApiError: the proxy does not answer.
+    """
+    now = api.servers(backend_name(service))
+    new_slot = switch.other_slot(old_slot)
+    old = figures(start[old_slot], now[old_slot], p99_ms(buckets[0], latency_buckets(urls[0])))
+    new = figures(start[new_slot], now[new_slot], p99_ms(buckets[1], latency_buckets(urls[1])))
+    return old, new

@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 from appliance.bundle.manifest import Manifest
@@ -27,8 +27,10 @@ from appliance.frontdoor import config, switch, tls
 from appliance.frontdoor import site as files_of
 from appliance.frontdoor.canary import (
     CanaryBounds,
+    CanaryEvent,
     CanaryPlan,
     CanaryVerdict,
+    WindowFigures,
     decide,
 )
 from appliance.frontdoor.container import (
@@ -41,11 +43,11 @@ from appliance.fsutil import atomic_write
 from appliance.progress import Progress, ProgressFn, no_progress
 from appliance.site.canarywatch import (
     CANARY_FILE,
+    TICK_S,
     end_left_canary,
-    figures,
     latency_buckets,
-    p99_ms,
     start_guard,
+    window_figures,
 )
 from appliance.site.engine import behind_front_door
 from appliance.site.layout import Site
@@ -257,24 +259,21 @@ class FrontDoor:
             old_urls = {s: self._slot_url(api, s, o) for s, o in old_slots.items()}
             hist = {s: (latency_buckets(old_urls[s]), latency_buckets(endpoints[s]))
                     for s in addrs}
-            deadline = time.monotonic() + plan.window_s
-            while (left := deadline - time.monotonic()) > 0:
-                time.sleep(min(5.0, left))
-                now = {svc: api.servers(config.backend_name(svc)) for svc in addrs}
-                seen = sum(now[s][switch.other_slot(o)].requests
-                           - start[s][switch.other_slot(o)].requests
-                           for s, o in old_slots.items())
-                self._say(f"canary: {seen} requests answered by the new release, "
-                          f"{max(0, round(left))} s left")
-            end = {svc: api.servers(config.backend_name(svc)) for svc in addrs}
-            verdicts = []
-            for s, o in old_slots.items():
-                n = switch.other_slot(o)
-                old_p99 = p99_ms(hist[s][0], latency_buckets(old_urls[s]))
-                new_p99 = p99_ms(hist[s][1], latency_buckets(endpoints[s]))
-                verdicts.append(decide(figures(start[s][o], end[s][o], old_p99),
-                                       figures(start[s][n], end[s][n], new_p99), bounds))
-            worst = next((v for v in verdicts if v.action == "rollback"), verdicts[0])
+            began = time.monotonic()
+            while (left := began + plan.window_s - time.monotonic()) > 0:
+                time.sleep(min(TICK_S, left))
+                for s, o in old_slots.items():
+                    self._canary_event(s, plan, began, *window_figures(
+                        api, s, o, start[s], hist[s], (old_urls[s], endpoints[s])))
+            ends = {s: window_figures(api, s, o, start[s], hist[s], (old_urls[s], endpoints[s]))
+                    for s, o in old_slots.items()}
+            verdicts = {s: decide(*ends[s], bounds) for s in ends}
+            worst = next((v for v in verdicts.values() if v.action == "rollback"),
+                         next(iter(verdicts.values())))
+            for s, v in verdicts.items():  # every service ends the way the worst one does
+                reason = v.reason if v.action == worst.action else \
+                    f"rolled back with the other services ({v.reason})"
+                self._canary_event(s, plan, began, *ends[s], worst.action, reason)
             promote = worst.action == "promote"
             for svc, old in old_slots.items():
                 switch.end_canary(api, svc, old, promote=promote)
@@ -330,6 +329,13 @@ class FrontDoor:
         raise FrontDoorError(f"the front door did not come up within {START_TIMEOUT_S:g} s "
                              f"({last or 'a runtime failed its health check'}); see the "
                              f"proxy's log: docker logs {name} (or podman logs {name})")
+
+    def _canary_event(self, service: str, plan: CanaryPlan, began: float, old: WindowFigures,
+                      new: WindowFigures, verdict: Literal["", "promote", "rollback"] = "",
+                      reason: str = "") -> None:
+        self.progress(CanaryEvent("switch", service=service, share=plan.share,
+                                  elapsed_s=time.monotonic() - began, window_s=plan.window_s,
+                                  new=new, old=old, verdict=verdict, reason=reason))
 
     def _say(self, message: str) -> None:
         self.progress(Progress("switch", message=message))

@@ -1,5 +1,5 @@
 """What an admin does to a running front door: rotate its token, replace its
-certificate, and count what each service's fallback answered."""
+certificate (what each service's fallback answered: `appliance.site.fallbacks`)."""
 
 from __future__ import annotations
 
@@ -8,27 +8,14 @@ from dataclasses import asdict, replace
 from datetime import datetime
 from pathlib import Path
 
-from appliance.errors import FrontDoorError, ProxyApiError
-from appliance.frontdoor import config, tls, token
+from appliance.errors import FrontDoorError
 from appliance.frontdoor import site as files_of
+from appliance.frontdoor import tls, token
 from appliance.frontdoor.container import CONF_IN_CONTAINER, own_for_proxy
 from appliance.frontdoor.runtime_api import ProxyApi
 from appliance.fsutil import atomic_write
 from appliance.site.door import DOOR_FILE, DoorRecord
 from appliance.site.layout import Site
-
-
-def fallback_answers(site: Site, record: DoorRecord) -> dict[str, int]:
-    """Requests each service's fallback has answered since the proxy started ({} when the
-    proxy does not answer)."""
-    api = ProxyApi(site.root / files_of.RUN_DIR / files_of.SOCKET)
-    out = {}
-    for svc in record.fallbacks:
-        try:
-            out[svc] = api.servers(config.backend_name(svc))[config.FALLBACK].requests
-        except (ProxyApiError, KeyError):
-            continue
-    return out
 
 
 def _files_and_api(site: Site) -> tuple[Path, ProxyApi]:

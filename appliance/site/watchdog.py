@@ -5,7 +5,9 @@ restarts it: Docker never restarts an unhealthy container, podman only with
 `--health-on-failure` (4.6 and later), and a supervisor sees a live process. The
 watchdog probes each service of `current` on its health path, and one that has not
 answered ready for `unhealthy_s` is restarted through its engine and recorded in the
-site's audit trail. After a restart it is given `start_grace_s` to come back.
+site's audit trail. After a restart it is given `start_grace_s` to come back. Each check
+also records when a service starts or stops being answered by its fallback
+(`appliance.site.fallbacks`).
 
 Run it with `appliance watchdog` (a systemd unit: `appliance watchdog --unit`).
 """
@@ -19,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from appliance.errors import ApplianceError
-from appliance.site import audit
+from appliance.site import audit, fallbacks
 from appliance.site.acceptance import is_ready
 from appliance.site.engine import HEALTH_START_PERIOD_S, Engine
 from appliance.site.layout import Site
@@ -77,6 +79,7 @@ class Watchdog:
             self._since.pop(key, None)
             self._grace[key] = self.clock() + self.start_grace_s
             restarted.append(svc.name)
+        fallbacks.observe(self.site)  # a service answered by its fallback: audit start/end
         return restarted
 
     def run(self, stop: threading.Event, every_s: float = CHECK_EVERY_S) -> None:

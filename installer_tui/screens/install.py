@@ -24,6 +24,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import ContentSwitcher, Footer, Header, RichLog, Static
 
 from appliance.bundle.manifest import Manifest
+from appliance.frontdoor.canary import CanaryEvent
 from appliance.progress import Progress
 from appliance.site.acceptance import is_ready
 from appliance.site.plan import STEPS, CheckEvent, InstallOptions, InstallPlan, StepEvent
@@ -31,7 +32,8 @@ from appliance.units import human
 from installer_tui.errors import InstallCancelledError
 from installer_tui.messages import Failed, InstallFinished, PlanProgress, ReviewReady
 from installer_tui.screens.base import InstallerScreen
-from installer_tui.widgets import ErrorPanel, StepList, TransferBar
+from installer_tui.screens.confirm import CanaryChoice, CanaryOfferScreen
+from installer_tui.widgets import CanaryPanel, ErrorPanel, StepList, TransferBar
 from signing import fingerprint
 
 REVIEW_STEPS = ("preflight", "verify", "placement")
@@ -60,6 +62,8 @@ class InstallScreen(InstallerScreen):
         self.error: Exception | None = None
         self._lock = ExitStack()
         self._cancel = threading.Event()
+        # the release serving behind a running front door: the install offers a canary
+        self.canary_from: int | None = None
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -69,6 +73,7 @@ class InstallScreen(InstallerScreen):
                 with Vertical(id="progress"):
                     yield ErrorPanel(id="install-error")
                     yield TransferBar("Waiting for preflight", id="transfer")
+                    yield CanaryPanel(id="install-canary")
                     yield RichLog(id="events", wrap=True, markup=False, highlight=False,
                                   min_width=20)
                 with Vertical(id="review"):
@@ -82,6 +87,7 @@ class InstallScreen(InstallerScreen):
     def on_mount(self) -> None:
         self.sub_title = f"{self.unverified.name} {self.unverified.version}"
         self.query_one("#install-error").display = False
+        self.query_one("#install-canary").display = False
         self.prepare()
 
     def on_unmount(self) -> None:
@@ -134,11 +140,20 @@ class InstallScreen(InstallerScreen):
             self._lock.enter_context(self.plan.locked())
             for step in REVIEW_STEPS:
                 self.plan.run_step(step)
+            self.canary_from = self._serving_behind_door(self.plan)
         except Exception as e:  # every failure is shown on the screen, none crashes it
             self._lock.close()
             self.post_message(Failed(e, step))
             return
         self.post_message(ReviewReady())
+
+    @staticmethod
+    def _serving_behind_door(plan: InstallPlan) -> int | None:
+        """The release serving behind a running front door that this one would replace."""
+        m, prev = plan.manifest, plan.previous
+        if m is None or prev is None or prev.sequence == m.sequence:
+            return None
+        return prev.sequence if plan.door.applies(m) and plan.door.can_canary() else None
 
     @work(thread=True, exclusive=True, group="plan")
     def finish(self) -> None:
@@ -178,6 +193,13 @@ class InstallScreen(InstallerScreen):
                 log.write(Text(f"  failed: {ev.message}", style="bold red"))
         elif isinstance(ev, CheckEvent):
             log.write(Text(f"  {ev.message}", style=LEVEL_STYLE.get(ev.level, "")))
+        elif isinstance(ev, CanaryEvent):
+            panel = self.query_one(CanaryPanel)
+            panel.display = True
+            panel.show_event(ev)
+            if ev.verdict:  # the live figures stay in the panel; the log keeps the verdict
+                log.write(Text(f"  {ev.message}", style="green" if ev.verdict == "promote"
+                               else "bold red"))
         elif ev.total:
             self.query_one(TransferBar).advance(ev.done, ev.total)
         elif ev.message:
@@ -189,9 +211,13 @@ class InstallScreen(InstallerScreen):
         self.query_one("#review-text", Static).update(self._review())
         m = self.plan.manifest
         assert m is not None
-        self.query_one("#review-hint", Static).update(Text.assemble(
+        hint = Text.assemble(
             "Press ", ("i", "bold reverse"), f" to install release {m.sequence}, ",
-            ("Esc", "bold reverse"), " to go back (nothing changes what serves)."))
+            ("Esc", "bold reverse"), " to go back (nothing changes what serves).")
+        if self.canary_from is not None:
+            hint.append(f" Release {self.canary_from} serves behind the front door: a canary "
+                        "is offered first.")
+        self.query_one("#review-hint", Static).update(hint)
         self.query_one(ContentSwitcher).current = "review"
         self.query_one("#review-scroll").focus()
         self._set_state("review")
@@ -219,10 +245,24 @@ class InstallScreen(InstallerScreen):
 
     # -- actions ---------------------------------------------------------------------------
     def action_install(self) -> None:
-        if self.state == "review":
-            self._set_state("running")
-            self.query_one(ContentSwitcher).current = "progress"
-            self.finish()
+        if self.state != "review":
+            return
+        if self.canary_from is None or self.plan is None or self.plan.manifest is None:
+            self._start()
+            return
+
+        def chosen(choice: CanaryChoice | None) -> None:
+            if choice is None or self.plan is None:
+                return  # back to the review: nothing changed
+            self.plan.o.canary, self.plan.o.canary_bounds = choice.plan, choice.bounds
+            self._start()
+        self.app.push_screen(CanaryOfferScreen(self.canary_from, self.plan.manifest.sequence),
+                             chosen)
+
+    def _start(self) -> None:
+        self._set_state("running")
+        self.query_one(ContentSwitcher).current = "progress"
+        self.finish()
 
     def action_back(self) -> None:
         """Back to the bundle list (releasing the site lock if the install did not go on)."""
@@ -314,6 +354,11 @@ class InstallScreen(InstallerScreen):
         where = Text()
         for line in r.placement.lines():
             where.append(f"{line}\n")
+        canary = self.query_one(CanaryPanel)
+        if canary.verdict:
+            door.append("Canary: ", style="bold")
+            for ev in canary.latest.values():
+                door.append(f"{ev.message}\n")
         back = Text()
         if r.previous is not None and r.previous != r.sequence:
             back.append(f"Release {r.previous} was stopped and stays installed.\n")

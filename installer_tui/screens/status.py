@@ -26,6 +26,7 @@ from installer_tui.figures import FiguresSource
 from installer_tui.format import engine_label
 from installer_tui.messages import (
     Failed,
+    FallbacksRead,
     FiguresHistory,
     FiguresSampled,
     LogsExported,
@@ -36,7 +37,7 @@ from installer_tui.messages import (
 from installer_tui.screens.base import InstallerScreen
 from installer_tui.screens.choose import ChooseReleaseScreen
 from installer_tui.screens.confirm import ConfirmScreen
-from installer_tui.widgets import ErrorPanel, Figure
+from installer_tui.widgets import ErrorPanel, FallbackPanel, Figure
 
 MEANINGS = {
     "rollback": ("The rollback did not complete: the release that was serving keeps serving.",
@@ -95,6 +96,7 @@ class StatusScreen(InstallerScreen):
         yield Header()
         with VerticalScroll(id="status-body"):
             yield Static("Reading the site...", id="release")
+            yield FallbackPanel(id="fallbacks")
             yield Figure("Requests", "req/s", id="fig-rps")
             yield Figure("Latency p99", "ms", id="fig-latency")
             yield Figure("GPU memory", "MiB", id="fig-gpu")
@@ -109,6 +111,7 @@ class StatusScreen(InstallerScreen):
         self.sub_title = "status"
         self.query_one("#export-row").display = False
         self.query_one("#status-error").display = False
+        self.query_one(FallbackPanel).display = False
         self.read_status()
 
     def on_unmount(self) -> None:
@@ -151,6 +154,7 @@ class StatusScreen(InstallerScreen):
         self.status = message
         self.query_one("#release", Static).update(self._describe(message))
         self.refresh_bindings()
+        self.read_fallbacks()
         if first and message.endpoints:
             self.figures = self.config.figures(
                 [message.endpoints[s] for s in sorted(message.endpoints)])
@@ -200,6 +204,24 @@ class StatusScreen(InstallerScreen):
     def poll(self) -> None:
         if self.figures is not None:
             self.post_message(FiguresSampled(self.figures.sample()))
+        self._post_fallbacks()  # already in a worker thread
+
+    # -- fallbacks -----------------------------------------------------------------------
+    @work(thread=True, exclusive=True, group="fallbacks")
+    def read_fallbacks(self) -> None:
+        """What each service's fallback answered; a start or end is audited (observe)."""
+        self._post_fallbacks()
+
+    def _post_fallbacks(self) -> None:
+        from appliance.site.fallbacks import observe
+        try:
+            self.post_message(FallbacksRead(observe(self.config.site)))
+        except Exception:  # the panel keeps what it showed; status itself says what is wrong
+            return
+
+    @on(FallbacksRead)
+    def fallbacks_read(self, message: FallbacksRead) -> None:
+        self.query_one(FallbackPanel).show_figures(message.figures)
 
     @on(FiguresHistory)
     def figures_history(self, message: FiguresHistory) -> None:
