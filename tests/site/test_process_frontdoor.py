@@ -20,10 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from appliance.engines.procproxy import PROC_DIR, ProcessProxy
 from appliance.engines.process import ProcessEngine
+from appliance.engines.procproxy import PROC_DIR, ProcessProxy
 from appliance.frontdoor.container import PROXY_UID
 from appliance.site.door import lan_address
+from appliance.site.doorops import rotate_token
 from appliance.site.engine import site_id
 from appliance.site.layout import Site, runtime_port
 from tests.bundle.runtimes import docker_archive, proxy_docker_archive
@@ -62,13 +63,15 @@ class ProcDoor:
         return ProcessProxy(Site(self.root), site_id(self.root), self.units, False,
                             sys.executable)
 
-    def get(self, path: str, token: bool = True) -> int:
-        """The status of GET `path` on the stable HTTPS port."""
+    def get(self, path: str, token: bool | str = True) -> int:
+        """The status of GET `path` on the stable HTTPS port (with the site's token, or
+        the one given)."""
         door = json.loads((self.root / "frontdoor" / "door.json").read_text())
         ctx = ssl.create_default_context(cafile=door["ca_file"])
         conn = http.client.HTTPSConnection("127.0.0.1", self.vendor.port, context=ctx,
                                            timeout=10)
-        headers = {"Authorization": f"Bearer {self.token()}"} if token else {}
+        bearer = token if isinstance(token, str) else self.token()
+        headers = {"Authorization": f"Bearer {bearer}"} if token else {}
         try:
             conn.request("GET", path, headers=headers)
             r = conn.getresponse()
@@ -131,6 +134,16 @@ def test_process_door_answers_https_with_the_token_only(serving: ProcDoor):
     uids = next(x for x in Path(f"/proc/{child}/status").read_text().splitlines()
                 if x.startswith("Uid:")).split()[1:]
     assert uids == [str(PROXY_UID)] * 4, uids
+
+
+def test_process_door_token_rotates_at_host_paths(serving: ProcDoor):
+    old = serving.token()
+    new = rotate_token(Site(serving.root), finish=False)  # HAProxy names its map by host path
+    assert serving.get("/v2/models/mlp", token=new) == 200
+    assert serving.get("/v2/models/mlp", token=old) == 200
+    rotate_token(Site(serving.root), finish=True)
+    assert serving.get("/v2/models/mlp", token=old) == 401
+    assert serving.get("/v2/models/mlp", token=new) == 200
 
 
 def test_process_door_runtime_listens_on_loopback_only(serving: ProcDoor):
