@@ -226,3 +226,46 @@ def test_process_door_without_haproxy_is_one_preflight_line(door: ProcDoor):
            "Debian's 'haproxy' package (apt-get install haproxy)" in lines[0], lines
     assert not (door.root / "current").exists()
     assert not (door.root / PROC_DIR).exists()
+
+
+def test_process_door_canary_is_promoted_with_no_failed_request(serving: ProcDoor):
+    door = serving
+    load = steady_load(door.root, door.vendor.port).start()
+    try:
+        r = door.install(door.vendor.build(2, seed=1, base=door.vendor.work / "door-1.tar"),
+                         "--canary", "30%:6s")
+    finally:
+        report = load.stop()
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert "canary within bounds" in r.stdout, r.stdout[-2000:]
+    assert json.loads(door.cli("status", "--json").stdout)["current"] == 2
+    assert report.sent > 100 and report.failures == [], report.summary()
+
+
+def test_process_door_fallback_answers_while_the_main_runtime_hangs(door: ProcDoor):
+    r = door.install(door.vendor.build(1, seed=0, fallback=True))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    child = int((door.root / "releases" / "1" / "run" / "mlp.child").read_text())
+    record = json.loads((door.root / "frontdoor" / "door.json").read_text())
+    ctx = ssl.create_default_context(cafile=record["ca_file"])
+
+    def served_by() -> str:
+        conn = http.client.HTTPSConnection("127.0.0.1", door.vendor.port, context=ctx,
+                                           timeout=10)
+        try:
+            conn.request("GET", "/v2/models/mlp",
+                         headers={"Authorization": f"Bearer {door.token()}"})
+            resp = conn.getresponse()
+            resp.read()
+            assert resp.status == 200, resp.status
+            return resp.getheader("X-Appliance-Served-By", "main")
+        finally:
+            conn.close()
+
+    assert served_by() == "main"
+    os.kill(child, signal.SIGSTOP)  # alive but answering nothing: its health check fails
+    try:
+        wait_for(lambda: served_by() == "fallback", 30, "the fallback to answer")
+    finally:
+        os.kill(child, signal.SIGCONT)
+    wait_for(lambda: served_by() == "main", 30, "the main runtime to answer again")
