@@ -174,7 +174,11 @@ def test_process_door_unit_is_written_and_stays_enabled(serving: ProcDoor):
                  "CapabilityBoundingSet=CAP_SETUID CAP_SETGID CAP_NET_BIND_SERVICE",
                  "WantedBy=multi-user.target"):
         assert line in text, line
-    assert f"uid {PROXY_UID}" in conf.read_text()  # root only to read and bind
+    cfg = conf.read_text()
+    assert f"uid {PROXY_UID}" in cfg  # root only to read and bind
+    # HAProxy reads the front door's files where the host has them (no container mounts)
+    assert f"crt {serving.root / 'frontdoor' / 'site.pem'} " in cfg
+    assert f"stats socket {serving.root / 'frontdoor-run' / 'admin.sock'} " in cfg
     wants = serving.units / "multi-user.target.wants"
     serving.engine().enable(1)  # enabling a release leaves the front door enabled
     assert os.readlink(wants / name) == f"../{name}"
