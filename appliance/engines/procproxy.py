@@ -34,6 +34,9 @@ PACKAGE = "haproxy"  # the Debian package that carries it
 PROC_DIR = "frontdoor-proc"
 STOP_TIMEOUT_S = 15.0
 CHECK_TIMEOUT_S = 30.0
+# What root in the front door's unit may still do: read its files, bind, drop to its uid.
+UNIT_CAPABILITIES = ("CAP_SETUID", "CAP_SETGID", "CAP_NET_BIND_SERVICE", "CAP_DAC_OVERRIDE",
+                     "CAP_SYS_RESOURCE")
 
 
 def haproxy_binary() -> Path:
@@ -168,9 +171,10 @@ class ProcessProxy:
             "RestartSec=2",
             # Confinement as the service units have it, but for the user: HAProxy starts
             # as root to read its files and bind the ports, then runs as PROXY_UID; root
-            # in here holds only the capabilities for that.
-            "CapabilityBoundingSet=CAP_SETUID CAP_SETGID CAP_NET_BIND_SERVICE "
-            "CAP_DAC_READ_SEARCH CAP_SYS_RESOURCE",
+            # in here holds only the capabilities for that (DAC_OVERRIDE: the certificate
+            # and the socket's directory belong to PROXY_UID; ProtectSystem still keeps
+            # all but that directory read-only).
+            f"CapabilityBoundingSet={' '.join(UNIT_CAPABILITIES)}",
             "NoNewPrivileges=yes",
             f"LimitNOFILE={spec.nofile}",
             f"MemoryMax={spec.memory_bytes}",

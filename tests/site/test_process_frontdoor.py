@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shlex
 import signal
 import socket
 import ssl
@@ -171,7 +172,7 @@ def test_process_door_unit_is_written_and_stays_enabled(serving: ProcDoor):
     for line in ("Restart=always", "NoNewPrivileges=yes", "ProtectSystem=strict",
                  "ProtectHome=yes", "PrivateTmp=yes", "UMask=0027", "LimitNOFILE=",
                  "MemoryMax=", "TasksMax=", f"ReadWritePaths={serving.root / 'frontdoor-run'}",
-                 "CapabilityBoundingSet=CAP_SETUID CAP_SETGID CAP_NET_BIND_SERVICE",
+                 "CapabilityBoundingSet=CAP_SETUID CAP_SETGID CAP_NET_BIND_SERVICE ",
                  "WantedBy=multi-user.target"):
         assert line in text, line
     cfg = conf.read_text()
@@ -184,6 +185,28 @@ def test_process_door_unit_is_written_and_stays_enabled(serving: ProcDoor):
     assert os.readlink(wants / name) == f"../{name}"
     assert any(p.name.startswith(f"appliance-{site_id(serving.root)}-1-")
                for p in wants.iterdir())
+
+
+def test_process_door_starts_with_only_the_unit_capabilities(serving: ProcDoor):
+    """HAProxy as the unit starts it (systemd's CapabilityBoundingSet, emulated with
+    util-linux's setpriv): it binds, serves and drops to its uid with no more."""
+    setpriv = need("setpriv")
+    unit = (serving.units / f"appliance-{site_id(serving.root)}-frontdoor.service").read_text()
+    caps = next(x for x in unit.splitlines() if x.startswith("CapabilityBoundingSet="))
+    bounding = ",".join(f"+{c.removeprefix('CAP_').lower()}" for c in caps.split("=")[1].split())
+    serving.engine().stop_proxy()
+    cmd = shlex.split(next(x for x in unit.splitlines() if x.startswith("ExecStart="))[10:])
+    proc = subprocess.Popen([setpriv, f"--bounding-set=-all,{bounding}", *cmd],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: proc.poll() is None and _serves(serving), 30,
+                 "HAProxy under the unit's capabilities to serve")
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        assert "CapEff:\t0000000000000000" in status  # none left after the drop
+    finally:
+        proc.kill()
+        out = proc.communicate(timeout=30)[0]
+    assert b"ALERT" not in out, out[-1000:]
 
 
 def test_process_door_comes_back_after_sigkill(serving: ProcDoor):
