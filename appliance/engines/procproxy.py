@@ -39,28 +39,30 @@ UNIT_CAPABILITIES = ("CAP_SETUID", "CAP_SETGID", "CAP_NET_BIND_SERVICE", "CAP_DA
                      "CAP_SYS_RESOURCE")
 
 
-def haproxy_binary() -> Path:
-    """The HAProxy binary the process engine runs.
+def haproxy_command() -> list[str]:
+    """The command that runs HAProxy here, flags to be appended: today the host's Debian
+    package. The one place that decides which HAProxy runs (later: from the bundle's
+    verified proxy image).
 
     Raises:
-        ProxyMissingError: it is not installed.
+        ProxyMissingError: HAProxy is not installed.
     """
     binary = Path(os.environ.get(HAPROXY_ENV) or HAPROXY)
     if not (binary.is_file() and os.access(binary, os.X_OK)):
         raise ProxyMissingError(
             f"the front door needs HAProxy and {binary} is missing: install Debian's "
             f"'{PACKAGE}' package (apt-get install {PACKAGE}) and run again")
-    return binary
+    return [str(binary)]
 
 
-def haproxy_command(config: Path) -> list[str]:
-    """The command that runs HAProxy over `config` in the foreground (one process, no
-    master: the supervisor or systemd restarts it).
+def serve_command(config: Path) -> list[str]:
+    """HAProxy over `config` in the foreground: one process, no master (the supervisor
+    or systemd restarts it).
 
     Raises:
         ProxyMissingError: HAProxy is not installed.
     """
-    return [str(haproxy_binary()), "-db", "-f", str(config)]
+    return [*haproxy_command(), "-db", "-f", str(config)]
 
 
 def haproxy_version() -> str:
@@ -69,16 +71,16 @@ def haproxy_version() -> str:
     Raises:
         ProxyMissingError: HAProxy is not installed or does not run.
     """
-    binary = haproxy_binary()
+    cmd = haproxy_command()
     try:
-        r = subprocess.run([str(binary), "-v"], capture_output=True, text=True, timeout=30,
+        r = subprocess.run([*cmd, "-v"], capture_output=True, text=True, timeout=30,
                            check=False)
     except OSError as e:
-        raise ProxyMissingError(f"{binary} does not run ({e.strerror}): reinstall Debian's "
+        raise ProxyMissingError(f"{cmd[0]} does not run ({e.strerror}): reinstall Debian's "
                                 f"'{PACKAGE}' package and run again") from e
     first = (r.stdout.splitlines() or ["?"])[0]
     version = first.split(" - ")[0].replace("HAProxy version", "HAProxy").strip()
-    return f"{version} ({binary})"
+    return f"{version} ({shlex.join(cmd)})"
 
 
 class ProcessProxy:
@@ -114,7 +116,7 @@ class ProcessProxy:
             FrontDoorError: HAProxy refuses the rendered configuration.
             EngineError: its supervisor could not be started.
         """
-        cmd = haproxy_command(spec.conf_dir / files_of.CONFIG)
+        cmd = serve_command(spec.conf_dir / files_of.CONFIG)
         self._check_config(cmd)
         self.dir.mkdir(mode=0o700, exist_ok=True)
         self.write_unit(spec, cmd)
