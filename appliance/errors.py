@@ -229,6 +229,12 @@ class ProxyApiError(FrontDoorError):
     """HAProxy's runtime API is unreachable or refused a command."""
 
 
+class ProxyMissingError(FrontDoorError):
+    """The process engine's front door needs HAProxy and this host has none."""
+
+    exit_code = EXIT_PREFLIGHT
+
+
 # -- the stick ----------------------------------------------------------------
 class StickError(ApplianceError):
     """A stick's layout, checksum list or signature is missing, altered, or cannot be written."""

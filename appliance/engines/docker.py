@@ -240,9 +240,17 @@ class DockerEngine:
         return spec
 
     # -- the front door's proxy (appliance.site.door.ProxyHost) -------------------
+    proxy_in_container = True  # the files are mounted at container.CONF_IN_CONTAINER
+    proxy_uid: int | None = None  # the container starts as the image's unprivileged user
+
     def proxy_name(self) -> str:
         """The proxy container's name on this site."""
         return f"appliance-{self.tag}-frontdoor"
+
+    def proxy_logs(self) -> str:
+        """The command that shows the proxy container's log."""
+        name = self.proxy_name()
+        return f"docker logs {name} (or podman logs {name})"
 
     def ensure_proxy(self, spec: ProxyContainer, restart: bool = False) -> bool:
         """Run the proxy container from `spec`: left alone when it already runs that image

@@ -22,11 +22,18 @@ from appliance.bundle.layers import extract_model
 from appliance.bundle.manifest import Manifest
 from appliance.bundle.store import ContentStore
 from appliance.engines.hardening import service_limits
+from appliance.engines.procproxy import ProxyProcessMixin
 from appliance.engines.supervise import open_log
 from appliance.errors import EngineError, ImageLoadError, StoreError
 from appliance.fsutil import atomic_write
 from appliance.progress import Progress, ProgressFn, no_progress
-from appliance.site.engine import Launch, launches, runtime_command, site_id
+from appliance.site.engine import (
+    Launch,
+    behind_front_door,
+    launches,
+    runtime_command,
+    site_id,
+)
 from appliance.site.layout import Release, Site
 from appliance.site.placement import Placement
 
@@ -40,8 +47,9 @@ LIMIT_NOFILE = 65536  # idle client connections and model files must not hit EMF
 CRASH_LOOP = 3  # quick exits in a row after which a service counts as dead
 
 
-class ProcessEngine:
-    """Runs each service as `command` over its model directory, supervised."""
+class ProcessEngine(ProxyProcessMixin):
+    """Runs each service as `command` over its model directory, supervised; and the
+    front door's HAProxy (`ProxyProcessMixin`)."""
 
     name = "process"
 
@@ -87,7 +95,7 @@ class ProcessEngine:
         """Write each service's unit and start it under supervision."""
         self.stop(release.sequence)
         urls = {}
-        for launch in launches(manifest, placement, slot):
+        for launch in launches(manifest, placement, slot, door=behind_front_door(manifest)):
             cmd, env = self._command(release, launch)
             self._write_unit(manifest, release, launch, cmd, env)
             run = self._run_dir(release)
@@ -190,7 +198,8 @@ class ProcessEngine:
         """Enable `sequence`'s units for boot (multi-user.target.wants) and disable others."""
         wants = self.unit_dir / "multi-user.target.wants"
         wants.mkdir(parents=True, exist_ok=True)
-        for unit in self.unit_dir.glob(f"appliance-{self.tag}-*.service"):
+        # release units only: the front door's and the watchdog's stay enabled
+        for unit in self.unit_dir.glob(f"appliance-{self.tag}-[0-9]*-*.service"):
             link = wants / unit.name
             mine = unit.name.startswith(f"appliance-{self.tag}-{sequence}-")
             if mine and not link.is_symlink():

@@ -78,6 +78,9 @@ class ProxySettings:
     timeouts: Timeouts = field(default_factory=Timeouts)
     log: bool = True
     threads: int | None = None  # None: one per CPU (HAProxy's default)
+    # Started as root (the process engine): read the files and bind the ports, then run
+    # as this uid and gid. None where HAProxy starts unprivileged (the proxy container).
+    uid: int | None = None
 
 
 def backend_name(service: str) -> str:
@@ -122,6 +125,7 @@ def render(services: list[ServiceDoor], s: ProxySettings) -> str:
         "global",
         f"    maxconn {s.maxconn}",
         *([f"    nbthread {s.threads}"] if s.threads else []),
+        *([f"    uid {s.uid}", f"    gid {s.uid}"] if s.uid is not None else []),
         # expose-fd lets a reloaded process take over the listening sockets: no refused
         # connection during a reload.
         f"    stats socket {s.socket} mode 600 level admin expose-fd listeners",

@@ -34,6 +34,7 @@ from appliance.frontdoor.canary import (
     decide,
 )
 from appliance.frontdoor.container import (
+    CONF_IN_CONTAINER,
     NOFILE,
     ProxyContainer,
     own_for_proxy,
@@ -58,13 +59,27 @@ START_TIMEOUT_S = 60.0
 
 @runtime_checkable
 class ProxyHost(Protocol):
-    """An engine that can run the front door's proxy (the container engines)."""
+    """An engine that can run the front door's proxy: the container engines (a hardened
+    container) and the process engine (a supervised HAProxy, appliance.engines.procproxy).
+    """
+
+    # Whether HAProxy sees the front door's files at their container paths
+    # (`container.CONF_IN_CONTAINER`) or at their host paths.
+    proxy_in_container: bool
+
+    @property
+    def proxy_uid(self) -> int | None:
+        """The uid HAProxy drops to after reading its files and binding its ports, where
+        it starts as root; None where it starts unprivileged."""
 
     def ensure_proxy(self, spec: ProxyContainer, restart: bool = False) -> bool:
-        """Run the proxy container (replaced when `restart`); True when it was (re)started."""
+        """Run the proxy (replaced when `restart`); True when it was (re)started."""
 
     def proxy_name(self) -> str:
-        """The proxy container's name on this site."""
+        """The proxy's name on this site (container or unit)."""
+
+    def proxy_logs(self) -> str:
+        """Where a person reads the proxy's log (a command or a file)."""
 
 
 @dataclass(frozen=True)
@@ -79,7 +94,8 @@ class DoorRecord:
     token_file: str
     not_after: str
     fallbacks: dict[str, str] = field(default_factory=dict)  # service -> its fallback
-
+    # the front door's directory as HAProxy names it (its map and certificate paths)
+    proxy_conf: str = str(CONF_IN_CONTAINER)
 
     def url(self, service: str) -> str:
         """The stable base URL of `service`."""
@@ -210,15 +226,18 @@ class FrontDoor:
             self._say("starting the front door on port(s) "
                       + ", ".join(str(p) for p in sorted(ports.values())))
             self.engine.ensure_proxy(spec, restart=before is not None)
-            self._wait_up(api, list(addrs), self.engine.proxy_name())
+            self._wait_up(api, list(addrs), self.engine.proxy_logs())
         return self._record(files, manifest, sequence)
 
     def _record(self, files: files_of.FrontDoorFiles, manifest: Manifest,
                 sequence: int) -> DoorRecord:
+        token_map = self._settings(files).token_map
+        proxy_conf = token_map.parent if token_map is not None else files.conf_dir
         record = DoorRecord(lan_address(), {s.name: s.port for s in manifest.services},
                             sequence, files.fingerprint, str(files.ca_file),
                             str(self.site.root / "token"), files.not_after.isoformat(),
-                            {s.name: s.fallback for s in manifest.services if s.fallback})
+                            {s.name: s.fallback for s in manifest.services if s.fallback},
+                            str(proxy_conf))
         atomic_write(files.conf_dir / DOOR_FILE,
                      json.dumps(asdict(record), indent=2, sort_keys=True).encode() + b"\n")
         return record
@@ -310,10 +329,18 @@ class FrontDoor:
         doors = [config.ServiceDoor(s.name, s.port, servers={
             slot: (at(s.name) if slot == slots[s.name] else None) for slot in config.SLOTS},
             fallback=at(s.fallback) if s.fallback else None) for s in manifest.services]
-        settings = files_of.settings(files, in_container=True)
+        settings = self._settings(files)
         # HAProxy holds about two descriptors a connection: stay under half the limit
         settings = replace(settings, maxconn=min(settings.maxconn, _nofile() // 2 - 64))
         files_of.write_config(files, doors, settings)
+
+    def _settings(self, files: files_of.FrontDoorFiles) -> config.ProxySettings:
+        """The proxy settings with paths and user as this engine's HAProxy sees them."""
+        if not isinstance(self.engine, ProxyHost):
+            raise FrontDoorError(f"the {getattr(self.engine, 'name', '?')} engine cannot run "
+                                 "the front door")
+        return replace(files_of.settings(files, in_container=self.engine.proxy_in_container),
+                       uid=self.engine.proxy_uid)
 
     def _wait_up(self, api: ProxyApi, services: list[str], name: str) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -328,7 +355,7 @@ class FrontDoor:
             time.sleep(0.1)
         raise FrontDoorError(f"the front door did not come up within {START_TIMEOUT_S:g} s "
                              f"({last or 'a runtime failed its health check'}); see the "
-                             f"proxy's log: docker logs {name} (or podman logs {name})")
+                             f"proxy's log: {name}")
 
     def _canary_event(self, service: str, plan: CanaryPlan, began: float, old: WindowFigures,
                       new: WindowFigures, verdict: Literal["", "promote", "rollback"] = "",

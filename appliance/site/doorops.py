@@ -11,24 +11,26 @@ from pathlib import Path
 from appliance.errors import FrontDoorError
 from appliance.frontdoor import site as files_of
 from appliance.frontdoor import tls, token
-from appliance.frontdoor.container import CONF_IN_CONTAINER, own_for_proxy
+from appliance.frontdoor.container import own_for_proxy
 from appliance.frontdoor.runtime_api import ProxyApi
 from appliance.fsutil import atomic_write
 from appliance.site.door import DOOR_FILE, DoorRecord
 from appliance.site.layout import Site
 
 
-def _files_and_api(site: Site) -> tuple[Path, ProxyApi]:
-    """The front door's directory and its runtime API.
+def _files_and_api(site: Site) -> tuple[Path, Path, ProxyApi]:
+    """The front door's directory, the same as HAProxy names it, and its runtime API.
 
     Raises:
         FrontDoorError: this site has no front door yet.
     """
     conf = site.root / files_of.CONF_DIR
-    if DoorRecord.read(site) is None:
+    record = DoorRecord.read(site)
+    if record is None:
         raise FrontDoorError(f"{site.root} has no front door yet: install a bundle that "
-                             "carries one with a container engine first")
-    return conf, ProxyApi(site.root / files_of.RUN_DIR / files_of.SOCKET)
+                             "carries one first")
+    return conf, Path(record.proxy_conf), ProxyApi(site.root / files_of.RUN_DIR
+                                                   / files_of.SOCKET)
 
 
 def rotate_token(site: Site, finish: bool) -> str:
@@ -39,10 +41,10 @@ def rotate_token(site: Site, finish: bool) -> str:
     Raises:
         FrontDoorError: no front door, the proxy refused, or no rotation to finish.
     """
-    conf, api = _files_and_api(site)
+    conf, in_proxy_conf, api = _files_and_api(site)
     token_file = site.root / token.TOKEN_FILE
     pending = site.root / (token.TOKEN_FILE + ".old")
-    in_proxy = CONF_IN_CONTAINER / files_of.TOKEN_MAP
+    in_proxy = in_proxy_conf / files_of.TOKEN_MAP
     current = token.read_token(token_file)
     if finish:
         if not pending.exists():
@@ -74,9 +76,9 @@ def replace_certificate(site: Site, cert: Path, key: Path, now: datetime) -> str
         TlsError: the pair is bad (key does not match, expired, unreadable).
         FrontDoorError: no front door, or the proxy refused it.
     """
-    conf, api = _files_and_api(site)
+    conf, in_proxy_conf, api = _files_and_api(site)
     pem_text, leaf = tls.load_pair(cert, key, now)
-    api.replace_certificate(CONF_IN_CONTAINER / tls.SITE_PEM, pem_text)
+    api.replace_certificate(in_proxy_conf / tls.SITE_PEM, pem_text)
     made = tls.install_pair(conf, cert, key, now)
     own_for_proxy([conf / tls.SITE_PEM])
     ca = conf / "ca" / tls.CA_CERT

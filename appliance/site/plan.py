@@ -74,6 +74,7 @@ from appliance.site.preflight import (
     check_disk,
     check_driver_for_cuda,
     check_engine,
+    check_front_door,
     check_gpu_runtime,
     check_gpus,
     check_site_paths,
@@ -248,6 +249,7 @@ class InstallPlan:
             extract = sum(x.weights_size for x in m.models) if self.engine.name == "process" \
                 else 0
             checks.append(check_disk(m, self.site.store, extract))
+            checks.append(check_front_door(self.engine, m))
             self.gpus = self.o.gpu_probe.probe()
             checks.append(check_gpus(self.gpus, m))
             # only container engines that take GPUs as CDI devices have this method

@@ -108,6 +108,20 @@ def check_engine(engine: Engine) -> Check:
         return Check("engine", "fail", str(e))
 
 
+def check_front_door(engine: Engine, manifest: Manifest) -> Check:
+    """An engine that runs the front door's proxy itself (the process engine) has it."""
+    if manifest.frontdoor_image() is None:
+        return Check("front door", "pass", "not used (the bundle carries no proxy image)")
+    probe = getattr(engine, "proxy_preflight", None)
+    if probe is None:
+        return Check("front door", "pass", f"the proxy runs from the bundle's image on "
+                                           f"{engine.name}")
+    try:
+        return Check("front door", "pass", str(probe()))
+    except ApplianceError as e:
+        return Check("front door", "fail", str(e))
+
+
 def check_gpus(report: GpuReport, manifest: Manifest) -> Check:
     """NVML and driver: GPUs found, or why not and what that means for placement."""
     wants = [s for s in manifest.services if s.gpu != "none"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,12 @@ def test_two_services_on_one_port_are_refused() -> None:
     with pytest.raises(ProxyConfigError, match="already service mlp's"):
         config.render([config.ServiceDoor("mlp", 8000), config.ServiceDoor("cnn", 8000)],
                       SETTINGS)
+
+
+def test_uid_is_rendered_only_for_a_proxy_started_as_root(tmp_path: Path) -> None:
+    base = config.ProxySettings(socket=tmp_path / "admin.sock", stats_port=8404,
+                                tls_pem=None, token_map=None)
+    door = config.ServiceDoor("mlp", 8000, servers={"a": "127.0.0.1:20000"})
+    assert "\n    uid " not in config.render([door], base)  # the container starts unprivileged
+    text = config.render([door], replace(base, uid=10002))
+    assert "\n    uid 10002\n    gid 10002\n" in text
