@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from appliance.engines.process import ProcessEngine
 from appliance.frontdoor import canary, config, tls
 from appliance.frontdoor import site as files_of
 from appliance.frontdoor.canary import CanaryEvent
@@ -59,7 +60,8 @@ def _run_canary(site: Site, ds: DoorSite, a: Server, b: Server, bounds: str
     load = SteadyLoad("127.0.0.1", ds.port, INFER, rate=120, connections=4, headers=ds.auth,
                       ssl_context=ds.ssl_context()).start()
     try:
-        verdict = FrontDoor(site, object(), dt.datetime.now(dt.UTC), progress=seen).canary(
+        verdict = FrontDoor(site, ProcessEngine(site, unit_dir=site.root / "units"),
+                            dt.datetime.now(dt.UTC), progress=seen).canary(
             manifest, 2, {SERVICE: f"http://{b.hostport}"},  # type: ignore[arg-type]
             canary.parse_canary(f"25%:{WINDOW}"), canary.parse_bounds(bounds))
         report = load.stop()
