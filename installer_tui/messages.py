@@ -9,6 +9,7 @@ from textual.message import Message
 
 from appliance.bundle.manifest import Manifest
 from appliance.progress import Progress
+from appliance.site.devices import ModelDevice
 from appliance.site.plan import InstallResult
 from installer_tui.figures import FigureSample
 from installer_tui.media import FoundBundle
@@ -58,6 +59,13 @@ class InstallFinished(Message):
 
     result: InstallResult
     health: dict[str, bool]
+
+
+@dataclass
+class DevicesRead(Message):
+    """Where each model of the serving release runs, asked of its runtimes."""
+
+    devices: dict[str, list[ModelDevice]]
 
 
 @dataclass
