@@ -29,8 +29,7 @@ _ORT_TYPES = {
 class Backend(Protocol):
     """A loaded model: named numpy inputs in, named numpy outputs out."""
 
-    device: str
-    cpu_reason: CpuReason | None  # set when a GPU was assigned and the model runs on CPU
+    device: str  # and, optionally, `cpu_reason` when a GPU was assigned but it runs on CPU
 
     def run(self, inputs: Tensors) -> Tensors:
         """Run one (possibly merged) batch."""

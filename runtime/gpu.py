@@ -71,19 +71,28 @@ class NvmlSource:
             for i in range(nvml.nvmlDeviceGetCount()):
                 h = nvml.nvmlDeviceGetHandleByIndex(i)
                 mem = nvml.nvmlDeviceGetMemoryInfo(h)
-                util = nvml.nvmlDeviceGetUtilizationRates(h)
-                temp = nvml.nvmlDeviceGetTemperature(h, nvml.NVML_TEMPERATURE_GPU)
                 name = nvml.nvmlDeviceGetName(h)
                 out.append(GpuState(
                     index=i, name=name.decode() if isinstance(name, bytes) else str(name),
                     memory_total_mib=int(mem.total) // MIB, memory_free_mib=int(mem.free) // MIB,
-                    utilization_pct=float(util.gpu), temperature_c=float(temp),
+                    utilization_pct=_optional(
+                        lambda h=h: nvml.nvmlDeviceGetUtilizationRates(h).gpu),
+                    temperature_c=_optional(
+                        lambda h=h: nvml.nvmlDeviceGetTemperature(h, nvml.NVML_TEMPERATURE_GPU)),
                 ))
         except Exception as e:
             raise GpuUnavailableError(f"NVML query failed ({type(e).__name__}: {e})") from e
         if not out:
             raise GpuUnavailableError("NVML reports no GPU")
         return out
+
+
+def _optional(read: Any) -> float:
+    """A figure some boards do not report (MIG, vGPU): 0 then, not "no GPU"."""
+    try:
+        return float(read())
+    except Exception:  # pynvml.NVMLError_NotSupported and kin
+        return 0.0
 
 
 class RecordedSource:

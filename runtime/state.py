@@ -139,7 +139,7 @@ class ModelRegistry:
                     self._loop.call_soon_threadsafe(self._on_fatal, str(e))
                 return
             if backend.device == "cpu" and m.device != "cpu":
-                m.cpu_reason = backend.cpu_reason
+                m.cpu_reason = getattr(backend, "cpu_reason", None)
             m.backend, m.device = backend, backend.device
             if self._refuse_cpu(key, m):
                 return
