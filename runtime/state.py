@@ -117,7 +117,8 @@ class ModelRegistry:
             d.startswith("cuda") for d in plan.values())
         for (n, v), m in self.models.items():
             m.device = plan[f"{n}:{v}"]
-            m.cpu_reason = None if setting == "cpu" else reasons.get(f"{n}:{v}")
+            # gpu: none is the bundle's choice, not a fallback: nothing to explain
+            m.cpu_reason = None if self.settings.gpu_policy == "none" else reasons.get(f"{n}:{v}")
         self._loader = threading.Thread(target=self._load_all, name="model-loader", daemon=True)
         self._loader.start()
         self._tasks.append(loop.create_task(self._sample_forever()))
