@@ -99,6 +99,14 @@ def test_gpu_required_without_cuda_fails_health_in_one_line_and_preferred_says_c
         assert ready(doc["endpoints"]["mlp"])
         text = appliance("status", *where).stdout
         assert "model mlp on cpu (no GPU visible: " in text, text
+
+        # preferred, placed on a GPU the runtime cannot use: serves, and says why on CPU
+        third = install(onnx_bundle(tmp_path, v, 3, port, "preferred"), FOUR_L4)
+        assert third.returncode == 0, third.stderr
+        assert "release 3 is serving" in third.stdout
+        assert ("mlp runs on the CPU (gpu: preferred): the runtime sees no GPU" in third.stdout
+                or "mlp runs on the CPU (gpu: preferred): its runtime image is the CPU "
+                   "variant" in third.stdout), third.stdout
     finally:
         from appliance.engines.process import ProcessEngine
         from appliance.site.layout import Site
