@@ -129,6 +129,10 @@ class HealthTimeoutError(EngineError):
     """A started release did not report ready in time, or its process/container died."""
 
 
+class GpuMissingError(HealthTimeoutError):
+    """A `gpu: required` service came up with a model on the CPU (no GPU, driver or CUDA)."""
+
+
 class PlacementError(ApplianceError):
     """The models do not fit the GPUs (or the CPU plan) of this server."""
 

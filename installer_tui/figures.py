@@ -1,4 +1,4 @@
-"""Live figures from the serving runtime: request rate, latency, GPU memory; log export.
+"""Live figures from the serving runtime: request rate, latency, per-GPU figures; log export.
 
 The runtime answers `/metrics` (Prometheus text) and `/appliance/metrics/history`
 (its own bounded on-disk history), both on 127.0.0.1. The status screen asks
@@ -33,12 +33,23 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 
 
 @dataclass(frozen=True)
+class GpuFigure:
+    """One GPU's figures at one point: utilisation, memory used, temperature."""
+
+    index: int
+    utilization_pct: float
+    memory_used_mib: float
+    temperature_c: float
+
+
+@dataclass(frozen=True)
 class FigureSample:
     """One point of the status screen's sparklines (None: nothing to show)."""
 
     rps: float
     p99_ms: float | None
     gpu_memory_mib: float | None
+    gpus: tuple[GpuFigure, ...] = ()  # per GPU, as NVML reports it to the runtime
 
 
 class FiguresSource(Protocol):
@@ -78,6 +89,20 @@ class _Totals:
     requests: float
     buckets: dict[float, float] = field(default_factory=dict)  # le -> cumulative count
     gpu_used_mib: float | None = None
+    gpus: tuple[GpuFigure, ...] = ()
+
+
+def gpu_figures(metrics: dict[str, Series]) -> tuple[GpuFigure, ...]:
+    """Per-GPU utilisation, memory used and temperature from the runtime's /metrics."""
+    by_gpu: dict[int, dict[str, float]] = {}
+    for name, key in (("runtime_gpu_utilization_percent", "util"),
+                      ("runtime_gpu_memory_used_bytes", "mem"),
+                      ("runtime_gpu_temperature_celsius", "temp")):
+        for labels, v in metrics.get(name, []):
+            if labels.get("gpu", "").isdigit():
+                by_gpu.setdefault(int(labels["gpu"]), {})[key] = v
+    return tuple(GpuFigure(i, f.get("util", 0.0), f.get("mem", 0.0) / (1024 * 1024),
+                           f.get("temp", 0.0)) for i, f in sorted(by_gpu.items()))
 
 
 def _totals(metrics: dict[str, Series], at: float) -> _Totals:
@@ -88,6 +113,7 @@ def _totals(metrics: dict[str, Series], at: float) -> _Totals:
     gpu = metrics.get("runtime_gpu_memory_used_bytes")
     if gpu:
         t.gpu_used_mib = sum(v for _, v in gpu) / (1024 * 1024)
+    t.gpus = gpu_figures(metrics)
     return t
 
 
@@ -127,6 +153,7 @@ class RuntimeFigures:
     def sample(self) -> FigureSample | None:
         """Rate, p99 and GPU memory since the previous call (summed over services)."""
         rps, p99s, gpu = 0.0, [], None
+        gpus: dict[int, GpuFigure] = {}  # services on one server see the same GPUs
         fresh = False
         for url in self.base_urls:
             try:
@@ -138,6 +165,7 @@ class RuntimeFigures:
             self._last[url] = now
             if now.gpu_used_mib is not None:
                 gpu = max(gpu or 0.0, now.gpu_used_mib)
+            gpus.update({g.index: g for g in now.gpus})
             if before is None:
                 continue
             fresh = True
@@ -148,7 +176,8 @@ class RuntimeFigures:
                 p99s.append(p * 1000)
         if not fresh:
             return None
-        return FigureSample(round(rps, 3), max(p99s) if p99s else None, gpu)
+        return FigureSample(round(rps, 3), max(p99s) if p99s else None, gpu,
+                            tuple(gpus[i] for i in sorted(gpus)))
 
 
 def _from_history(doc: dict[str, Any]) -> FigureSample:
@@ -156,8 +185,13 @@ def _from_history(doc: dict[str, Any]) -> FigureSample:
     used = sum(float(g.get("memory_total_mib", 0)) - float(g.get("memory_free_mib", 0))
                for g in gpus if isinstance(g, dict)) if gpus else None
     p99 = doc.get("p99_ms")
+    per_gpu = tuple(
+        GpuFigure(int(g.get("index", i)), float(g.get("utilization_pct") or 0.0),
+                  float(g.get("memory_total_mib", 0)) - float(g.get("memory_free_mib", 0)),
+                  float(g.get("temperature_c") or 0.0))
+        for i, g in enumerate(gpus) if isinstance(g, dict))
     return FigureSample(float(doc.get("rps") or 0.0),
-                        float(p99) if isinstance(p99, int | float) else None, used)
+                        float(p99) if isinstance(p99, int | float) else None, used, per_gpu)
 
 
 def _get(url: str) -> bytes:

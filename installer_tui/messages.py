@@ -9,6 +9,7 @@ from textual.message import Message
 
 from appliance.bundle.manifest import Manifest
 from appliance.progress import Progress
+from appliance.site.devices import ModelDevice
 from appliance.site.fallbacks import FallbackFigures
 from appliance.site.plan import InstallResult
 from installer_tui.figures import FigureSample
@@ -59,6 +60,13 @@ class InstallFinished(Message):
 
     result: InstallResult
     health: dict[str, bool]
+
+
+@dataclass
+class DevicesRead(Message):
+    """Where each model of the serving release runs, asked of its runtimes."""
+
+    devices: dict[str, list[ModelDevice]]
 
 
 @dataclass

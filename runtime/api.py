@@ -103,6 +103,14 @@ class ServerMetadata(BaseModel):
     extensions: list[str]
 
 
+class CpuReasonDoc(BaseModel):
+    """Why a model runs on the CPU: a stable cause code and what the runtime saw."""
+
+    cause: str = Field(description="no-gpu-visible, no-cuda-provider, cuda-init-failed, "
+                                   "no-gpu-memory or cpu-requested")
+    detail: str
+
+
 class ModelMetadata(BaseModel):
     """`GET /v2/models/{model}`."""
 
@@ -112,6 +120,9 @@ class ModelMetadata(BaseModel):
     inputs: list[TensorMetadata]
     outputs: list[TensorMetadata]
     device: str = Field(description="Extension: where this version runs (cpu, cuda:N)")
+    cpu_reason: CpuReasonDoc | None = Field(
+        None, description="Extension: why this version runs on the CPU though a GPU was "
+                          "possible (None on a GPU, or on the CPU by choice)")
 
 
 class Live(BaseModel):

@@ -322,6 +322,8 @@ class V2App:
             "inputs": [t.metadata() for t in spec.inputs],
             "outputs": [t.metadata() for t in spec.outputs],
             "device": model.device,  # our extension: where this version actually runs
+            # and why it is the CPU when a GPU was possible (None: on a GPU, or by choice)
+            "cpu_reason": model.cpu_reason.to_dict() if model.cpu_reason else None,
         })
 
 

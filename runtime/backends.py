@@ -11,6 +11,7 @@ import numpy as np
 from modelcontract import ModelSpec
 from runtime.dtypes import DATATYPES
 from runtime.errors import ModelLoadError
+from runtime.gpu import CpuReason
 
 log = logging.getLogger("runtime.backends")
 
@@ -28,7 +29,7 @@ _ORT_TYPES = {
 class Backend(Protocol):
     """A loaded model: named numpy inputs in, named numpy outputs out."""
 
-    device: str
+    device: str  # and, optionally, `cpu_reason` when a GPU was assigned but it runs on CPU
 
     def run(self, inputs: Tensors) -> Tensors:
         """Run one (possibly merged) batch."""
@@ -85,6 +86,7 @@ class OnnxBackend:
             opts.add_session_config_entry("session.disable_prepacking", "1")
         providers: list[Any] = ["CPUExecutionProvider"]
         self.device = "cpu"
+        self.cpu_reason: CpuReason | None = None
         if device.startswith("cuda:"):
             if "CUDAExecutionProvider" in ort.get_available_providers():
                 providers = [("CUDAExecutionProvider", {"device_id": int(device[5:])}),
@@ -93,11 +95,22 @@ class OnnxBackend:
             else:
                 log.warning("model %s: %s assigned but this onnxruntime has no CUDA provider; "
                             "runs on CPU (install onnxruntime-gpu)", spec.name, device)
+                self.cpu_reason = CpuReason(
+                    "no-cuda-provider", f"onnxruntime {ort.__version__} has no CUDA provider "
+                    f"(it has {', '.join(ort.get_available_providers())})")
         try:
             self._session = ort.InferenceSession(str(spec.path), opts, providers=providers)
         except Exception as e:  # ORT raises its own Fail/InvalidGraph types
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise ModelLoadError(f"ONNX Runtime cannot load {spec.path}: {first}") from e
+        if self.device != "cpu" and "CUDAExecutionProvider" not in self._session.get_providers():
+            # ONNX Runtime drops a provider whose libraries or driver fail to start and goes
+            # on with the CPU one: the session, not the request, says where it runs.
+            log.warning("model %s: the CUDA provider did not start on %s; runs on CPU",
+                        spec.name, device)
+            self.cpu_reason = CpuReason("cuda-init-failed",
+                                        f"onnxruntime's CUDA provider did not start on {device}")
+            self.device = "cpu"
         self._check_signature(spec)
         self._outputs = [o.name for o in spec.outputs]
         self.mapped = mapped_bytes(spec.directory)
@@ -155,9 +168,11 @@ class TorchBackend:
         torch.set_num_threads(threads)
         self._torch = torch
         self.device = device if device.startswith("cuda:") and torch.cuda.is_available() else "cpu"
+        self.cpu_reason: CpuReason | None = None
         if self.device != device:
             log.warning("model %s: %s assigned but this torch has no CUDA; runs on CPU",
                         spec.name, device)
+            self.cpu_reason = _torch_cpu_reason(torch)
         try:
             if spec.framework == "torchscript":
                 # TorchScript archives hold code and tensors, read by the JIT loader (no pickle
@@ -189,6 +204,17 @@ class TorchBackend:
                 f"model returned {len(result)} outputs, model.json declares {len(self._outputs)}"
             )
         return {n: r.detach().cpu().numpy() for n, r in zip(self._outputs, result, strict=True)}
+
+
+def _torch_cpu_reason(torch: Any) -> CpuReason:
+    """Why torch cannot use CUDA: built without it, or its start-up failed."""
+    if not getattr(torch.version, "cuda", None):
+        return CpuReason("no-cuda-provider", f"torch {torch.__version__} is built without CUDA")
+    try:
+        torch.cuda.init()
+    except Exception as e:  # torch raises RuntimeError/AssertionError with the driver's words
+        return CpuReason("cuda-init-failed", str(e).splitlines()[0] if str(e) else repr(e))
+    return CpuReason("cuda-init-failed", "torch.cuda.is_available() is false")
 
 
 def load_backend(spec: ModelSpec, device: str, threads: int) -> Backend:

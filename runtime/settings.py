@@ -14,6 +14,7 @@ from runtime.errors import SettingsError
 
 ENV_PREFIX = "RUNTIME_"
 DeviceChoice = Literal["auto", "cpu"]
+GPU_POLICIES = ("required", "preferred", "none")  # as a bundle's services declare them
 
 
 def _default_threads() -> int:
@@ -32,6 +33,9 @@ class Settings:
     token: str | None = None
     token_file: Path | None = None  # one token a line, re-read when it changes
     device: str = "auto"  # auto | cpu | cuda:N
+    # The service's GPU policy from the bundle: `required` refuses to become ready on the
+    # CPU (with the reason), `preferred` falls back to it, `none` never asks for a GPU.
+    gpu_policy: str = "preferred"
     max_body_bytes: int = 64 * 1024 * 1024
     # Request bodies held at once, all connections together; past it new requests get 503.
     inflight_max_bytes: int = 256 * 1024 * 1024
@@ -78,6 +82,9 @@ class Settings:
             raise SettingsError("history_interval_s and history_days must be positive")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda:"):
             raise SettingsError(f"device {self.device!r} is not auto, cpu or cuda:N")
+        if self.gpu_policy not in GPU_POLICIES:
+            raise SettingsError(f"gpu_policy {self.gpu_policy!r} is not one of "
+                                f"{', '.join(GPU_POLICIES)}")
         return self
 
 
@@ -97,7 +104,7 @@ def _convert(name: str, kind: type, raw: str) -> object:
 
 _KINDS: dict[str, type] = {
     "models": Path, "host": str, "port": int, "data_dir": Path, "token": str,
-    "token_file": Path, "device": str,
+    "token_file": Path, "device": str, "gpu_policy": str,
     "max_body_bytes": int, "max_queue": int, "ort_threads": int, "log_max_bytes": int,
     "log_backups": int, "history_interval_s": float, "history_max_bytes": int,
     "history_days": float, "request_log": bool, "switch_interval_ms": float,
@@ -129,6 +136,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, help="TCP port (default 8000)")
     parser.add_argument("--data-dir", type=Path, help="logs and metrics history")
     parser.add_argument("--device", help="auto (NVML picks), cpu, or cuda:N")
+    parser.add_argument("--gpu-policy", choices=GPU_POLICIES,
+                        help="required: not ready unless every model runs on a GPU; "
+                             "preferred (default): CPU fallback; none: CPU only")
     parser.add_argument("--token-file", type=Path,
                         help="bearer tokens, one a line, re-read when the file changes")
     parser.add_argument("--ort-threads", type=int, help="intra-op threads per model")
@@ -151,7 +161,7 @@ def from_args(
         args = parser.parse_args(list(argv))
     settings = from_env(os.environ if env is None else env)
     values: dict[str, object] = {}
-    for name in ("models", "host", "port", "data_dir", "device", "ort_threads",
+    for name in ("models", "host", "port", "data_dir", "device", "gpu_policy", "ort_threads",
                  "max_body_bytes"):
         value = getattr(args, name, None)
         if value is not None:

@@ -19,7 +19,7 @@ from runtime.backends import Backend, load_backend, warm_up
 from runtime.batching import Batcher, BatchStats
 from runtime.errors import GpuUnavailableError, NotFoundError, ServeError
 from runtime.export import write_export
-from runtime.gpu import GpuSource, plan_devices
+from runtime.gpu import CpuReason, GpuSource, plan_with_reasons
 from runtime.history import MetricsHistory
 from runtime.logs import JsonLinesLog
 from runtime.metrics import Metrics
@@ -37,6 +37,7 @@ class LoadedModel:
     backend: Backend | None = None
     batcher: Batcher | None = None
     ready: bool = False
+    cpu_reason: CpuReason | None = None  # why it runs on the CPU, when a GPU was possible
 
 
 def _version_key(v: str) -> tuple[int, int, str]:
@@ -105,7 +106,8 @@ class ModelRegistry:
         """Plan devices, start loading in a thread, start the sampler."""
         self._loop = loop
         needs = [(f"{n}:{v}", m.spec.gpu_memory_mib) for (n, v), m in self.models.items()]
-        plan = plan_devices(needs, self._gpu, self.settings.device)
+        setting = "cpu" if self.settings.gpu_policy == "none" else self.settings.device
+        plan, reasons = plan_with_reasons(needs, self._gpu, setting)
         # GPU figures are sampled whenever NVML sees a GPU, even with every model on CPU.
         try:
             self.metrics.gpus = self._gpu.devices()
@@ -115,6 +117,8 @@ class ModelRegistry:
             d.startswith("cuda") for d in plan.values())
         for (n, v), m in self.models.items():
             m.device = plan[f"{n}:{v}"]
+            # gpu: none is the bundle's choice, not a fallback: nothing to explain
+            m.cpu_reason = None if self.settings.gpu_policy == "none" else reasons.get(f"{n}:{v}")
         self._loader = threading.Thread(target=self._load_all, name="model-loader", daemon=True)
         self._loader.start()
         self._tasks.append(loop.create_task(self._sample_forever()))
@@ -123,6 +127,8 @@ class ModelRegistry:
         assert self._loop is not None
         for key, m in self.models.items():
             started = time.perf_counter()
+            if self._refuse_cpu(key, m):
+                return
             try:
                 threads = m.spec.intra_op_threads or self.settings.threads
                 backend = load_backend(m.spec, m.device, threads)
@@ -133,7 +139,11 @@ class ModelRegistry:
                 if self._on_fatal is not None:
                     self._loop.call_soon_threadsafe(self._on_fatal, str(e))
                 return
+            if backend.device == "cpu" and m.device != "cpu":
+                m.cpu_reason = getattr(backend, "cpu_reason", None)
             m.backend, m.device = backend, backend.device
+            if self._refuse_cpu(key, m):
+                return
             m.batcher = Batcher(m.spec, backend, self._loop, self.settings.max_queue,
                                 self._batch_observer(m.spec.name, m.device))
             m.ready = True
@@ -144,6 +154,20 @@ class ModelRegistry:
         self.ready = True
         log.info("ready: serving %d model(s) on %s:%d", len(self.models), self.settings.host,
                  self.settings.port)
+
+    def _refuse_cpu(self, key: tuple[str, str], m: LoadedModel) -> bool:
+        """With `gpu_policy` required, a model on the CPU keeps the server not ready.
+
+        The server stays up (not ready, saying why) rather than exiting: a restart would
+        find the same container, and the reason would be lost in a crash loop.
+        """
+        if self.settings.gpu_policy != "required" or m.device != "cpu":
+            return False
+        why = m.cpu_reason.line() if m.cpu_reason else "no GPU was assigned"
+        self.failure = (f"gpu required but model {key[0]} version {key[1]} would run on "
+                        f"the CPU ({why})")
+        log.error("%s; not ready", self.failure)
+        return True
 
     def _batch_observer(self, name: str, device: str) -> Callable[[BatchStats], None]:
         labels = (name,)

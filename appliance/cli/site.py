@@ -13,17 +13,30 @@ import sys
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from appliance.cli.progress import ProgressPrinter
 from appliance.cli.types import SubParsers
 from appliance.engines import Engine, make_engine
 from appliance.errors import ApplianceError, CanaryFlagError, exit_code
 from appliance.frontdoor.canary import parse_bounds, parse_canary
+from appliance.site.devices import (
+    CAUSE_WORDS,
+    ModelDevice,
+    ask_devices,
+    cpu_lines,
+    device_lines,
+    site_token,
+)
 from appliance.site.door import DoorRecord, certificate_warning
 from appliance.site.fallbacks import fallback_line
 from appliance.site.fallbacks import observe as observe_fallbacks
 from appliance.site.layout import DEFAULT_ROOT, Site
 from signing import SigningError
+
+if TYPE_CHECKING:
+    from appliance.bundle.manifest import Manifest
+    from appliance.site.plan import InstallPlan, InstallResult
 
 
 def register(sub: SubParsers) -> None:
@@ -130,6 +143,8 @@ def cmd_install(args: argparse.Namespace) -> int:
         else:
             for svc, url in sorted(result.endpoints.items()):
                 print(f"    {svc}: {url}")
+        for line in _device_summary(plan, result):
+            print(f"    {line}")
         if result.token:
             print(f"    the site token (shown this once; kept in {site.root / 'token'}, 0600):\n"
                   f"        {result.token}")
@@ -166,6 +181,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     warning = certificate_warning(site, datetime.now(UTC))
     dead = _dead_services(args, site, cur.sequence, [s for s, ok in health.items() if not ok])
     fallbacks = observe_fallbacks(site) if door else []
+    devices = _devices(site, m, rec.endpoints, health)
     if args.json:
         print(json.dumps({"current": cur.sequence, "version": m.version, "name": m.name,
                           "engine": rec.engine, "status": rec.status,
@@ -176,13 +192,17 @@ def cmd_status(args: argparse.Namespace) -> int:
                           "fallback_answers": {f.service: f.answered for f in fallbacks},
                           "fallbacks": [asdict(f) for f in fallbacks],
                           "highest_sequence": site.state().highest_sequence,
-                          "not_running": dead}, sort_keys=True))
+                          "not_running": dead,
+                          "devices": {svc: [d.to_dict() for d in ds]
+                                      for svc, ds in devices.items()}}, sort_keys=True))
     else:
         print(f"{m.name} {m.version}: release {cur.sequence} ({rec.status}, engine {rec.engine})")
         for s in m.services:
             url = rec.endpoints.get(s.name, "?")
             where = f"{door.url(s.name)} (runtime {url})" if door else url
             print(f"    {s.name}: {where} {'ready' if health[s.name] else 'NOT READY'}")
+            for line in _device_lines(devices.get(s.name, [])):
+                print(f"        {line}")
         if door is not None:
             for line in door.lines(m):
                 print(f"    {line}")
@@ -195,6 +215,32 @@ def cmd_status(args: argparse.Namespace) -> int:
                   f"or the host rebooted without systemd); start it with: appliance rollback "
                   f"{cur.sequence} --root {site.root}")
     return 0 if all(health.values()) else 1
+
+
+def _device_summary(plan: InstallPlan, result: InstallResult) -> list[str]:
+    """Where each model runs after the install, and why a GPU-preferring one is on CPU."""
+    if plan.manifest is None:
+        return []
+    return device_lines(result.devices) + cpu_lines(
+        plan.manifest, result.placement, result.devices,
+        container=plan.engine.name != "process")
+
+
+def _devices(site: Site, manifest: Manifest, endpoints: dict[str, str],
+             health: dict[str, bool]) -> dict[str, list[ModelDevice]]:
+    """Each answering service's models and their devices, asked of its runtime."""
+    token = site_token(site.root)
+    return {s.name: ask_devices(endpoints[s.name], list(s.models), token)
+            for s in manifest.services if health.get(s.name) and s.name in endpoints}
+
+
+def _device_lines(devices: list[ModelDevice]) -> list[str]:
+    """`model m on cpu (why)` for each model of one service."""
+    out = []
+    for d in devices:
+        why = CAUSE_WORDS.get(d.cause, d.cause)
+        out.append(f"model {d.model} on {d.device}" + (f" ({why}: {d.detail})" if why else ""))
+    return out
 
 
 def _dead_services(args: argparse.Namespace, site: Site, sequence: int,

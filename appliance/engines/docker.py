@@ -232,6 +232,7 @@ class DockerEngine:
                             "start_period": HEALTH_START_PERIOD_S * NS},
             "environment": {"APPLIANCE_RELEASE": str(launch.release),
                             "APPLIANCE_SERVICE": launch.service,
+                            "RUNTIME_GPU_POLICY": launch.gpu_policy,
                             "RUNTIME_PORT": str(launch.port)},
         }
         spec.update(hardened(limits or Limits(MIN_MEMORY, 1_000_000_000, nofile=nofile_limit()),

@@ -259,7 +259,8 @@ class ProcessEngine(ProxyProcessMixin):
             cmd = runtime_command(cmd, launch)
         gpu = "" if launch.gpu_index is None else (launch.gpu_uuid or str(launch.gpu_index))
         env = {**self.env, "CUDA_VISIBLE_DEVICES": gpu, "APPLIANCE_RELEASE": str(launch.release),
-               "APPLIANCE_SERVICE": launch.service, "HF_HUB_OFFLINE": "1",
+               "APPLIANCE_SERVICE": launch.service, "RUNTIME_GPU_POLICY": launch.gpu_policy,
+               "HF_HUB_OFFLINE": "1",
                "TRANSFORMERS_OFFLINE": "1"}
         return cmd, env
 

@@ -202,7 +202,9 @@ def _deployment(manifest: Manifest, service: Service, name: str,
                    "protocol": "TCP"}],
         # The kubelet probes the pod IP; the runtime alone would listen on 127.0.0.1.
         # Takes effect only where the image's command does not pass --host itself.
-        "env": [{"name": "RUNTIME_HOST", "value": POD_LISTEN}],
+        "env": [{"name": "RUNTIME_HOST", "value": POD_LISTEN},
+                # gpu: required on the CPU keeps the pod not ready, its probe saying why
+                {"name": "RUNTIME_GPU_POLICY", "value": service.gpu if gpu else "none"}],
         "startupProbe": _probe(LIVE_PATH, 5, max(1, options.startup_seconds // 5)),
         "readinessProbe": _probe(service.health, 5, 3),
         "livenessProbe": _probe(LIVE_PATH, 10, 3),

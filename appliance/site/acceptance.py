@@ -36,11 +36,16 @@ def is_ready(url: str) -> bool:
 
 def wait_ready(urls: dict[str, str], alive: Callable[[str], bool], timeout_s: float,
                tail: Callable[[str], str] = lambda _s: "",
-               on_wait: Callable[[str, float], None] = lambda _s, _t: None) -> None:
+               on_wait: Callable[[str, float], None] = lambda _s, _t: None,
+               check: Callable[[str], None] = lambda _s: None) -> None:
     """Wait until every service's health URL answers 200.
 
+    `check(service)` runs for each service not ready yet and raises to stop waiting
+    (a runtime that says it will never be ready, such as a GPU service on the CPU).
+
     Raises:
-        HealthTimeoutError: a service died, or did not become ready within `timeout_s`.
+        HealthTimeoutError: a service died, or did not become ready within `timeout_s`,
+            or `check` refused it.
     """
     deadline = time.monotonic() + timeout_s
     pending = dict(urls)
@@ -51,6 +56,8 @@ def wait_ready(urls: dict[str, str], alive: Callable[[str], bool], timeout_s: fl
             elif not alive(svc):
                 raise HealthTimeoutError(f"service {svc!r} stopped before it was ready; "
                                          f"its last output: {_oneline(tail(svc))}")
+            else:
+                check(svc)
         if not pending:
             return
         left = deadline - time.monotonic()

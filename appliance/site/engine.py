@@ -36,6 +36,7 @@ class Launch:
     gpu_uuid: str
     health_path: str
     loopback_only: bool = False  # behind the front door: listen on 127.0.0.1 only
+    gpu_policy: str = "preferred"  # the service's `gpu:`; the runtime refuses the CPU on required
 
 
 def behind_front_door(manifest: Manifest) -> bool:
@@ -58,7 +59,7 @@ def launches(manifest: Manifest, placement: Placement, slot: int,
         port = runtime_port(svc.port, slot) if door else slot_port(svc.port, slot)
         out.append(Launch(manifest.sequence, svc.name, image.reference, image.config_digest,
                           list(svc.models), port, p.gpu_index if p.device == "gpu" else None,
-                          p.gpu_uuid, svc.health, loopback_only=door))
+                          p.gpu_uuid, svc.health, loopback_only=door, gpu_policy=svc.gpu))
     return out
 
 

@@ -97,10 +97,15 @@ class NvmlProbe:
                     util = int(pynvml.nvmlDeviceGetUtilizationRates(h).gpu)
                 except pynvml.NVMLError:
                     util = 0  # some boards (MIG, vGPU) do not report utilisation
+                try:
+                    temp = float(pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU))
+                except pynvml.NVMLError:
+                    temp = 0.0  # nor temperature (vGPU)
                 gpus.append(GpuState(index=i, name=_text(pynvml.nvmlDeviceGetName(h)),
                                      uuid=_text(pynvml.nvmlDeviceGetUUID(h)),
                                      memory_total_mib=int(mem.total) // MIB,
-                                     memory_free_mib=int(mem.free) // MIB, utilization_pct=util))
+                                     memory_free_mib=int(mem.free) // MIB, utilization_pct=util,
+                                     temperature_c=temp))
             return GpuReport(gpus, driver, cuda)
         except pynvml.NVMLError as e:
             return GpuReport(unavailable=f"NVML query failed: {e}")

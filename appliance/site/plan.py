@@ -60,6 +60,7 @@ from appliance.fsutil import atomic_write
 from appliance.progress import Progress, ProgressFn, no_progress
 from appliance.site.acceptance import check_samples, wait_ready
 from appliance.site.auditing import audit_allow_expired, audit_step, audit_trust
+from appliance.site.devices import ModelDevice, ask_devices, check_required, cpu_lines, site_token
 from appliance.site.door import DoorRecord, FrontDoor
 from appliance.site.engine import Engine, behind_front_door, launches, port_in_use
 from appliance.site.failures import STARTED_STEPS, unexpected
@@ -145,6 +146,8 @@ class InstallResult:
     placement: Placement
     door: DoorRecord | None = None  # the stable addresses, when behind the front door
     token: str = ""  # the site token, only when this install made it (show it once)
+    # service -> where each of its models runs, as its runtime said after health
+    devices: dict[str, list[ModelDevice]] = field(default_factory=dict)
 
 
 class InstallPlan:
@@ -164,6 +167,7 @@ class InstallPlan:
         self.release: Release | None = None
         self.previous: Release | None = None
         self.endpoints: dict[str, str] = {}
+        self.devices: dict[str, list[ModelDevice]] = {}
         self.slot = 0
         self.door = FrontDoor(self.site, self.engine, options.now(), tls_cert=options.tls_cert,
                               tls_key=options.tls_key, progress=progress)
@@ -192,7 +196,8 @@ class InstallPlan:
             raise InstallError("the install has not run yet")
         prev = self.previous.sequence if self.previous else None
         return InstallResult(self.release.sequence, prev, dict(self.endpoints), self.placement,
-                             self.public or DoorRecord.read(self.site), self.door.token_made)
+                             self.public or DoorRecord.read(self.site), self.door.token_made,
+                             dict(self.devices))
 
     def run_step(self, name: str) -> None:
         """Run one step (the ones before it must have run).
@@ -386,8 +391,30 @@ class InstallPlan:
         wait_ready({s: u + health[s] for s, u in self.endpoints.items()},
                    lambda s: self.engine.alive(seq, s), self.o.health_timeout_s,
                    lambda s: self.engine.logs_tail(seq, s),
-                   lambda s, left: self._emit(Progress("health", message=f"waiting for {s}")))
+                   lambda s, left: self._emit(Progress("health", message=f"waiting for {s}")),
+                   self._check_gpu)
+        self._check_devices()
         self._record(status="ready")
+
+    def _check_gpu(self, service: str) -> None:
+        """Fail a `gpu: required` service whose runtime runs a model on the CPU."""
+        assert self.manifest is not None
+        report = self.gpus or GpuReport()
+        check_required(self.manifest, service, self.endpoints[service],
+                       site_token(self.site.root), container=self.engine.name != "process",
+                       driver=report.driver, cuda=report.cuda)
+
+    def _check_devices(self) -> None:
+        """Ask each ready service where its models run; refuse or report the CPU."""
+        assert self.manifest is not None and self.placement is not None
+        token = site_token(self.site.root)
+        self.devices = {s.name: ask_devices(self.endpoints[s.name], list(s.models), token)
+                        for s in self.manifest.services if s.name in self.endpoints}
+        for svc in self.devices:
+            self._check_gpu(svc)  # also a runtime that became ready though it runs on CPU
+        for line in cpu_lines(self.manifest, self.placement, self.devices,
+                              container=self.engine.name != "process"):
+            self._info("health", line)
 
     def _step_accept(self) -> None:
         assert self.manifest is not None

@@ -29,6 +29,7 @@ from appliance.progress import Progress
 from appliance.site.acceptance import is_ready
 from appliance.site.plan import STEPS, CheckEvent, InstallOptions, InstallPlan, StepEvent
 from appliance.units import human
+from installer_tui.devices import devices_text
 from installer_tui.errors import InstallCancelledError
 from installer_tui.messages import Failed, InstallFinished, PlanProgress, ReviewReady
 from installer_tui.screens.base import InstallerScreen
@@ -368,4 +369,7 @@ class InstallScreen(InstallerScreen):
         back.append("r", style="bold reverse")
         back.append(", or run:\n")
         back.append(f"  appliance rollback --root {self.config.site.root}\n", style="bold")
-        return Group(head, ends, *([door] if door.plain else []), where, back)
+        devices = devices_text(r.devices, m, r.placement,
+                               container=self.plan is None or self.plan.engine.name != "process")
+        return Group(head, ends, *([door] if door.plain else []), where,
+                     *([devices] if devices.plain else []), back)

@@ -22,9 +22,11 @@ from appliance.site.layout import Site
 from appliance.site.plan import StepEvent
 from appliance.site.rollback import rollback, rollback_target
 from appliance.units import human
-from installer_tui.figures import FiguresSource
+from installer_tui.devices import devices_text
+from installer_tui.figures import FiguresSource, GpuFigure
 from installer_tui.format import engine_label
 from installer_tui.messages import (
+    DevicesRead,
     Failed,
     FallbacksRead,
     FiguresHistory,
@@ -38,6 +40,7 @@ from installer_tui.screens.base import InstallerScreen
 from installer_tui.screens.choose import ChooseReleaseScreen
 from installer_tui.screens.confirm import ConfirmScreen
 from installer_tui.widgets import ErrorPanel, FallbackPanel, Figure
+from installer_tui.widgets.gpu_figures import GpuFigures
 
 MEANINGS = {
     "rollback": ("The rollback did not complete: the release that was serving keeps serving.",
@@ -97,9 +100,11 @@ class StatusScreen(InstallerScreen):
         with VerticalScroll(id="status-body"):
             yield Static("Reading the site...", id="release")
             yield FallbackPanel(id="fallbacks")
+            yield Static("", id="devices")
             yield Figure("Requests", "req/s", id="fig-rps")
             yield Figure("Latency p99", "ms", id="fig-latency")
             yield Figure("GPU memory", "MiB", id="fig-gpu")
+            yield GpuFigures(id="gpu-figures")
             yield Static("", id="status-message")
             with Horizontal(id="export-row"):
                 yield Label("Export logs to: ")
@@ -155,6 +160,7 @@ class StatusScreen(InstallerScreen):
         self.query_one("#release", Static).update(self._describe(message))
         self.refresh_bindings()
         self.read_fallbacks()
+        self.read_devices(message)
         if first and message.endpoints:
             self.figures = self.config.figures(
                 [message.endpoints[s] for s in sorted(message.endpoints)])
@@ -194,6 +200,31 @@ class StatusScreen(InstallerScreen):
             back = Text("No other installed release to switch to.", style="dim")
         return Group(head, t, back)
 
+    # -- where the models run ------------------------------------------------------------
+    @work(thread=True, exclusive=True, group="devices")
+    def read_devices(self, status: StatusRead) -> None:
+        """Ask each ready service's runtime where its models run."""
+        from appliance.site.devices import ask_devices, site_token
+        site = self.config.site
+        try:
+            cur = site.current()
+            m = cur.manifest() if cur is not None and cur.sequence == status.sequence else None
+        except SiteError:
+            m = None
+        if m is None:
+            return
+        token = site_token(site.root)
+        self.post_message(DevicesRead({
+            s.name: ask_devices(status.endpoints[s.name], list(s.models), token)
+            for s in m.services if status.health.get(s.name) and s.name in status.endpoints}))
+
+    @on(DevicesRead)
+    def devices_read(self, message: DevicesRead) -> None:
+        self.query_one("#devices", Static).update(devices_text(message.devices))
+
+    def _push_gpus(self, gpus: tuple[GpuFigure, ...]) -> None:
+        self.query_one(GpuFigures).push(gpus)
+
     # -- live figures --------------------------------------------------------------------
     @work(thread=True, exclusive=True, group="figures")
     def load_history(self) -> None:
@@ -227,12 +258,14 @@ class StatusScreen(InstallerScreen):
     def figures_history(self, message: FiguresHistory) -> None:
         for s in message.samples:
             self._push(s.rps, s.p99_ms, s.gpu_memory_mib)
+            self._push_gpus(s.gpus)
 
     @on(FiguresSampled)
     def figures_sampled(self, message: FiguresSampled) -> None:
         s = message.sample
         if s is not None:
             self._push(s.rps, s.p99_ms, s.gpu_memory_mib)
+            self._push_gpus(s.gpus)
 
     def _push(self, rps: float, p99: float | None, gpu: float | None) -> None:
         self.query_one("#fig-rps", Figure).push(rps)

@@ -74,6 +74,10 @@ def test_gpu_limits_follow_each_services_gpu_policy(files: dict[str, str]) -> No
     mlp = container(objs, "demo-mlp")["resources"]  # preferred
     assert cnn["limits"]["nvidia.com/gpu"] == "1"
     assert mlp["limits"]["nvidia.com/gpu"] == "1"
+    # the runtime knows the policy: required on the CPU keeps the pod not ready, saying why
+    policy = {n: next(e["value"] for e in container(objs, f"demo-{n}")["env"]
+                      if e["name"] == "RUNTIME_GPU_POLICY") for n in ("cnn", "mlp")}
+    assert policy == {"cnn": "required", "mlp": "preferred"}
     none = make_manifest(services=[Service("mlp", "mlp", ["mlp"], gpu="none"),
                                    Service("cnn", "cnn", ["cnn"], port=8001, gpu="required")])
     objs = docs(render(none, RenderOptions(MANIFEST_DIGEST)))
@@ -85,6 +89,7 @@ def test_cpu_only_render_drops_gpus_for_preferred_and_refuses_required() -> None
     only_preferred = make_manifest(services=[Service("mlp", "mlp", ["mlp"], gpu="preferred")])
     objs = docs(render(only_preferred, RenderOptions(MANIFEST_DIGEST, cpu_only=True)))
     assert "nvidia.com/gpu" not in container(objs, "demo-mlp")["resources"]["limits"]
+    assert {"name": "RUNTIME_GPU_POLICY", "value": "none"} in container(objs, "demo-mlp")["env"]
     with pytest.raises(PlacementError, match=r"'cnn' requires a GPU.*--cpu-only"):
         render(make_manifest(), RenderOptions(MANIFEST_DIGEST, cpu_only=True))
 

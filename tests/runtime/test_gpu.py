@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from modelcontract import GpuState
-from runtime.gpu import NvmlSource, RecordedSource, choose_device, plan_devices
+from runtime.gpu import MIB, NvmlSource, RecordedSource, choose_device, plan_devices
 
 A100 = GpuState(0, "A100", 40960, 30000, 12.0, 40.0)
 T4 = GpuState(1, "T4", 15360, 15000, 0.0, 35.0)
@@ -51,3 +51,27 @@ def test_real_nvml_on_this_box_degrades_cleanly() -> None:
     # No NVIDIA driver here: the real source must raise our error, and the plan is CPU.
     plan = plan_devices([("a:1", 0)], NvmlSource())
     assert plan["a:1"] in ("cpu", "cuda:0")
+
+
+def test_nvml_board_without_utilisation_or_temperature_is_still_a_gpu(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """NVML cannot run here; its answers are stood in for at the pynvml calls. A MIG or
+    vGPU board refuses utilisation and temperature: it must still count as a GPU."""
+    import types
+
+    import pynvml
+
+    def refuse(*_a: object) -> None:
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+
+    calls = {"nvmlInit": lambda: None, "nvmlDeviceGetCount": lambda: 1,
+             "nvmlDeviceGetHandleByIndex": lambda i: i,
+             "nvmlDeviceGetMemoryInfo": lambda h: types.SimpleNamespace(
+                 total=20480 * MIB, free=10240 * MIB),
+             "nvmlDeviceGetName": lambda h: b"NVIDIA A100 MIG 2g.20gb",
+             "nvmlDeviceGetUtilizationRates": refuse, "nvmlDeviceGetTemperature": refuse}
+    for name, fn in calls.items():
+        monkeypatch.setattr(pynvml, name, fn)
+    assert NvmlSource().devices() == [GpuState(0, "NVIDIA A100 MIG 2g.20gb", 20480, 10240,
+                                               0.0, 0.0)]
+    assert plan_devices([("a:1", 100)], NvmlSource()) == {"a:1": "cuda:0"}

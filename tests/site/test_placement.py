@@ -119,14 +119,16 @@ def test_nvml_probe_reads_devices_through_pynvml(monkeypatch):
              "nvmlDeviceGetCount": lambda: 2, "nvmlDeviceGetHandleByIndex": lambda i: i,
              "nvmlDeviceGetMemoryInfo": lambda h: mem[h],
              "nvmlDeviceGetUtilizationRates": util,
+             "nvmlDeviceGetTemperature": lambda h, _sensor: 41 + h,
              "nvmlDeviceGetName": lambda h: "NVIDIA A100-SXM4-40GB",
              "nvmlDeviceGetUUID": lambda h: f"GPU-{h}"}
     for name, fn in calls.items():
         monkeypatch.setattr(pynvml, name, fn)
     r = NvmlProbe().probe()
     assert (r.driver, r.cuda, r.unavailable) == ("550.54.15", "12.4", "")
-    assert r.gpus == [GpuState(0, "NVIDIA A100-SXM4-40GB", 40960, 6000, 87, uuid="GPU-0"),
-                      GpuState(1, "NVIDIA A100-SXM4-40GB", 40960, 38000, 0, uuid="GPU-1")]
+    assert r.gpus == [GpuState(0, "NVIDIA A100-SXM4-40GB", 40960, 6000, 87, 41.0, uuid="GPU-0"),
+                      GpuState(1, "NVIDIA A100-SXM4-40GB", 40960, 38000, 0, 42.0,
+                               uuid="GPU-1")]
 
 
 def test_nvml_that_does_not_start_gives_an_empty_report_saying_why(monkeypatch):

@@ -85,6 +85,7 @@ async def test_first_install_from_stick_to_serving_then_status_figures_and_expor
         done = text_of(install.query_one("#done-text"))
         url = f"http://127.0.0.1:{port}"
         assert url in done and "ready" in done
+        assert "mlp: model mlp on cpu (no GPU visible)" in done  # as the runtime reports it
         assert f"appliance rollback --root {rig.site.root}" in done
         assert rig.site.current().sequence == 1
         assert TrustRoot.from_json(rig.site.trust_path.read_bytes()).to_json() == \

@@ -25,7 +25,7 @@ from installer_tui.screens.status import StatusScreen
 from installer_tui.screens.trust import TrustScreen
 from installer_tui.widgets import Figure
 from tests.bundle.kit import flip_bit, member_offsets
-from tests.tui.kit import Rig, build_demo, key, make_rig, wait_for, write_root
+from tests.tui.kit import Rig, build_demo, key, make_rig, text_of, wait_for, write_root
 
 PORT = 18437  # fixed so the endpoint URL on screen is the same every run
 SIZE = (80, 24)
@@ -141,6 +141,7 @@ def test_status_screen_with_live_figures(snap_rig, snap_compare):
         app = pilot.app
         await wait_for(pilot, lambda: isinstance(app.screen, StatusScreen)
                        and app.screen.status is not None
-                       and app.screen.query_one("#fig-rps", Figure).latest is not None)
+                       and app.screen.query_one("#fig-rps", Figure).latest is not None
+                       and "model mlp" in text_of(app.screen.query_one("#devices")))
     app = snap_rig.app(start_on_status=True, poll_interval_s=3600.0)
     assert snap_compare(app, terminal_size=SIZE, run_before=figures)
