@@ -79,6 +79,7 @@ from appliance.site.preflight import (
     check_site_paths,
     check_trust,
 )
+from appliance.site.watchdog_units import WatchdogSetup, set_up_quietly
 from signing import SigningError, TrustRoot, rotate_root
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,8 @@ class InstallOptions:
     tls_key: Path | None = None
     canary: CanaryPlan | None = None  # a share of live traffic first, then promote or not
     canary_bounds: CanaryBounds = field(default_factory=CanaryBounds)
+    unit_dir: Path | None = None  # the watchdog's systemd units (default: the engine's, else
+    # /etc/systemd/system); see appliance.site.watchdog_units
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,7 @@ class InstallResult:
     placement: Placement
     door: DoorRecord | None = None  # the stable addresses, when behind the front door
     token: str = ""  # the site token, only when this install made it (show it once)
+    watchdog: WatchdogSetup | None = None  # how the watchdog runs (`line` says it in words)
 
 
 class InstallPlan:
@@ -172,6 +176,7 @@ class InstallPlan:
         self._warnings: list[str] = []
         self._done: list[str] = []
         self._pending_log: list[dict[str, Any]] = []
+        self.watchdog: WatchdogSetup | None = None
 
     # -- driving ---------------------------------------------------------------
     def run(self) -> InstallResult:
@@ -191,7 +196,8 @@ class InstallPlan:
             raise InstallError("the install has not run yet")
         prev = self.previous.sequence if self.previous else None
         return InstallResult(self.release.sequence, prev, dict(self.endpoints), self.placement,
-                             self.public or DoorRecord.read(self.site), self.door.token_made)
+                             self.public or DoorRecord.read(self.site), self.door.token_made,
+                             self.watchdog)
 
     def run_step(self, name: str) -> None:
         """Run one step (the ones before it must have run).
@@ -413,6 +419,10 @@ class InstallPlan:
                                   (self.trust_root.version if self.trust_root else None))
         self._record(status="serving", reason="")
         self._info("switch", f"current -> releases/{seq}")
+        # Hook: the watchdog restarts a hung runtime, which neither engine does; set up
+        # here, once the release serves, and never failing the install (it says why).
+        self.watchdog = set_up_quietly(self.site.root, self.engine, self.o.unit_dir,
+                                       lambda line: self._info("switch", line))
 
     def _through_front_door(self) -> None:
         """Move every service's traffic to the new release at the front door."""
