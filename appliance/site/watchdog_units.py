@@ -78,7 +78,10 @@ def program(root: Path) -> list[str]:
         return [sys.executable, "-m", "appliance"]
     exe = Path(sys.executable)
     dest = Path(root) / "bin" / exe.name
-    if not dest.exists() or dest.stat().st_size != exe.stat().st_size:
+    src = exe.stat()
+    # copy2 keeps the mtime: the same size and mtime is the same executable
+    if not dest.exists() or (dest.stat().st_size, dest.stat().st_mtime_ns) != (
+            src.st_size, src.st_mtime_ns):
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.part")
         shutil.copy2(exe, tmp)

@@ -112,7 +112,7 @@ def test_one_command_from_the_stick_to_the_first_inference(
     # On a server the engine is found on its usual socket; here podman's listens elsewhere.
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TERM": "xterm-256color",
            "LANG": "C.UTF-8", "TMPDIR": tempfile.gettempdir(), "DOCKER_HOST": podman_url,
-           "APPLIANCE_ROOT": str(site.root)}
+           "APPLIANCE_ROOT": str(site.root), "APPLIANCE_UNIT_DIR": str(tmp_path / "units")}
     term = Terminal(stick, [f"./{EXECUTABLE_NAME}"], env)
     engine = DockerEngine(site, base_url=podman_url)
     try:
@@ -134,6 +134,12 @@ def test_one_command_from_the_stick_to_the_first_inference(
         x = np.linspace(-1, 1, 64, dtype=np.float32).reshape(1, 64)
         got = infer(cur.record.endpoints["mlp"], "mlp", x)
         np.testing.assert_allclose(got, mlp_reference(x), rtol=1e-4, atol=1e-5)
+        # The watchdog's timer runs a copy of the executable kept in the site: the stick
+        # is unplugged once the install is done.
+        service = next((tmp_path / "units").glob("appliance-*-watchdog.service"))
+        copy = site.root / "bin" / EXECUTABLE_NAME
+        assert f"ExecStart={copy} watchdog --once --root {site.root}" in service.read_text()
+        assert os.access(copy, os.X_OK)
     finally:
         term.close()
         for rel in site.releases():
