@@ -410,6 +410,7 @@ def ours_tui(stick: Path, installer: Path, work: Path, want: np.ndarray,
     import signal
 
     from appliance.site.layout import Site
+    from installer_tui.screens.trust import COMPARED_TEXT
     run = Run("executable TUI")
     site = work / "site"
     shutil.rmtree(site, ignore_errors=True)
@@ -424,7 +425,7 @@ def ours_tui(stick: Path, installer: Path, work: Path, want: np.ndarray,
             os.execve(str(installer), [str(installer)], env)
         seen = bytearray()
         try:
-            _screen_until(fd, seen, "I compared every fingerprint", 120)
+            _screen_until(fd, seen, COMPARED_TEXT, 120)
             run.steps["to the trust screen"] = time.monotonic() - t0
             t = time.monotonic()
             os.write(fd, b" c")  # tick the comparison, trust and continue

@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterator
 
 import pytest
 
 from tests.enginekit import dockerd, podman_service
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _watchdog_units_stay_in_tmp() -> Iterator[None]:
+    """Installs set up a watchdog timer; a test's never lands in the host's systemd."""
+    from appliance.site.watchdog_units import UNIT_DIR_ENV
+    old = os.environ.get(UNIT_DIR_ENV)
+    with tempfile.TemporaryDirectory(prefix="appliance-units-") as d:
+        os.environ[UNIT_DIR_ENV] = d
+        yield
+    if old is None:
+        os.environ.pop(UNIT_DIR_ENV, None)
+    else:
+        os.environ[UNIT_DIR_ENV] = old
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,7 @@ from appliance.cli.types import SubParsers
 from appliance.engines import Engine, make_engine
 from appliance.errors import ApplianceError, CanaryFlagError, exit_code
 from appliance.frontdoor.canary import parse_bounds, parse_canary
+from appliance.site import watchdog_units
 from appliance.site.devices import (
     CAUSE_WORDS,
     ModelDevice,
@@ -95,7 +96,8 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
                    help="docker (Docker or Podman socket) or process (no container engine); "
                         "default: the current release's, else docker")
     p.add_argument("--docker-host", help="engine socket URL, e.g. unix:///run/podman/podman.sock")
-    p.add_argument("--unit-dir", type=Path, help="process engine: where to write systemd units")
+    p.add_argument("--unit-dir", type=Path, help="where to write systemd units (the process "
+                   "engine's and the watchdog's; default /etc/systemd/system)")
 
 
 def cmd_install(args: argparse.Namespace) -> int:
@@ -127,7 +129,8 @@ def cmd_install(args: argparse.Namespace) -> int:
             trust=args.trust, allow_expired=args.allow_expired,
             max_expired=timedelta(days=args.expired_max_days),
             health_timeout_s=args.health_timeout, tls_cert=args.tls_cert,
-            tls_key=args.tls_key, canary=canary, canary_bounds=bounds), progress=out)
+            tls_key=args.tls_key, canary=canary, canary_bounds=bounds,
+            unit_dir=args.unit_dir), progress=out)
         result = plan.run()
     except (ApplianceError, SigningError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -149,6 +152,8 @@ def cmd_install(args: argparse.Namespace) -> int:
             print(f"    the site token (shown this once; kept in {site.root / 'token'}, 0600):\n"
                   f"        {result.token}")
         print(f"    roll back with: appliance rollback --root {site.root}")
+        if result.watchdog is not None:
+            print(f"    {result.watchdog.line}")
     return 0
 
 
@@ -193,6 +198,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                           "fallbacks": [asdict(f) for f in fallbacks],
                           "highest_sequence": site.state().highest_sequence,
                           "not_running": dead,
+                          "watchdog": watchdog_units.status_line(site.root),
                           "devices": {svc: [d.to_dict() for d in ds]
                                       for svc, ds in devices.items()}}, sort_keys=True))
     else:
@@ -210,6 +216,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 print(f"    {fallback_line(f)}")
         if warning:
             print(f"warning: {warning}")
+        print(f"    {watchdog_units.status_line(site.root)}")
         for svc in dead:
             print(f"    {svc} is not running (nothing supervises it: its supervisor was killed "
                   f"or the host rebooted without systemd); start it with: appliance rollback "

@@ -81,6 +81,7 @@ from appliance.site.preflight import (
     check_site_paths,
     check_trust,
 )
+from appliance.site.watchdog_units import WatchdogSetup, set_up_quietly
 from signing import SigningError, TrustRoot, rotate_root
 
 log = logging.getLogger(__name__)
@@ -136,6 +137,8 @@ class InstallOptions:
     tls_key: Path | None = None
     canary: CanaryPlan | None = None  # a share of live traffic first, then promote or not
     canary_bounds: CanaryBounds = field(default_factory=CanaryBounds)
+    unit_dir: Path | None = None  # the watchdog's systemd units (default: the engine's, else
+    # /etc/systemd/system); see appliance.site.watchdog_units
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,7 @@ class InstallResult:
     token: str = ""  # the site token, only when this install made it (show it once)
     # service -> where each of its models runs, as its runtime said after health
     devices: dict[str, list[ModelDevice]] = field(default_factory=dict)
+    watchdog: WatchdogSetup | None = None  # how the watchdog runs (`line` says it in words)
 
 
 class InstallPlan:
@@ -177,6 +181,7 @@ class InstallPlan:
         self._warnings: list[str] = []
         self._done: list[str] = []
         self._pending_log: list[dict[str, Any]] = []
+        self.watchdog: WatchdogSetup | None = None
 
     # -- driving ---------------------------------------------------------------
     def run(self) -> InstallResult:
@@ -197,7 +202,7 @@ class InstallPlan:
         prev = self.previous.sequence if self.previous else None
         return InstallResult(self.release.sequence, prev, dict(self.endpoints), self.placement,
                              self.public or DoorRecord.read(self.site), self.door.token_made,
-                             dict(self.devices))
+                             dict(self.devices), self.watchdog)
 
     def run_step(self, name: str) -> None:
         """Run one step (the ones before it must have run).
@@ -442,6 +447,10 @@ class InstallPlan:
                                   (self.trust_root.version if self.trust_root else None))
         self._record(status="serving", reason="")
         self._info("switch", f"current -> releases/{seq}")
+        # Hook: the watchdog restarts a hung runtime, which neither engine does; set up
+        # here, once the release serves, and never failing the install (it says why).
+        self.watchdog = set_up_quietly(self.site.root, self.engine, self.o.unit_dir,
+                                       lambda line: self._info("switch", line))
 
     def _through_front_door(self) -> None:
         """Move every service's traffic to the new release at the front door."""

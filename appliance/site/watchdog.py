@@ -9,11 +9,15 @@ site's audit trail. After a restart it is given `start_grace_s` to come back. Ea
 also records when a service starts or stops being answered by its fallback
 (`appliance.site.fallbacks`).
 
-Run it with `appliance watchdog` (a systemd unit: `appliance watchdog --unit`).
+Run it with `appliance watchdog` (a loop), or `appliance watchdog --once` from the
+systemd timer the install sets up (`appliance.site.watchdog_units`) or from cron:
+each run then carries how long a service has been unready in `STATE_FILE`, on the
+wall clock, so the bound holds across runs.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -21,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from appliance.errors import ApplianceError
+from appliance.fsutil import atomic_write
 from appliance.site import audit, fallbacks
 from appliance.site.acceptance import is_ready
 from appliance.site.engine import HEALTH_START_PERIOD_S, Engine
@@ -29,6 +34,7 @@ from appliance.site.layout import Site
 log = logging.getLogger(__name__)
 UNHEALTHY_S = 60.0  # the stated bound: not ready this long -> restarted
 CHECK_EVERY_S = 5.0
+STATE_FILE = "watchdog-state.json"  # in the site root: what one `--once` run leaves the next
 
 
 @dataclass
@@ -80,6 +86,25 @@ class Watchdog:
             self._grace[key] = self.clock() + self.start_grace_s
             restarted.append(svc.name)
         fallbacks.observe(self.site)  # a service answered by its fallback: audit start/end
+        return restarted
+
+    def check_once(self) -> list[str]:
+        """`check` as one run of many (timer, cron): state from the last run, then saved.
+
+        The clock must be the wall clock (`time.time`), which runs on between processes.
+        """
+        path = self.site.root / STATE_FILE
+        try:
+            raw = json.loads(path.read_text())
+            self._since = {str(k): float(v) for k, v in raw.get("unready_since", {}).items()}
+            self._grace = {str(k): float(v) for k, v in raw.get("grace_until", {}).items()}
+        except (OSError, ValueError, AttributeError):
+            pass  # the first run, or a torn file: start counting afresh
+        restarted = self.check()
+        if self.site.root.is_dir():
+            atomic_write(path, json.dumps({"checked_at": self.clock(),
+                                           "unready_since": self._since,
+                                           "grace_until": self._grace}).encode())
         return restarted
 
     def run(self, stop: threading.Event, every_s: float = CHECK_EVERY_S) -> None:

@@ -202,7 +202,10 @@ class TrustScreen(InstallerScreen):
         self.app.pop_screen()
 
 
+# What a person (and a test on a real terminal) reads on the trust screen of a first install.
+COMPARED_TEXT = "I compared each fingerprint with the vendor's copy"
+
+
 def compared_label(ticked: bool) -> str:
     """The fingerprint checkbox's label, which says whether it is ticked."""
-    return ("YES - I compared each fingerprint with the vendor's copy" if ticked else
-            "NOT YET - I compared each fingerprint with the vendor's copy")
+    return f"{'YES' if ticked else 'NOT YET'} - {COMPARED_TEXT}"

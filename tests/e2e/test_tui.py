@@ -54,7 +54,7 @@ async def test_first_install_through_the_installer_screens(
                            what="the trust screen")
             trust = app.screen
             assert isinstance(trust, TrustScreen) and trust.first_install
-            await pilot.press("space")  # "I compared every fingerprint"
+            await pilot.press("space")  # "I compared each fingerprint ..."
             await pilot.press("c")
 
             def state(*states: str) -> bool:

@@ -122,13 +122,41 @@ def test_status_says_when_a_killed_supervisor_left_a_service_dead_and_rollback_r
         ps.stop_all()
 
 
-def test_the_watchdog_unit_names_the_site_and_runs_the_watchdog(tmp_path, capsys):
+def test_write_unit_sets_up_the_timer_for_this_site_and_its_engine(tmp_path, capsys):
     from appliance.cli import main
     from appliance.site.engine import site_id
-    root = tmp_path / "site"
+    root, units = tmp_path / "site", tmp_path / "units"
     assert main(["watchdog", "--write-unit", "--root", str(root), "--engine", "process",
-                 "--unit-dir", str(tmp_path / "units"), "--unhealthy", "30"]) == 0
-    unit = tmp_path / "units" / f"appliance-{site_id(root)}-watchdog.service"
-    text = unit.read_text()
-    assert f"-m appliance watchdog --root {root} --unhealthy 30.0 --engine process" in text
-    assert "Restart=always" in text and unit.name in capsys.readouterr().out
+                 "--unit-dir", str(units), "--unhealthy", "30"]) == 0
+    service = units / f"appliance-{site_id(root)}-watchdog.service"
+    text = service.read_text()
+    assert (f"-m appliance watchdog --once --root {root} --engine process --unhealthy 30.0 "
+            f"--unit-dir {units}") in text
+    assert "Type=oneshot" in text
+    assert (units / "timers.target.wants" / service.with_suffix(".timer").name).resolve() \
+        == service.with_suffix(".timer")
+    assert str(service) in capsys.readouterr().out
+
+
+def test_the_watchdog_run_by_a_timer_carries_the_unready_time_between_runs(tmp_path):
+    """Each `--once` run is a new process: the time a service has been unready carries
+    over in the site, so a hung runtime is restarted by a later run, not never."""
+    ps = process_site(tmp_path, vendor(tmp_path))
+    port = free_port_pair()
+    try:
+        ps.install(make_bundle(ps.tmp, ps.vendor, 1, port=port))
+        url = f"http://127.0.0.1:{port}"
+        child = ps.site.release(1).path / "run" / "mlp.child"
+        hung = int(child.read_text())
+        os.kill(hung, signal.SIGSTOP)
+        assert not ready(url)
+        t0 = time.time()
+        first = Watchdog(ps.site, ps.engine, unhealthy_s=UNHEALTHY_S, clock=lambda: t0)
+        assert first.check_once() == []  # unready from now on
+        later = Watchdog(ps.site, ps.engine, unhealthy_s=UNHEALTHY_S,
+                         clock=lambda: t0 + UNHEALTHY_S + 1)
+        assert later.check_once() == ["mlp"]
+        wait_for(lambda: ready(url), BOUND_S, "the hung runtime to serve again")
+        assert int(child.read_text()) != hung
+    finally:
+        ps.stop_all()

@@ -62,7 +62,7 @@ async def test_first_install_from_stick_to_serving_then_status_figures_and_expor
         from textual.widgets import Checkbox
         box = trust.query_one("#compared", Checkbox)
         assert str(box.label).startswith("NOT YET")
-        await pilot.press("space")  # tick "I compared every fingerprint"
+        await pilot.press("space")  # tick "I compared each fingerprint ..."
         await pilot.pause()
         assert str(box.label).startswith("YES - I compared")  # in words, not only a colour
         await pilot.press("c")
