@@ -71,7 +71,8 @@ def _default_root() -> Path:
 
 
 def _engine(args: argparse.Namespace, site: Site) -> Engine:
-    return make_engine(args.engine, site, docker_host=args.docker_host, unit_dir=args.unit_dir)
+    return make_engine(args.engine, site, docker_host=args.docker_host, unit_dir=args.unit_dir,
+                       runtime_from=getattr(args, "runtime_from", None))
 
 
 def _engine_args(p: argparse.ArgumentParser) -> None:
@@ -81,6 +82,9 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
                         "default: the current release's, else docker")
     p.add_argument("--docker-host", help="engine socket URL, e.g. unix:///run/podman/podman.sock")
     p.add_argument("--unit-dir", type=Path, help="process engine: where to write systemd units")
+    p.add_argument("--runtime-from", choices=("image", "host"), default=None,
+                   help="process engine: run each service from its image's root (default), "
+                        "or the host's own Python runtime (development, no image)")
 
 
 def cmd_install(args: argparse.Namespace) -> int:

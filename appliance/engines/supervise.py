@@ -1,6 +1,7 @@
 """A small process supervisor: keeps one command running until told to stop.
 
-`python -m appliance.engines.supervise --pidfile P --log L -- CMD...` detaches
+`python -m appliance.engines.supervise --pidfile P --log L -- CMD...` (from the frozen
+installer: `appliance-installer __supervise ...`) detaches
 (fork, new session), writes its pid to P once running, restarts CMD when it
 exits (with backoff), and on SIGTERM stops CMD and removes P. The process
 engine uses it where systemd is not running the units it wrote.
@@ -20,9 +21,19 @@ from typing import BinaryIO
 
 from appliance.fsutil import atomic_write
 
+SUPERVISE_ARG = "__supervise"  # the frozen installer's hidden argv forms of our modules
+CONFINE_ARG = "__confine"
 MAX_BACKOFF_S = 30.0
 HEALTHY_RUN_S = 60.0
 STOP_GRACE_S = 10.0
+
+
+def self_command(module: str, hidden: str, python: str = sys.executable) -> list[str]:
+    """How this program runs one of its own modules as a process: `python -m module`, or,
+    from the frozen installer (which has no `-m`), itself with the module's hidden argument."""
+    if getattr(sys, "frozen", False):
+        return [sys.executable, hidden]
+    return [python, "-m", module]
 
 
 def open_log(path: Path) -> BinaryIO:
