@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from appliance.engines.supervise import CONFINE_ARG, SUPERVISE_ARG
+from appliance.engines.supervise import SUPERVISE_ARG
 from installer_tui.media import executable_dir, find_bundles
 
 TUI_COMMAND = "tui"
@@ -47,13 +47,9 @@ def stick_bundle() -> Path | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the TUI (no arguments, or `tui ...`) or the `appliance` CLI (a command)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] in (SUPERVISE_ARG, CONFINE_ARG):
-        # the process engine's supervisor and launcher: a frozen executable has no `-m`
-        if args[0] == SUPERVISE_ARG:
-            from appliance.engines.supervise import main as supervise_main
-            return supervise_main(args[1:])
-        from appliance.engines.confine import main as confine_main
-        return confine_main(args[1:])
+    if args[:1] == [SUPERVISE_ARG]:  # the process engine's supervisor: a frozen program has no -m
+        from appliance.engines.supervise import main as supervise_main
+        return supervise_main(args[1:])
     if args and (args[0] in _CLI_FLAGS or args[0] in cli_commands()):
         from appliance.cli import main as cli_main
 

@@ -12,8 +12,10 @@
 - then the unprivileged user (groups dropped), no-new-privileges, RLIMIT_NOFILE,
   and exec with exactly the given environment.
 
-The supervisor runs this as the service's command, so the pid it records is the
-runtime's own after the exec.
+The supervisor (`supervise --confine`) does this in the service's child between
+fork and exec, so the pid it records is the runtime's own and no second program
+(nor, from the frozen installer, its unpacking bootloader) sits in between.
+`python -m appliance.engines.confine ARGS` does the same by hand.
 """
 
 from __future__ import annotations
@@ -26,7 +28,11 @@ import os
 import resource
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
+
+from appliance.errors import ConfineError
 
 CLONE_NEWNS = 0x00020000
 MS_RDONLY = 1
@@ -43,12 +49,14 @@ GPU_DEVICES = ("/dev/nvidia[0-9]*", "/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/n
                "/dev/nvidia-modeset")
 
 
-class ConfineError(Exception):
-    """A step of the confinement failed; the service does not start."""
-
-
+@cache
 def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def preload() -> None:
+    """Load libc now (the supervisor does, before the children it confines need it)."""
+    _libc()
 
 
 def _check(rc: int, what: str) -> None:
@@ -117,7 +125,11 @@ def build_namespace(root: str, binds: Sequence[tuple[str, str, bool]], gpu: bool
 
 def drop_privileges(uid: int, gid: int, nofile: int) -> None:
     """Become uid:gid with no supplementary groups, no-new-privileges and RLIMIT_NOFILE."""
-    resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+    except (ValueError, OSError):  # no CAP_SYS_RESOURCE (a container): as far as allowed
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(nofile, hard), hard))
     os.setgroups([])
     os.setgid(gid)
     os.setuid(uid)
@@ -131,8 +143,23 @@ def _pair(text: str) -> tuple[str, str]:
     return src, dst
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Confine, then exec the service; return 1 (with one line on stderr) if that fails."""
+@dataclass(frozen=True)
+class Confinement:
+    """The parsed launcher arguments: where and as whom the service runs, and what."""
+
+    root: str
+    binds: list[tuple[str, str, bool]]  # (host directory, path inside, read-only)
+    uid: int
+    gid: int
+    nofile: int
+    gpu: bool
+    workdir: str
+    env: dict[str, str]
+    argv: list[str]
+
+
+def parse(argv: Sequence[str]) -> Confinement:
+    """Parse the launcher's arguments (see the module docstring); exits 2 on bad ones."""
     ap = argparse.ArgumentParser(prog="confine")
     ap.add_argument("--root", required=True)
     ap.add_argument("--ro", type=_pair, action="append", default=[])
@@ -143,25 +170,54 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--workdir", default="/")
     ap.add_argument("--env", action="append", default=[])
     ap.add_argument("command", nargs=argparse.REMAINDER)
-    args = ap.parse_args(argv)
+    args = ap.parse_args(list(argv))
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         ap.error("no command to run")
     uid, _, gid = args.user.partition(":")
-    env = dict(e.partition("=")[::2] for e in args.env)
-    binds = [(s, d, True) for s, d in args.ro] + [(s, d, False) for s, d in args.rw]
+    if not uid.isdigit() or not (gid or uid).isdigit():
+        ap.error(f"--user {args.user!r} is not UID:GID")
+    return Confinement(str(Path(args.root).resolve()),
+                       [(s, d, True) for s, d in args.ro] + [(s, d, False) for s, d in args.rw],
+                       int(uid), int(gid or uid), args.nofile, args.gpu, args.workdir,
+                       dict(e.partition("=")[::2] for e in args.env), command)
+
+
+def enter(c: Confinement) -> None:
+    """Confine this process (namespace, chroot, user, limits); the caller then execs.
+
+    Raises:
+        ConfineError: a step failed (or this is not root).
+        OSError: chroot, chdir or the user change failed.
+    """
+    if os.geteuid() != 0:
+        raise ConfineError("the process engine's launcher must run as root")
+    build_namespace(c.root, c.binds, c.gpu)
+    os.chroot(c.root)
+    os.chdir("/")
+    drop_privileges(c.uid, c.gid, c.nofile)
+    os.chdir(c.workdir)
+
+
+def enter_or_exit(c: Confinement) -> None:
+    """`enter`, for a child between fork and exec: on failure say why in one line on
+    stderr (the service's log) and exit 1, which its supervisor counts as a crash."""
     try:
-        if os.geteuid() != 0:
-            raise ConfineError("the process engine's launcher must run as root")
-        build_namespace(str(Path(args.root).resolve()), binds, args.gpu)
-        os.chroot(str(Path(args.root).resolve()))
-        os.chdir("/")
-        drop_privileges(int(uid), int(gid or uid), args.nofile)
-        os.chdir(args.workdir)
-        os.execvpe(command[0], command, env)  # noqa: S606 - the service itself, no shell
+        enter(c)
     except (ConfineError, OSError, ValueError) as e:
-        print(f"confine: cannot start {command[0]!r} in {args.root}: {e}", file=sys.stderr)
-        return 1
+        os.write(2, f"confine: cannot start {c.argv[0]!r} in {c.root}: {e}\n".encode())
+        os._exit(1)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Confine, then exec the service; return 1 (with one line on stderr) if that fails."""
+    c = parse(sys.argv[1:] if argv is None else argv)
+    enter_or_exit(c)
+    try:
+        os.execvpe(c.argv[0], c.argv, c.env)  # noqa: S606 - the service itself, no shell
+    except OSError as e:
+        print(f"confine: cannot start {c.argv[0]!r} in {c.root}: {e}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

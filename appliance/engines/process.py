@@ -41,7 +41,7 @@ from appliance.engines.imageview import (
     model_path,
     unit_confinement,
 )
-from appliance.engines.supervise import CONFINE_ARG, SUPERVISE_ARG, open_log, self_command
+from appliance.engines.supervise import SUPERVISE_ARG, open_log, self_command, start_detached
 from appliance.errors import ApplianceError, EngineError, ImageLoadError, StoreError
 from appliance.fsutil import atomic_write
 from appliance.progress import Progress, ProgressFn, no_progress
@@ -126,7 +126,7 @@ class ProcessEngine:
         for launch in launches(manifest, placement, slot):
             if self.runtime_from == "image":
                 view = self._image_view(manifest, release, launch)
-                cmd = [*self._self("appliance.engines.confine", CONFINE_ARG), *confine_args(view)]
+                cmd = ["--confine", "--", *confine_args(view)]
                 env: dict[str, str] = {}
                 memory = service_limits(manifest, launch.service).memory_bytes
                 self._write_unit(manifest, release, launch, [], {},
@@ -143,14 +143,15 @@ class ProcessEngine:
                 _systemctl("daemon-reload")
                 _systemctl("start", self.unit_name(launch.release, launch.service))
             else:
-                sup = [*self._self("appliance.engines.supervise", SUPERVISE_ARG),
-                       "--pidfile", str(run / f"{launch.service}.pid"),
-                       "--log", str(run / f"{launch.service}.log"), "--", *cmd]
-                r = subprocess.run(sup, env={**os.environ, **env}, capture_output=True,
-                                   timeout=60, check=False)
-                if r.returncode != 0:
-                    raise EngineError(f"cannot start service {launch.service!r}: "
-                                      f"{r.stderr.decode(errors='replace').strip()[-300:]}")
+                sup = [*self_command("appliance.engines.supervise", SUPERVISE_ARG, self.python),
+                       "--foreground", "--pidfile", str(run / f"{launch.service}.pid"),
+                       "--log", str(run / f"{launch.service}.log"),
+                       *(cmd if cmd[:1] == ["--confine"] else ["--", *cmd])]
+                try:
+                    start_detached(sup, {**os.environ, **env}, run / f"{launch.service}.pid",
+                                   run / f"{launch.service}.log")
+                except EngineError as e:
+                    raise EngineError(f"cannot start service {launch.service!r}: {e}") from e
             urls[launch.service] = f"http://127.0.0.1:{launch.port}"
             progress(Progress("start", message=f"{launch.service} started on port {launch.port}"))
         return urls
@@ -347,9 +348,6 @@ class ProcessEngine:
         path = self.unit_dir / self.unit_name(launch.release, launch.service)
         atomic_write(path, "\n".join(lines).encode())
         return path
-
-    def _self(self, module: str, hidden: str) -> list[str]:
-        return self_command(module, hidden, self.python)
 
     def _image_root(self, manifest: Manifest, image_name: str, store: ContentStore) -> Path:
         """The unpacked root of the image's runtime layers (unpacked now if missing).
