@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import ctypes.util
+import errno
 import glob
 import os
 import resource
@@ -94,7 +95,12 @@ def build_namespace(root: str, binds: Sequence[tuple[str, str, bool]], gpu: bool
     """
     libc = _libc()
     _check(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
-    mount(libc, None, "/", None, MS_REC | MS_PRIVATE)  # nothing leaks back to the host
+    # Nothing we mount may propagate back to the host. Already chrooted (as on a stick's
+    # bare root), "/" is no mount point (EINVAL): whoever chrooted us made the namespace
+    # private (util-linux unshare does by default).
+    if libc.mount(None, b"/", None, ctypes.c_ulong(MS_REC | MS_PRIVATE), None) != 0 \
+            and ctypes.get_errno() != errno.EINVAL:
+        _check(-1, "making the mount namespace private")
     bind(libc, root, root, readonly=True)
     for src, dst, readonly in binds:
         target = inside(root, dst)

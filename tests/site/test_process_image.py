@@ -11,11 +11,13 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from appliance.engines.imageview import ImageView, unit_confinement
 from appliance.engines.process import ProcessEngine
 from appliance.engines.rootfs import roots_dir
 from appliance.site.gpu import GpuReport, RecordedProbe
@@ -102,3 +104,31 @@ def test_service_runs_confined_in_the_image_root_and_survives_kill(installed):
     wait_for(lambda: ready(url), 120, "the restarted runtime to answer ready")
     check_serves(url)
     assert engine.alive(1, "mlp")
+
+
+def test_unit_confines_the_service_like_the_launcher(installed, tmp_path):
+    site, engine, _url = installed
+    text = (tmp_path / "units" / engine.unit_name(1, "mlp")).read_text()
+    [root] = roots_dir(site.root).iterdir()
+    models = site.release(1).path / "models" / "mlp"
+    for line in (f"RootDirectory={root}", f"BindReadOnlyPaths={models}:/models",
+                 f"BindPaths={site.root}/runtime/mlp:/var/lib/appliance-runtime",
+                 "User=10001", "Group=10001", "NoNewPrivileges=yes", "PrivateTmp=yes",
+                 "PrivateDevices=yes", "LimitNOFILE=65536", "MountAPIVFS=yes",
+                 "WorkingDirectory=/var/lib/appliance-runtime", "Restart=always"):
+        assert line in text.splitlines(), line
+    assert any(line.startswith("MemoryMax=") for line in text.splitlines())
+    exec_start = next(x for x in text.splitlines() if x.startswith("ExecStart="))
+    # the image's own interpreter, by its path inside the root; the runtime's port
+    assert exec_start.startswith("ExecStart=/opt/runtime/bin/python -m runtime --models /models")
+    assert sys.executable not in exec_start  # not the installer's interpreter
+
+
+def test_a_gpu_service_unit_allows_only_the_nvidia_devices(tmp_path):
+    view = ImageView(tmp_path, tmp_path / "m", "/models", tmp_path / "d", "/data", 10001, 10001,
+                     "/", ["python", "-m", "runtime"], {"PATH": "/usr/bin"}, gpu=True)
+    lines = unit_confinement(view, 2_000_000_000)
+    assert "PrivateDevices=yes" not in lines and "DevicePolicy=closed" in lines
+    assert "DeviceAllow=char-nvidia-frontend rw" in lines
+    assert "PrivateDevices=yes" in unit_confinement(
+        ImageView(**{**view.__dict__, "gpu": False}), 2_000_000_000)
