@@ -9,6 +9,7 @@ sees neither the host's /root nor /home, and comes back after `kill -9`.
 from __future__ import annotations
 
 import os
+import resource
 import secrets
 import signal
 import sys
@@ -98,6 +99,10 @@ def test_service_runs_confined_in_the_image_root_and_survives_kill(installed):
                                                 "stdin", "stdout", "urandom", "zero"]
     status = Path(f"/proc/{pid}/status").read_text()
     assert "NoNewPrivs:\t1" in status
+    limits = next(x for x in Path(f"/proc/{pid}/limits").read_text().splitlines()
+                  if x.startswith("Max open files")).split()
+    # 65536, or as far as the hard limit goes where root lacks CAP_SYS_RESOURCE
+    assert int(limits[3]) == min(65536, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
 
     os.kill(pid, signal.SIGKILL)  # the runtime dies; its supervisor starts it again
     wait_for(lambda: child.exists() and int(child.read_text()) != pid, 30, "a restart")
