@@ -92,8 +92,9 @@ def test_hidden_supervise_form_runs_the_process_engines_supervisor(tmp_path: Pat
     from tests.enginekit import wait_for
 
     pidfile, log = tmp_path / "svc.pid", tmp_path / "svc.log"
-    script = ("import sys; from appliance.installer import main; "
-              f"sys.exit(main({[SUPERVISE_ARG, '--foreground', '--pidfile', str(pidfile), '--log', str(log), '--', 'sleep', '60']!r}))")  # noqa: E501
+    argv = [SUPERVISE_ARG, "--foreground", "--pidfile", str(pidfile), "--log", str(log),
+            "--", "sleep", "60"]
+    script = f"import sys; from appliance.installer import main; sys.exit(main({argv!r}))"
     proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ,
                             "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
     try:
