@@ -9,8 +9,8 @@ read-only at the image's model path. The host needs no Python. Each service gets
 a systemd unit (written to `unit_dir`, enabled for the serving release only, so a
 reboot brings back `current`) that confines it with `RootDirectory=` and friends;
 while the installer runs, or where systemd is not PID 1,
-`appliance.engines.supervise` keeps it running through the launcher
-`appliance.engines.confine`, which does the same confinement itself.
+`appliance.engines.supervise` keeps it running and confines each start itself
+(`appliance.engines.confine`: mount namespace, chroot, user, limits).
 
 `runtime_from="host"` runs `command` (default: this interpreter's `-m runtime`)
 on the host instead, unconfined: for development and tests without an image.
