@@ -125,6 +125,10 @@ class ImageLoadError(EngineError):
     """The engine refused an image or loaded one whose id differs from the manifest."""
 
 
+class ConfineError(EngineError):
+    """The process engine could not confine a service (namespace, mounts, chroot, user)."""
+
+
 class HealthTimeoutError(EngineError):
     """A started release did not report ready in time, or its process/container died."""
 

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from appliance.engines.supervise import SUPERVISE_ARG
 from installer_tui.media import executable_dir, find_bundles
 
 TUI_COMMAND = "tui"
@@ -46,6 +47,9 @@ def stick_bundle() -> Path | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the TUI (no arguments, or `tui ...`) or the `appliance` CLI (a command)."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == [SUPERVISE_ARG]:  # the process engine's supervisor: a frozen program has no -m
+        from appliance.engines.supervise import main as supervise_main
+        return supervise_main(args[1:])
     if args and (args[0] in _CLI_FLAGS or args[0] in cli_commands()):
         from appliance.cli import main as cli_main
 

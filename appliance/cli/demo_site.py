@@ -185,7 +185,8 @@ def make_engine(choice: EngineChoice, site: Site, work: Path) -> Engine:
         from appliance.engines.docker import DockerEngine
         return DockerEngine(site, base_url=choice.url)
     from appliance.engines.process import ProcessEngine
-    return ProcessEngine(site, unit_dir=work / "units", use_systemd=False)
+    return ProcessEngine(site, unit_dir=work / "units", use_systemd=False,
+                         runtime_from="host")  # the demo serves this checkout's runtime
 
 
 def stop_previous(work: Path, site: Site, url: str | None) -> None:

@@ -87,7 +87,8 @@ def _default_root() -> Path:
 
 
 def _engine(args: argparse.Namespace, site: Site) -> Engine:
-    return make_engine(args.engine, site, docker_host=args.docker_host, unit_dir=args.unit_dir)
+    return make_engine(args.engine, site, docker_host=args.docker_host, unit_dir=args.unit_dir,
+                       runtime_from=getattr(args, "runtime_from", None))
 
 
 def _engine_args(p: argparse.ArgumentParser) -> None:
@@ -98,6 +99,9 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--docker-host", help="engine socket URL, e.g. unix:///run/podman/podman.sock")
     p.add_argument("--unit-dir", type=Path, help="where to write systemd units (the process "
                    "engine's and the watchdog's; default /etc/systemd/system)")
+    p.add_argument("--runtime-from", choices=("image", "host"), default=None,
+                   help="process engine: run each service from its image's root (default), "
+                        "or the host's own Python runtime (development, no image)")
 
 
 def cmd_install(args: argparse.Namespace) -> int:

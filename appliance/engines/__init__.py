@@ -16,10 +16,12 @@ RUNTIME_COMMAND_ENV = "APPLIANCE_RUNTIME_COMMAND"  # process engine: command tem
 
 
 def make_engine(kind: str | None, site: Site, *, docker_host: str | None = None,
-                unit_dir: Path | None = None) -> Engine:
+                unit_dir: Path | None = None, runtime_from: str | None = None) -> Engine:
     """The engine named `kind` ("docker" or "process") for `site`; with no kind, the one
     the current release runs on, else docker (at `docker_host`, else the socket
-    `appliance.engines.detect` finds).
+    `appliance.engines.detect` finds). The process engine runs each service from its
+    image's root unless `runtime_from` is "host" or APPLIANCE_RUNTIME_COMMAND names a
+    command template for the host's own runtime.
 
     Raises:
         EngineError: an unknown kind.
@@ -34,6 +36,9 @@ def make_engine(kind: str | None, site: Site, *, docker_host: str | None = None,
     if kind == "process":
         from appliance.engines.process import DEFAULT_COMMAND, DEFAULT_UNIT_DIR, ProcessEngine
         template = os.environ.get(RUNTIME_COMMAND_ENV)
+        if template:
+            runtime_from = "host"
         return ProcessEngine(site, command=shlex.split(template) if template else DEFAULT_COMMAND,
-                             unit_dir=unit_dir or DEFAULT_UNIT_DIR)
+                             unit_dir=unit_dir or DEFAULT_UNIT_DIR,
+                             runtime_from=runtime_from or "image")
     raise EngineError(f"unknown engine {kind!r}; use --engine docker or --engine process")

@@ -1,10 +1,19 @@
 """The process engine: the runtime as supervised local processes, no container engine.
 
-Model files come out of the verified weights layers in the content store
-(`appliance.bundle.layers`), one directory per service under the release. Each
-service gets a systemd unit (written to `unit_dir`, enabled for the serving
-release only, so a reboot brings back `current`); while the installer runs,
-or where systemd is not PID 1, `appliance.engines.supervise` keeps it running.
+Each service runs from its verified runtime image: the image's layers are unpacked
+from the content store into a root shared by the releases that use it
+(`appliance.engines.rootfs`), and the service runs chrooted there as an
+unprivileged user, with its model files (taken out of the weights layers,
+`appliance.bundle.layers`, one directory per service under the release) bound
+read-only at the image's model path. The host needs no Python. Each service gets
+a systemd unit (written to `unit_dir`, enabled for the serving release only, so a
+reboot brings back `current`) that confines it with `RootDirectory=` and friends;
+while the installer runs, or where systemd is not PID 1,
+`appliance.engines.supervise` keeps it running and confines each start itself
+(`appliance.engines.confine`: mount namespace, chroot, user, limits).
+
+`runtime_from="host"` runs `command` (default: this interpreter's `-m runtime`)
+on the host instead, unconfined: for development and tests without an image.
 """
 
 from __future__ import annotations
@@ -21,10 +30,20 @@ from pathlib import Path
 from appliance.bundle.layers import extract_model
 from appliance.bundle.manifest import Manifest
 from appliance.bundle.store import ContentStore
-from appliance.engines.hardening import service_limits
+from appliance.engines import rootfs
+from appliance.engines.hardening import data_dir, service_limits
+from appliance.engines.imageview import (
+    ImageView,
+    confine_args,
+    image_config,
+    image_env,
+    image_user,
+    model_path,
+    unit_confinement,
+)
 from appliance.engines.procproxy import ProxyProcessMixin
-from appliance.engines.supervise import open_log
-from appliance.errors import EngineError, ImageLoadError, StoreError
+from appliance.engines.supervise import SUPERVISE_ARG, open_log, self_command, start_detached
+from appliance.errors import ApplianceError, EngineError, ImageLoadError, StoreError
 from appliance.fsutil import atomic_write
 from appliance.progress import Progress, ProgressFn, no_progress
 from appliance.site.engine import (
@@ -45,6 +64,7 @@ STOP_TIMEOUT_S = 15.0
 SERVICE_USER = "appliance-runtime"
 LIMIT_NOFILE = 65536  # idle client connections and model files must not hit EMFILE
 CRASH_LOOP = 3  # quick exits in a row after which a service counts as dead
+RUNTIME_FROM = ("image", "host")
 
 
 class ProcessEngine(ProxyProcessMixin):
@@ -53,11 +73,22 @@ class ProcessEngine(ProxyProcessMixin):
 
     name = "process"
 
-    def __init__(self, site: Site, *, command: Sequence[str] = DEFAULT_COMMAND,
+    def __init__(self, site: Site, *, command: Sequence[str] | None = None,
                  env: Mapping[str, str] | None = None, unit_dir: Path = DEFAULT_UNIT_DIR,
-                 use_systemd: bool | None = None, python: str = sys.executable) -> None:
+                 use_systemd: bool | None = None, python: str = sys.executable,
+                 runtime_from: str | None = None) -> None:
+        """`runtime_from`: "image" (each service from its image's root), or "host" (run
+        `command` with this host's interpreter); a `command` alone means "host".
+
+        Raises:
+            EngineError: an unknown `runtime_from`.
+        """
         self.site = site
-        self.command = list(command)
+        self.runtime_from = runtime_from or ("host" if command is not None else "image")
+        if self.runtime_from not in RUNTIME_FROM:
+            raise EngineError(f"unknown runtime source {self.runtime_from!r}; use "
+                              "--runtime-from image or --runtime-from host")
+        self.command = list(DEFAULT_COMMAND if command is None else command)
         self.env = dict(env or {})
         self.unit_dir = Path(unit_dir)
         self.use_systemd = (Path("/run/systemd/system").is_dir() and
@@ -89,6 +120,11 @@ class ProcessEngine(ProxyProcessMixin):
                         raise ImageLoadError(f"model {name!r}: {e}") from e
                 done += model.weights_size
                 progress(Progress("load", done, total, f"model files of {name} ready"))
+        if self.runtime_from == "image":
+            for svc in manifest.services:
+                self._image_root(manifest, svc.image, store)
+                progress(Progress("load", message=f"image root of {svc.name} ready"))
+            self._remove_unused_roots()
 
     def start(self, manifest: Manifest, release: Release, placement: Placement, slot: int,
               progress: ProgressFn = no_progress) -> dict[str, str]:
@@ -96,24 +132,34 @@ class ProcessEngine(ProxyProcessMixin):
         self.stop(release.sequence)
         urls = {}
         for launch in launches(manifest, placement, slot, door=behind_front_door(manifest)):
-            cmd, env = self._command(release, launch)
-            self._write_unit(manifest, release, launch, cmd, env)
+            if self.runtime_from == "image":
+                view = self._image_view(manifest, release, launch)
+                cmd = ["--confine", "--", *confine_args(view)]
+                env: dict[str, str] = {}
+                memory = service_limits(manifest, launch.service).memory_bytes
+                self._write_unit(manifest, release, launch, [], {},
+                                 unit_confinement(view, memory))
+            else:
+                cmd, env = self._command(release, launch)
+                self._write_unit(manifest, release, launch, cmd, env)
             run = self._run_dir(release)
             run.mkdir(parents=True, exist_ok=True)
             open_log(run / f"{launch.service}.log").close()  # 0640 before anything writes
             if self.use_systemd:
-                self._own_data(launch)
+                if self.runtime_from == "host":
+                    self._own_data(launch, *self._service_ids())
                 _systemctl("daemon-reload")
                 _systemctl("start", self.unit_name(launch.release, launch.service))
             else:
-                sup = [self.python, "-m", "appliance.engines.supervise",
-                       "--pidfile", str(run / f"{launch.service}.pid"),
-                       "--log", str(run / f"{launch.service}.log"), "--", *cmd]
-                r = subprocess.run(sup, env={**os.environ, **env}, capture_output=True,
-                                   timeout=60, check=False)
-                if r.returncode != 0:
-                    raise EngineError(f"cannot start service {launch.service!r}: "
-                                      f"{r.stderr.decode(errors='replace').strip()[-300:]}")
+                sup = [*self_command("appliance.engines.supervise", SUPERVISE_ARG, self.python),
+                       "--foreground", "--pidfile", str(run / f"{launch.service}.pid"),
+                       "--log", str(run / f"{launch.service}.log"),
+                       *(cmd if cmd[:1] == ["--confine"] else ["--", *cmd])]
+                try:
+                    start_detached(sup, {**os.environ, **env}, run / f"{launch.service}.pid",
+                                   run / f"{launch.service}.log")
+                except EngineError as e:
+                    raise EngineError(f"cannot start service {launch.service!r}: {e}") from e
             urls[launch.service] = f"http://127.0.0.1:{launch.port}"
             progress(Progress("start", message=f"{launch.service} started on port {launch.port}"))
         return urls
@@ -220,8 +266,8 @@ class ProcessEngine(ProxyProcessMixin):
     def _data_dir(self, service: str) -> Path:
         return self.site.root / "runtime" / service
 
-    def _own_data(self, launch: Launch) -> None:
-        """Make the service user (once) and give it the service's data directory.
+    def _service_ids(self) -> tuple[int, int]:
+        """The service user's uid and gid, the user made first when missing.
 
         Raises:
             EngineError: the user cannot be made.
@@ -238,10 +284,15 @@ class ProcessEngine(ProxyProcessMixin):
                                   f"{r.stderr.decode(errors='replace').strip()}; create it "
                                   "(useradd --system) and install again") from None
             pw = pwd.getpwnam(SERVICE_USER)
+        return pw.pw_uid, pw.pw_gid
+
+    def _own_data(self, launch: Launch, uid: int, gid: int) -> None:
+        """Give the service's user its data directory."""
         data = self._data_dir(launch.service)
+        data.mkdir(parents=True, exist_ok=True)
         for p in (data, *data.rglob("*")):
             if not p.is_symlink():
-                os.chown(p, pw.pw_uid, pw.pw_gid)
+                os.chown(p, uid, gid)
 
     def _models_dir(self, release: Release, service: str) -> Path:
         return release.models_dir / service
@@ -257,29 +308,23 @@ class ProcessEngine(ProxyProcessMixin):
         cmd = [a.format(models=models, port=launch.port, data=data) for a in self.command]
         if launch.loopback_only:
             cmd = runtime_command(cmd, launch)
+        return cmd, self._service_env(launch)
+
+    def _service_env(self, launch: Launch) -> dict[str, str]:
+        """The service's environment: its GPU, release, name and GPU policy; never a hub."""
         gpu = "" if launch.gpu_index is None else (launch.gpu_uuid or str(launch.gpu_index))
-        env = {**self.env, "CUDA_VISIBLE_DEVICES": gpu, "APPLIANCE_RELEASE": str(launch.release),
-               "APPLIANCE_SERVICE": launch.service, "RUNTIME_GPU_POLICY": launch.gpu_policy,
-               "HF_HUB_OFFLINE": "1",
-               "TRANSFORMERS_OFFLINE": "1"}
-        return cmd, env
+        return {**self.env, "CUDA_VISIBLE_DEVICES": gpu, "APPLIANCE_RELEASE": str(launch.release),
+                "APPLIANCE_SERVICE": launch.service, "RUNTIME_GPU_POLICY": launch.gpu_policy,
+                "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
     def _write_unit(self, manifest: Manifest, release: Release, launch: Launch,
-                    cmd: list[str], env: dict[str, str]) -> Path:
+                    cmd: list[str], env: dict[str, str],
+                    confinement: list[str] | None = None) -> Path:
         log = self._run_dir(release) / f"{launch.service}.log"
-        lines = [
-            "[Unit]",
-            f"Description=Offline appliance {manifest.name} {manifest.version} "
-            f"(release {launch.release}) service {launch.service}",
-            "After=network.target",
-            "",
-            "[Service]",
-            "Type=simple",
+        host = [
             f"ExecStart={shlex.join(cmd)}",
             *(f'Environment="{k}={v}"' for k, v in sorted(env.items())),
             f"WorkingDirectory={release.path}",
-            "Restart=always",
-            "RestartSec=2",
             # Confinement: an unprivileged user that cannot gain privileges, bounded
             # memory and files, and a read-only view of the system but its data.
             f"User={SERVICE_USER}",
@@ -293,6 +338,18 @@ class ProcessEngine(ProxyProcessMixin):
             "ProtectSystem=strict",
             "ProtectHome=yes",
             f"ReadWritePaths={self._data_dir(launch.service)}",
+        ]
+        lines = [
+            "[Unit]",
+            f"Description=Offline appliance {manifest.name} {manifest.version} "
+            f"(release {launch.release}) service {launch.service}",
+            "After=network.target",
+            "",
+            "[Service]",
+            "Type=simple",
+            "Restart=always",
+            "RestartSec=2",
+            *(host if confinement is None else confinement),
             f"StandardOutput=append:{log}",
             f"StandardError=append:{log}",
             "",
@@ -303,6 +360,62 @@ class ProcessEngine(ProxyProcessMixin):
         path = self.unit_dir / self.unit_name(launch.release, launch.service)
         atomic_write(path, "\n".join(lines).encode())
         return path
+
+    def _image_root(self, manifest: Manifest, image_name: str, store: ContentStore) -> Path:
+        """The unpacked root of the image's runtime layers (unpacked now if missing).
+
+        Raises:
+            ImageLoadError: a blob is missing, does not match, or holds an unsafe member.
+        """
+        img = manifest.image(image_name)
+        layers = rootfs.runtime_layers(manifest, image_name)
+        missing = [d for d in (img.config_digest, *layers) if not store.has(d)]
+        if missing:
+            raise ImageLoadError(
+                f"image {img.reference}: blob {missing[0][:19]} is not in the content store; "
+                "the process engine runs each service from its image: install a bundle that "
+                "carries it (or run the host's own runtime with --runtime-from host)")
+        cfg = image_config(store, img.config_digest)
+        mounts = (model_path(list(cfg.get("Cmd") or [])), data_dir(cfg))
+        try:
+            return rootfs.ensure_root(store, layers, rootfs.roots_dir(self.site.root), mounts)
+        except ApplianceError as e:
+            raise ImageLoadError(f"image {img.reference}: {e}") from e
+
+    def _remove_unused_roots(self) -> None:
+        """Remove the image roots no release on this site uses any more."""
+        keep: set[str] = set()
+        for rel in self.site.releases():
+            try:
+                m = rel.manifest()
+                keep.update(rootfs.root_key(rootfs.runtime_layers(m, s.image))
+                            for s in m.services)
+            except (ApplianceError, OSError, KeyError):
+                return  # cannot tell what an unreadable release needs: keep everything
+        rootfs.remove_unused(rootfs.roots_dir(self.site.root), keep)
+
+    def _image_view(self, manifest: Manifest, release: Release, launch: Launch) -> ImageView:
+        """What the service sees: its image root, model and data binds, user, command.
+
+        Raises:
+            EngineError: the image root is not unpacked (load did not run).
+        """
+        svc = next(s for s in manifest.services if s.name == launch.service)
+        root = rootfs.roots_dir(self.site.root) / rootfs.root_key(
+            rootfs.runtime_layers(manifest, svc.image))
+        if not root.is_dir():
+            raise EngineError(f"the image root of service {launch.service!r} is not unpacked "
+                              f"({root}); run the install again")
+        cfg = image_config(self.site.store, launch.image_id)
+        uid, gid = image_user(cfg, root) or self._service_ids()
+        self._own_data(launch, uid, gid)
+        cmd = [str(a) for a in cfg.get("Cmd") or []]
+        env = {**image_env(cfg), **self._service_env(launch), "RUNTIME_PORT": str(launch.port)}
+        return ImageView(root, self._models_dir(release, launch.service), model_path(cmd),
+                         self._data_dir(launch.service), data_dir(cfg), uid, gid,
+                         str(cfg.get("WorkingDir") or "/"),
+                         [*(cfg.get("Entrypoint") or []), *runtime_command(cmd, launch)],
+                         env, gpu=launch.gpu_index is not None, nofile=LIMIT_NOFILE)
 
     def _supervisor_pid(self, sequence: int, service: str) -> int | None:
         """The pid of the release's supervisor for `service`, if it is really running."""

@@ -1,6 +1,7 @@
 """A small process supervisor: keeps one command running until told to stop.
 
-`python -m appliance.engines.supervise --pidfile P --log L -- CMD...` detaches
+`python -m appliance.engines.supervise --pidfile P --log L -- CMD...` (from the frozen
+installer: `appliance-installer __supervise ...`) detaches
 (fork, new session), writes its pid to P once running, restarts CMD when it
 exits (with backoff), and on SIGTERM stops CMD and removes P. The process
 engine uses it where systemd is not running the units it wrote.
@@ -14,15 +15,27 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
+from appliance.engines.confine import Confinement, enter_or_exit, parse, preload
+from appliance.errors import EngineError
 from appliance.fsutil import atomic_write
 
+SUPERVISE_ARG = "__supervise"  # the frozen installer's hidden argv forms of our modules
 MAX_BACKOFF_S = 30.0
 HEALTHY_RUN_S = 60.0
 STOP_GRACE_S = 10.0
+
+
+def self_command(module: str, hidden: str, python: str = sys.executable) -> list[str]:
+    """How this program runs one of its own modules as a process: `python -m module`, or,
+    from the frozen installer (which has no `-m`), itself with the module's hidden argument."""
+    if getattr(sys, "frozen", False):
+        return [sys.executable, hidden]
+    return [python, "-m", module]
 
 
 def open_log(path: Path) -> BinaryIO:
@@ -33,9 +46,59 @@ def open_log(path: Path) -> BinaryIO:
     return os.fdopen(fd, "ab")
 
 
+def start_detached(argv: list[str], env: Mapping[str, str], pidfile: Path, log: Path,
+                   timeout: float = 60.0) -> None:
+    """Start the supervisor `argv` (given `--foreground`) in a session of its own and
+    return once it has written its pidfile.
+
+    It is spawned rather than forked off a daemonizing parent because the frozen
+    installer is a one-file executable: its bootloader deletes the unpacked program
+    when its own child exits, so the supervisor must be that child for its whole life,
+    and must unpack its own copy rather than share (and outlive) the installer's.
+
+    Raises:
+        EngineError: it exited or wrote no pidfile in time (its log says why).
+    """
+    env = dict(env)
+    if getattr(sys, "frozen", False):
+        for key in [k for k in env if k.startswith("_PYI_") or k == "_MEIPASS2"]:
+            del env[key]
+        env["PYINSTALLER_RESET_ENVIRONMENT"] = "1"
+        if "LD_LIBRARY_PATH_ORIG" in env:
+            env["LD_LIBRARY_PATH"] = env.pop("LD_LIBRARY_PATH_ORIG")
+        else:
+            env.pop("LD_LIBRARY_PATH", None)
+    pidfile.unlink(missing_ok=True)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    with open_log(log) as out:
+        try:
+            pid = os.posix_spawn(argv[0], argv, env, setsid=True, file_actions=[
+                (os.POSIX_SPAWN_DUP2, devnull, 0), (os.POSIX_SPAWN_DUP2, devnull, 1),
+                (os.POSIX_SPAWN_DUP2, out.fileno(), 2)])
+        except OSError as e:
+            raise EngineError(f"cannot start the supervisor {argv[0]}: {e}") from e
+        finally:
+            os.close(devnull)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pidfile.exists():
+            return
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            raise EngineError(f"the supervisor exited with {os.waitstatus_to_exitcode(status)} "
+                              f"before it started; see {log}")
+        time.sleep(0.05)
+    raise EngineError(f"the supervisor wrote no pidfile in {timeout:.0f} s; see {log}")
+
+
 def supervise(command: list[str], pidfile: Path, log: Path,
-              ready: Callable[[], None] = lambda: None) -> int:
-    """Run `command` until SIGTERM, restarting it when it exits; return 0."""
+              ready: Callable[[], None] = lambda: None,
+              confinement: Confinement | None = None) -> int:
+    """Run `command` until SIGTERM, restarting it when it exits; return 0.
+
+    With `confinement`, each start enters it between fork and exec (and `command` is
+    its argv, run with its environment only).
+    """
     stopping = False
     child: subprocess.Popen[bytes] | None = None
 
@@ -55,8 +118,14 @@ def supervise(command: list[str], pidfile: Path, log: Path,
         while not stopping:
             started = time.monotonic()
             with open_log(log) as out:
-                child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out,
-                                         stderr=subprocess.STDOUT)
+                if confinement is None:
+                    child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out,
+                                             stderr=subprocess.STDOUT)
+                else:  # single-threaded here, so preexec_fn is safe
+                    child = subprocess.Popen(
+                        confinement.argv, stdin=subprocess.DEVNULL, stdout=out,
+                        stderr=subprocess.STDOUT, env=confinement.env, close_fds=True,
+                        preexec_fn=partial(enter_or_exit, confinement))
             atomic_write(pidfile.with_suffix(".child"), f"{child.pid}\n".encode())
             while True:
                 try:
@@ -89,11 +158,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pidfile", type=Path, required=True)
     ap.add_argument("--log", type=Path, required=True)
     ap.add_argument("--foreground", action="store_true")
+    ap.add_argument("--confine", action="store_true",
+                    help="the command is the launcher's arguments (appliance.engines.confine)")
     ap.add_argument("command", nargs=argparse.REMAINDER)
     args = ap.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         ap.error("no command to supervise")
+    confinement = None
+    if args.confine:
+        confinement = parse(command)
+        command = confinement.argv
+        preload()  # load libc before any fork: later, the frozen program may be gone
     if not args.foreground:
         r, w = os.pipe()
         if os.fork() > 0:
@@ -112,8 +188,8 @@ def main(argv: list[str] | None = None) -> int:
             os.write(w, b"1")
             os.close(w)
 
-        return supervise(command, args.pidfile, args.log, ready)
-    return supervise(command, args.pidfile, args.log)
+        return supervise(command, args.pidfile, args.log, ready, confinement)
+    return supervise(command, args.pidfile, args.log, confinement=confinement)
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ def test_real_runtime_passes_the_gate_and_a_wrong_sample_rolls_back(tmp_path):
     port = free_port_pair()
     site = Site(tmp_path / "site")
     eng = ProcessEngine(site, env={"PYTHONPATH": str(REPO)}, unit_dir=tmp_path / "units",
-                        use_systemd=False, python=sys.executable)
+                        use_systemd=False, python=sys.executable, runtime_from="host")
 
     def install(bundle):
         return InstallPlan(InstallOptions(

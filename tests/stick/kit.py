@@ -70,17 +70,20 @@ def ensure_bare_root() -> Path:
 
 def in_bare_root(root: Path, argv: Sequence[str], *, cwd: str = "/",
                  env: Sequence[str] = (), timeout: float = 300,
-                 binds: Sequence[tuple[Path, str]] = ()) -> subprocess.CompletedProcess[str]:
+                 binds: Sequence[tuple[Path, str]] = (),
+                 pid_namespace: bool = True) -> subprocess.CompletedProcess[str]:
     """Run `argv` chrooted into `root` in a fresh mount and PID namespace (util-linux only).
 
     /proc, /dev and each (host directory, directory in the root) of `binds` are mounted
-    inside the namespaces, so they vanish with the command.
+    inside the namespaces, so they vanish with the command. Without `pid_namespace`,
+    what the command leaves running (a supervised service) outlives it, with host pids.
     """
     inner = f'cd {cwd} && exec "$@"'
     mounts = "".join(f" && mount --bind {shlex.quote(str(src))} \"$0\"{shlex.quote(dst)}"
                      for src, dst in binds)
     return subprocess.run(
-        ["unshare", "--mount", "--pid", "--fork", f"--mount-proc={root}/proc",
+        ["unshare", "--mount", *(["--pid"] if pid_namespace else []), "--fork",
+         f"--mount-proc={root}/proc",
          "/bin/sh", "-c", f'mount --rbind /dev "$0/dev"{mounts} && exec chroot "$0" "$@"',
          str(root),
          "/usr/bin/env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root",

@@ -80,3 +80,37 @@ def test_tui_word_passes_the_rest_to_the_tui(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr("installer_tui.app.main", recording_main(opened))
     assert entry.main(["tui", "--status"]) == 0
     assert opened == [["--status"]]
+
+
+def test_hidden_supervise_form_runs_the_process_engines_supervisor(tmp_path: Path) -> None:
+    """The frozen executable has no `python -m`: `__supervise` reaches the supervisor."""
+    import os
+    import signal
+    import subprocess
+
+    from appliance.engines.supervise import SUPERVISE_ARG, self_command
+    from tests.enginekit import wait_for
+
+    pidfile, log = tmp_path / "svc.pid", tmp_path / "svc.log"
+    argv = [SUPERVISE_ARG, "--foreground", "--pidfile", str(pidfile), "--log", str(log),
+            "--", "sleep", "60"]
+    script = f"import sys; from appliance.installer import main; sys.exit(main({argv!r}))"
+    proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ,
+                            "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    try:
+        child = pidfile.with_suffix(".child")
+        wait_for(lambda: child.exists() and child.read_text().strip(), 20, "the first start")
+        first = int(child.read_text())
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: child.exists() and int(child.read_text()) != first, 20, "a restart")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0 and not pidfile.exists()
+    finally:
+        proc.kill()
+        proc.wait()
+    frozen = subprocess.run([sys.executable, "-c", "import sys; sys.frozen = True; "
+                             "from appliance.engines.supervise import *; "
+                             f"print(self_command('m', {SUPERVISE_ARG!r}))"],
+                            capture_output=True, text=True, check=True)
+    assert frozen.stdout.strip() == repr([sys.executable, SUPERVISE_ARG])
+    assert self_command("m", SUPERVISE_ARG, "py") == ["py", "-m", "m"]
