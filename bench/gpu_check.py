@@ -6,7 +6,8 @@ Steps, each a row of the printed table:
 1. NVML probe: the GPUs, driver and CUDA version, as the installer sees them.
 2. Placement: the check's model placed on a GPU by its declared memory.
 3. Install: a signed bundle (a torch.export CNN, weights only) installed on a temp
-   site with the process engine, which serves it on the placed GPU (cuda:0 inside).
+   site with the process engine running this host's own Python runtime (no image
+   here), which serves it on the placed GPU (cuda:0 inside).
 4. Answers: the served outputs against the same program run by torch on the CPU.
 5. Throughput: images/s at concurrency 32 (one image a request, the runtime's
    dynamic batcher makes the batches) against raw in-process torch at batch 32 on
@@ -322,8 +323,8 @@ def run(args: argparse.Namespace) -> Report:
         site = work / "site"
         t0 = time.monotonic()
         out = appliance("install", "check.bundle", "--yes", "--trust", "root.json", "--root",
-                        str(site), "--engine", "process", "--unit-dir", str(work / "units"),
-                        cwd=work)
+                        str(site), "--engine", "process", "--runtime-from", "host",
+                        "--unit-dir", str(work / "units"), cwd=work)
         install_s = time.monotonic() - t0
         try:
             placed = [ln.strip() for ln in out.splitlines() if "cnn" in ln and

@@ -122,6 +122,12 @@ class ProcessEngine(ProxyProcessMixin):
                 progress(Progress("load", done, total, f"model files of {name} ready"))
         if self.runtime_from == "image":
             for svc in manifest.services:
+                if not rootfs.runtime_layers(manifest, svc.image):
+                    raise ImageLoadError(
+                        f"service {svc.name!r}: the bundle carries model files but no runtime "
+                        "image to run them from (a weights-only bundle); install it with "
+                        "--runtime-from host (the host's own Python runtime) or ask the vendor "
+                        "for a bundle built with a runtime image")
                 self._image_root(manifest, svc.image, store)
                 progress(Progress("load", message=f"image root of {svc.name} ready"))
             self._remove_unused_roots()

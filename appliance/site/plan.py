@@ -34,38 +34,29 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Callable
 from contextlib import AbstractContextManager, suppress
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from appliance.bundle.manifest import Manifest
-from appliance.bundle.verify import DEFAULT_MAX_EXPIRED
 from appliance.errors import (
-    AcceptanceError,
     ApplianceError,
     CanaryRejectedError,
     EngineError,
     InstallError,
     PreflightError,
-    ReleaseFailedError,
-    RestoreError,
     SiteError,
     TrustError,
 )
-from appliance.frontdoor.canary import CanaryBounds, CanaryPlan
 from appliance.fsutil import atomic_write
 from appliance.progress import Progress, ProgressFn, no_progress
 from appliance.site.acceptance import check_samples, wait_ready
 from appliance.site.auditing import audit_allow_expired, audit_step, audit_trust
 from appliance.site.devices import ModelDevice, ask_devices, check_required, cpu_lines, site_token
 from appliance.site.door import DoorRecord, FrontDoor
-from appliance.site.engine import Engine, behind_front_door, launches, port_in_use
+from appliance.site.engine import behind_front_door, launches, port_in_use
 from appliance.site.failures import STARTED_STEPS, unexpected
-from appliance.site.gpu import GpuProbe, GpuReport
-from appliance.site.layout import PLACEMENT_FILE, Release, Site
+from appliance.site.gpu import GpuReport
+from appliance.site.layout import PLACEMENT_FILE, Release
 from appliance.site.lock import site_lock
 from appliance.site.placement import Placement, plan_placement
 from appliance.site.preflight import (
@@ -81,77 +72,22 @@ from appliance.site.preflight import (
     check_site_paths,
     check_trust,
 )
+from appliance.site.steps import (
+    STEPS,
+    CheckEvent,
+    InstallOptions,
+    InstallResult,
+    Step,
+    StepEvent,
+)
+from appliance.site.undo import roll_back
 from appliance.site.watchdog_units import WatchdogSetup, set_up_quietly
 from signing import SigningError, TrustRoot, rotate_root
 
 log = logging.getLogger(__name__)
+__all__ = ["STEPS", "CheckEvent", "InstallOptions", "InstallPlan", "InstallResult", "Step",
+           "StepEvent"]
 
-
-@dataclass(frozen=True)
-class StepEvent(Progress):
-    """A step began ("running") or ended ("ok", "warn", "failed")."""
-
-    status: str = "running"
-
-
-@dataclass(frozen=True)
-class CheckEvent(Progress):
-    """One preflight line."""
-
-    level: str = "pass"
-
-
-@dataclass(frozen=True)
-class Step:
-    name: str
-    title: str
-
-
-STEPS = (
-    Step("preflight", "Preflight checks"),
-    Step("verify", "Verify signature and copy into the store"),
-    Step("placement", "Probe GPUs and place services"),
-    Step("load", "Load images into the engine"),
-    Step("start", "Start the new release"),
-    Step("health", "Wait until the new release is ready"),
-    Step("accept", "Check signed samples"),
-    Step("switch", "Switch current to the new release"),
-    Step("stop_old", "Stop the previous release"),
-)
-
-
-@dataclass
-class InstallOptions:
-    """Everything the plan needs, passed in (so tests point it at temp dirs and sockets)."""
-
-    bundle: Path | list[Path]
-    site: Site
-    engine: Engine
-    gpu_probe: GpuProbe
-    trust: Path | None = None  # a root file to accept on first install
-    now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
-    allow_expired: bool = False
-    max_expired: timedelta = DEFAULT_MAX_EXPIRED  # how far past expiry allow_expired reaches
-    health_timeout_s: float = 300.0
-    tls_cert: Path | None = None  # the hospital's own pair for the front door
-    tls_key: Path | None = None
-    canary: CanaryPlan | None = None  # a share of live traffic first, then promote or not
-    canary_bounds: CanaryBounds = field(default_factory=CanaryBounds)
-    unit_dir: Path | None = None  # the watchdog's systemd units (default: the engine's, else
-    # /etc/systemd/system); see appliance.site.watchdog_units
-
-
-@dataclass(frozen=True)
-class InstallResult:
-    sequence: int
-    previous: int | None
-    endpoints: dict[str, str]
-    placement: Placement
-    door: DoorRecord | None = None  # the stable addresses, when behind the front door
-    token: str = ""  # the site token, only when this install made it (show it once)
-    # service -> where each of its models runs, as its runtime said after health
-    devices: dict[str, list[ModelDevice]] = field(default_factory=dict)
-    watchdog: WatchdogSetup | None = None  # how the watchdog runs (`line` says it in words)
 
 
 class InstallPlan:
@@ -161,7 +97,7 @@ class InstallPlan:
         self.o = options
         self.site = options.site
         self.engine = options.engine
-        self._emit = progress
+        self.emit = progress
         self.checks: list[Check] = []
         self.manifest: Manifest | None = None  # unverified until `verify` has run
         self.verified: Any = None  # appliance.bundle.VerifiedBundle
@@ -176,7 +112,7 @@ class InstallPlan:
         self.door = FrontDoor(self.site, self.engine, options.now(), tls_cert=options.tls_cert,
                               tls_key=options.tls_key, progress=progress)
         self.public: DoorRecord | None = None
-        self._door_moved = False
+        self.door_moved = False
         self._new_root: TrustRoot | None = None
         self._warnings: list[str] = []
         self._done: list[str] = []
@@ -225,7 +161,7 @@ class InstallPlan:
                 self._info("stop_old", str(e))
             else:
                 if name in STARTED_STEPS:
-                    e = self._roll_back(name, e)
+                    e = roll_back(self, name, e)
                 audit_step(self, name, e)
                 self._event(StepEvent(name, message=str(e), status="failed"))
                 raise e from (raw if e is not raw else raw.__cause__)
@@ -301,7 +237,7 @@ class InstallPlan:
         self.verified = verify_bundle(self.o.bundle, self.trust_root, now=self.o.now(),
                                       last_sequence=last, store=self.site.store,
                                       allow_expired=self.o.allow_expired,
-                                      max_expired=self.o.max_expired, progress=self._emit)
+                                      max_expired=self.o.max_expired, progress=self.emit)
         v = self.verified
         self.manifest = v.manifest
         self._new_root = self._rotated_root()  # a bad rotation refuses the bundle up front
@@ -324,7 +260,7 @@ class InstallPlan:
     def _step_placement(self) -> None:
         assert self.manifest is not None and self.release is not None
         recorded = self.release.path / PLACEMENT_FILE
-        if self._serving_already() and recorded.is_file():
+        if self.serving_already() and recorded.is_file():
             self.placement = Placement.from_dict(json.loads(recorded.read_bytes()))
             self._info("placement", "kept the placement of the release already serving")
         else:
@@ -343,12 +279,12 @@ class InstallPlan:
 
     def _step_load(self) -> None:
         assert self.manifest is not None and self.release is not None
-        self.engine.load(self.manifest, self.release, self.site.store, self._emit)
-        self._record(status="loaded")
+        self.engine.load(self.manifest, self.release, self.site.store, self.emit)
+        self.record_status(status="loaded")
 
     def _step_start(self) -> None:
         assert self.manifest is not None and self.release and self.placement
-        if self._serving_already():
+        if self.serving_already():
             rec = self.release.record
             self.slot, self.endpoints = rec.slot, dict(rec.endpoints)
             self._info("start", f"release {self.release.sequence} is already serving")
@@ -356,11 +292,11 @@ class InstallPlan:
         cur = self.previous
         self.slot = 1 - cur.record.slot if cur is not None and cur.sequence != \
             self.release.sequence else 0
-        self._record(status="starting", slot=self.slot, reason="")
+        self.record_status(status="starting", slot=self.slot, reason="")
         self._free_ports()
         self.endpoints = self.engine.start(self.manifest, self.release, self.placement,
-                                           self.slot, self._emit)
-        self._record(status="started", endpoints=self.endpoints)
+                                           self.slot, self.emit)
+        self.record_status(status="started", endpoints=self.endpoints)
 
     def _free_ports(self) -> None:
         """The new slot's ports must be free: a leftover still listening on one would
@@ -396,10 +332,10 @@ class InstallPlan:
         wait_ready({s: u + health[s] for s, u in self.endpoints.items()},
                    lambda s: self.engine.alive(seq, s), self.o.health_timeout_s,
                    lambda s: self.engine.logs_tail(seq, s),
-                   lambda s, left: self._emit(Progress("health", message=f"waiting for {s}")),
+                   lambda s, left: self.emit(Progress("health", message=f"waiting for {s}")),
                    self._check_gpu)
         self._check_devices()
-        self._record(status="ready")
+        self.record_status(status="ready")
 
     def _check_gpu(self, service: str) -> None:
         """Fail a `gpu: required` service whose runtime runs a model on the CPU."""
@@ -424,7 +360,7 @@ class InstallPlan:
     def _step_accept(self) -> None:
         assert self.manifest is not None
         n = check_samples(self.manifest, self.endpoints,
-                          lambda m, i: self._emit(Progress("accept", message=f"{m} sample {i}")))
+                          lambda m, i: self.emit(Progress("accept", message=f"{m} sample {i}")))
         self._info("accept", f"{n} signed sample(s) answered within tolerance" if n
                    else "the bundle carries no samples; nothing to check")
 
@@ -434,10 +370,6 @@ class InstallPlan:
         new_root = self._new_root
         if self.door.applies(self.manifest):
             self._through_front_door()
-        elif behind_front_door(self.manifest):
-            self._info("switch", f"the {self.engine.name} engine serves each service on its "
-                                 "declared port directly; the front door needs a container "
-                                 "engine")
         self.site.switch_current(seq)
         self.engine.enable(seq)
         if new_root is not None:
@@ -445,7 +377,7 @@ class InstallPlan:
             audit_trust(self.site.root, new_root, f"rotated by release {seq}")
         self.site.accept_sequence(seq, new_root.version if new_root else
                                   (self.trust_root.version if self.trust_root else None))
-        self._record(status="serving", reason="")
+        self.record_status(status="serving", reason="")
         self._info("switch", f"current -> releases/{seq}")
         # Hook: the watchdog restarts a hung runtime, which neither engine does; set up
         # here, once the release serves, and never failing the install (it says why).
@@ -463,14 +395,14 @@ class InstallPlan:
             self._info("switch", f"release {prev.sequence} served without a front door: "
                                  "stopping it so the front door can take its ports")
             self.engine.stop(prev.sequence)
-        self._door_moved = True
+        self.door_moved = True
         if self.o.canary is not None and prev is not None and self.door.can_canary():
             verdict = self.door.canary(self.manifest, self.release.sequence, self.endpoints,
                                        self.o.canary, self.o.canary_bounds)
             self.release.log("canary", action=verdict.action, reason=verdict.reason)
             self._info("switch", verdict.reason)
             if verdict.action == "rollback":
-                self._door_moved = False  # the canary drained: the old release has it all
+                self.door_moved = False  # the canary drained: the old release has it all
                 raise CanaryRejectedError(f"the canary was rolled back: {verdict.reason}")
             self.public = DoorRecord.read(self.site)
         else:
@@ -496,62 +428,6 @@ class InstallPlan:
                 self.site.update_record(self.site.release(seq), status="stopped")
             self._info("stop_old", f"release {seq} stopped")
 
-    # -- failure after start -------------------------------------------------------
-    def _roll_back(self, step: str, error: ApplianceError) -> ApplianceError:
-        """Stop the new release, bring back the previous one; return the error to raise."""
-        assert self.release is not None
-        seq = self.release.sequence
-        why = f"release {seq} failed at {step}: {error}"
-        log.info(why)
-        if self._serving_already():
-            return ReleaseFailedError(f"{why}; it stays current (it was already serving)")
-        prev = self.previous
-        if step == "switch" and self._door_moved and prev is not None \
-                and self.door.applies(prev.manifest()):
-            with suppress(ApplianceError, OSError):  # traffic back to the previous release
-                self.door.serve(prev.manifest(), prev.sequence, prev.record.endpoints)
-        if step == "switch":
-            with suppress(ApplianceError, OSError):  # put `current` back before stopping
-                if prev is not None:
-                    self.site.switch_current(prev.sequence)
-                    self.engine.enable(prev.sequence)
-                else:
-                    self.site.current_link.unlink(missing_ok=True)
-        stop_failed = ""
-        try:
-            self.engine.stop(seq)
-        except Exception as e:  # still restore the previous release
-            log.error("cannot stop release %s", seq, exc_info=e)
-            stop_failed = f"; it could not be stopped ({e}): run `appliance status`"
-        why += stop_failed
-        self._record(status="failed", reason=str(error))
-        self.release.log("rolled_back", step=step, reason=str(error))
-        if prev is None:
-            err = _failed(error, f"{why}; it was stopped; no earlier release exists, so "
-                                 "nothing is serving: fix the cause and install again")
-            err.previous_serving = False
-            return err
-        try:
-            self._ensure_serving(prev)
-        except Exception as e:  # any failure here means nothing serves
-            return RestoreError(f"{why}; and release {prev.sequence} could not be restored "
-                                f"({e}): run `appliance rollback {prev.sequence}`")
-        return _failed(error, f"{why}; release {prev.sequence} keeps serving")
-
-    def _ensure_serving(self, rel: Release) -> None:
-        """Make sure `rel` runs and answers ready; restart it if it does not."""
-        m = rel.manifest()
-        rec = rel.record
-        urls = {s.name: rec.endpoints.get(s.name, "") + s.health for s in m.services}
-        if all(self.engine.alive(rel.sequence, s.name) for s in m.services) and all(
-                _ready_now(u) for u in urls.values()):
-            return
-        placement = Placement.from_dict(json.loads((rel.path / PLACEMENT_FILE).read_bytes()))
-        endpoints = self.engine.start(m, rel, placement, rec.slot, self._emit)
-        wait_ready({s.name: endpoints[s.name] + s.health for s in m.services},
-                   lambda s: self.engine.alive(rel.sequence, s), self.o.health_timeout_s,
-                   lambda s: self.engine.logs_tail(rel.sequence, s))
-
     # -- helpers ---------------------------------------------------------------------
     def _clear_partial_blobs(self) -> None:
         """Remove temp files an installer killed mid-ingest left, and the image layouts of
@@ -566,7 +442,7 @@ class InstallPlan:
                 elif p.is_dir() and p.name.startswith("oci-"):
                     shutil.rmtree(p, ignore_errors=True)
 
-    def _serving_already(self) -> bool:
+    def serving_already(self) -> bool:
         """Whether the release being installed is `current` (a re-run after the switch)."""
         return (self.release is not None and self.previous is not None
                 and self.previous.sequence == self.release.sequence)
@@ -581,7 +457,7 @@ class InstallPlan:
             raise TrustError(f"the bundle's new trust root is not valid: {e}") from e
         return new
 
-    def _record(self, **changes: Any) -> None:
+    def record_status(self, **changes: Any) -> None:
         assert self.release is not None
         self.site.update_record(self.release, **changes)
 
@@ -599,16 +475,5 @@ class InstallPlan:
             self.release.log(**line)
         else:
             self._pending_log.append(line)
-        self._emit(ev)
+        self.emit(ev)
 
-
-def _failed(cause: ApplianceError, message: str) -> ReleaseFailedError:
-    cls = AcceptanceError if isinstance(cause, AcceptanceError) else ReleaseFailedError
-    err = cls(message)
-    err.__cause__ = cause
-    return err
-
-
-def _ready_now(url: str) -> bool:
-    from appliance.site.acceptance import is_ready
-    return is_ready(url)

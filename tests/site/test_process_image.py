@@ -137,3 +137,21 @@ def test_a_gpu_service_unit_allows_only_the_nvidia_devices(tmp_path):
     assert "DeviceAllow=char-nvidia-frontend rw" in lines
     assert "PrivateDevices=yes" in unit_confinement(
         ImageView(**{**view.__dict__, "gpu": False}), 2_000_000_000)
+
+
+def test_a_weights_only_bundle_is_refused_at_load_naming_the_host_runtime(tmp_path):
+    """The image mode needs a runtime image; a weights-only bundle says what to do instead."""
+    from appliance.errors import ImageLoadError
+    from tests.site.bundlekit import make_bundle, vendor
+
+    v = vendor(tmp_path)
+    site = Site(tmp_path / "site")
+    engine = ProcessEngine(site, unit_dir=tmp_path / "units", use_systemd=False)
+    plan = InstallPlan(InstallOptions(bundle=make_bundle(tmp_path, v, 1, port=free_port_pair()),
+                                      site=site, engine=engine, trust=v.root_path,
+                                      gpu_probe=RecordedProbe(GpuReport())))
+    with pytest.raises(ImageLoadError) as err:
+        plan.run()
+    assert "no runtime image" in str(err.value) and "--runtime-from host" in str(err.value)
+    assert "\n" not in str(err.value)
+    assert not roots_dir(site.root).exists() or not any(roots_dir(site.root).iterdir())
