@@ -271,17 +271,19 @@ def test_the_real_proxy_image_rides_with_the_real_runtime(tmp_path: Path, vendor
     assert door.config_digest == _sha(config), "the proxy keeps the image id it was built with"
 
 
-def test_demo_bundle_carries_the_proxy_image_found_beside_the_runtime(tmp_path: Path):
-    from appliance.cli.demo_site import proxy_image
+def test_demo_bundle_carries_the_proxy_image_it_is_given(tmp_path: Path):
     from bundler.demo import make_demo_bundle
     from tests.bundle.runtimes import docker_archive, proxy_docker_archive
 
     runtime = docker_archive(tmp_path / "runtime-image.tar")
-    said: list[str] = []
-    assert proxy_image(runtime, said.append) is None
-    proxy_docker_archive(tmp_path / "proxy-image.tar")
-    proxy = proxy_image(runtime, said.append)
-    assert proxy == tmp_path / "proxy-image.tar" and "front door" in said[0]
+    proxy = proxy_docker_archive(tmp_path / "proxy-image.tar")
     r = make_demo_bundle(tmp_path / "demo", runtime_archive=runtime, proxy_archive=proxy)
     door = r.verified.manifest.frontdoor_image()
     assert door is not None and door.reference == "appliance/demo-frontdoor:1.0.0"
+
+
+def test_demo_serves_without_a_front_door_when_it_has_no_runtime_image():
+    from appliance.cli.demo_site import proxy_image
+
+    said: list[str] = []
+    assert proxy_image(None, said.append) is None and said == []

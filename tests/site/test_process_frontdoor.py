@@ -47,7 +47,8 @@ class ProcDoor:
     def cli(self, *cmd: str, env: dict[str, str] | None = None
             ) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "appliance", *cmd, "--root", str(self.root),
-                               "--engine", "process", "--unit-dir", str(self.units)],
+                               "--engine", "process", "--runtime-from", "host",
+                               "--unit-dir", str(self.units)],
                               env={**cli_env(), **(env or {})}, capture_output=True, text=True,
                               timeout=600, check=False)
 
