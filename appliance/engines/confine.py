@@ -140,7 +140,8 @@ def bind_driver(libc: ctypes.CDLL, root: str, files: Sequence[tuple[str, str]]) 
     made read-only afterwards (the shared image root is never written).
 
     Raises:
-        ConfineError: the mount point is missing, a path leaves DRIVER_DIR, or a mount failed.
+        ConfineError: the mount point is missing, a path leaves DRIVER_DIR, or a mount failed
+            (a host file that is gone is left out).
     """
     if not files:
         return
@@ -154,7 +155,9 @@ def bind_driver(libc: ctypes.CDLL, root: str, files: Sequence[tuple[str, str]]) 
         if not rel.startswith(f"{DRIVER_DIR}/") or ".." in rel.split("/"):
             raise ConfineError(f"driver file {dst} is not under {DRIVER_DIR}")
         if not os.path.isfile(src):
-            raise ConfineError(f"driver file {src} is not a file on this host")
+            # gone since the unit was written (a driver upgrade dropped it): start without
+            # it, and the runtime says what CUDA lacks, as the unit's "-" binds do
+            continue
         target = inside(root, rel)
         os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
         with open(target, "w"):

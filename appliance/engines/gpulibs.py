@@ -61,12 +61,12 @@ class DriverFiles:
         return [name for name in REQUIRED_LIBRARIES if name not in self.libraries]
 
     def binds(self) -> list[tuple[str, str]]:
-        """(host file, path inside the root) for each file, the host file resolved
-        (the root cannot follow a host symlink)."""
-        out = [(str(Path(p).resolve()), f"{DRIVER_LIB_DIR}/{name}")
-               for name, p in sorted(self.libraries.items())]
-        out += [(str(Path(p).resolve()), f"{DRIVER_BIN_DIR}/{name}")
-                for name, p in sorted(self.binaries.items())]
+        """(host path, path inside the root) for each file. The host path is the soname
+        link ldconfig keeps, not the versioned file behind it: a bind follows the link
+        when the service starts, so a unit written today binds the upgraded driver's
+        files after the upgrade's reboot."""
+        out = [(str(p), f"{DRIVER_LIB_DIR}/{name}") for name, p in sorted(self.libraries.items())]
+        out += [(str(p), f"{DRIVER_BIN_DIR}/{name}") for name, p in sorted(self.binaries.items())]
         return out
 
 
@@ -104,7 +104,8 @@ def soname_aliases(paths: Iterable[str]) -> dict[str, Path]:
         out.setdefault(p.name, p)
         for req in REQUIRED_LIBRARIES:
             if p.name.startswith(req.rsplit(".", 1)[0] + "."):
-                out.setdefault(req, p)
+                link = p.parent / req  # the soname link beside it, where there is one
+                out.setdefault(req, link if link.is_file() else p)
     return out
 
 

@@ -185,8 +185,9 @@ def driver_args(view: ImageView) -> list[str]:
 
 def driver_unit_lines(view: ImageView) -> list[str]:
     """The unit's lines for the host driver's files: a read-only tmpfs at their
-    directory (the shared root stays untouched) with each file bound into it."""
+    directory (the shared root stays untouched) with each file bound into it; "-" so
+    a file a later driver no longer has does not keep the service from starting."""
     if not (view.gpu and view.driver):
         return []
     return [f"TemporaryFileSystem={DRIVER_DIR}:ro",
-            *(f"BindReadOnlyPaths={src}:{dst}" for src, dst in view.driver)]
+            *(f"BindReadOnlyPaths=-{src}:{dst}" for src, dst in view.driver)]

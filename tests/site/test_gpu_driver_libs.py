@@ -10,6 +10,7 @@ sees is read from /proc/PID/root and /proc/PID/environ, its unit from the file.
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -76,8 +77,9 @@ def test_ldconfig_output_gives_the_64_bit_driver_libraries_by_soname(tmp_path):
     files = driver_from(text, path_env=str(bin_dir))
     assert files.missing() == []
     binds = dict((dst, src) for src, dst in files.binds())
-    # the versioned file behind the soname link, at the soname inside the root
-    assert binds[f"{DRIVER_LIB_DIR}/libcuda.so.1"].endswith(f"libcuda.so.{DRIVER_VERSION}")
+    # the soname link, not the versioned file behind it: after a driver upgrade the
+    # same unit binds the new driver's file
+    assert binds[f"{DRIVER_LIB_DIR}/libcuda.so.1"] == str(tmp_path / "driver/lib/libcuda.so.1")
     assert binds[f"{DRIVER_DIR}/bin/nvidia-smi"] == str(bin_dir / "nvidia-smi")
     assert driver_from(text.replace("libnvidia-ml.so.1 (", "x ("), path_env=str(bin_dir)) \
         .missing() == ["libnvidia-ml.so.1"]
@@ -89,7 +91,8 @@ def test_the_toolkit_list_names_versioned_files_found_under_their_sonames(tmp_pa
     listed = [str(lib / f"libcuda.so.{DRIVER_VERSION}"),
               str(lib / f"libnvidia-ml.so.{DRIVER_VERSION}")]
     files = driver_from("", listed, path_env=str(tmp_path / "nowhere"))
-    assert files.libraries["libcuda.so.1"] == lib / f"libcuda.so.{DRIVER_VERSION}"
+    assert files.libraries["libcuda.so.1"] == lib / "libcuda.so.1"  # the link beside it
+    assert files.libraries[f"libcuda.so.{DRIVER_VERSION}"] == lib / f"libcuda.so.{DRIVER_VERSION}"
     assert files.missing() == ["libnvidia-ptxjitcompiler.so.1", "libnvidia-nvvm.so.4"]
 
 
@@ -155,10 +158,32 @@ def test_a_gpu_service_gets_the_driver_read_only_in_its_root(tmp_path, engine_fo
     assert list((root / DRIVER_DIR.lstrip("/")).iterdir()) == []
 
     unit = (tmp_path / "units-required" / eng.unit_name(1, "mlp")).read_text().splitlines()
-    real = (tmp_path / "driver" / "lib" / f"libcuda.so.{DRIVER_VERSION}").resolve()
+    link = tmp_path / "driver" / "lib" / "libcuda.so.1"
     assert f"TemporaryFileSystem={DRIVER_DIR}:ro" in unit
-    assert f"BindReadOnlyPaths={real}:{DRIVER_LIB_DIR}/libcuda.so.1" in unit
+    assert f"BindReadOnlyPaths=-{link}:{DRIVER_LIB_DIR}/libcuda.so.1" in unit
     assert any(x.startswith(f'Environment="LD_LIBRARY_PATH={DRIVER_LIB_DIR}') for x in unit)
+
+
+def test_a_restart_after_a_driver_upgrade_binds_the_new_drivers_files(tmp_path, engine_for):
+    site, _eng, pid = engine_for("required", lookup(tmp_path))
+    lib = tmp_path / "driver" / "lib"
+    new = lib / "libcuda.so.560.35.03"  # the upgrade: a new file behind the same soname
+    new.write_bytes(b"fake libcuda.so.1 of driver 560.35.03\n")
+    (lib / "libcuda.so.1").unlink()
+    (lib / "libcuda.so.1").symlink_to(new.name)
+    for gone in lib.glob("libnvidia-cfg.so*"):  # and a library the new driver dropped
+        gone.unlink()
+    os.kill(pid, signal.SIGKILL)  # its supervisor starts it again with the same arguments
+    child = site.release(1).path / "run" / "mlp.child"
+
+    def restarted() -> int:
+        new_pid = int(child.read_text())
+        ok = new_pid != pid and b"healthd" in Path(f"/proc/{new_pid}/cmdline").read_bytes()
+        return new_pid if ok else 0
+    seen = Path(f"/proc/{wait_for(restarted, 30, 'the restart')}/root")
+    assert (seen / DRIVER_LIB_DIR.lstrip("/") / "libcuda.so.1").read_bytes() == \
+        b"fake libcuda.so.1 of driver 560.35.03\n"
+    assert not (seen / DRIVER_LIB_DIR.lstrip("/") / "libnvidia-cfg.so.1").exists()
 
 
 def test_a_cpu_service_gets_no_driver(tmp_path, engine_for):
