@@ -25,9 +25,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from images.cuda import ORT_CUDA_LIBS, PRUNE_GLOBS  # noqa: E402
+from images.cuda import ORT_CUDA_LIBS, ORT_GPU, PRUNE_GLOBS  # noqa: E402
 
-# CUDA 12.8 builds of what ORT_CUDA_LIBS names (cuDNN 9 and the latest ORT GPU wheel).
+# CUDA 12.8 builds of what ORT_CUDA_LIBS names (cuDNN 9, and the ORT GPU wheel the image
+# takes: the newest CUDA 12 build, ORT_GPU).
 REQUIREMENTS = {
     "nvidia-cuda-runtime-cu12": "==12.8.*", "nvidia-cublas-cu12": "==12.8.*",
     "nvidia-cudnn-cu12": ">=9,<10", "nvidia-cufft-cu12": "==11.3.3.*",
@@ -75,7 +76,7 @@ def main() -> int:
         sys.exit(f"images.cuda.ORT_CUDA_LIBS names {sorted(missing)}: add its version here")
     if not args.no_download:
         args.wheels.mkdir(parents=True, exist_ok=True)
-        reqs = [f"{n}{v}" for n, v in REQUIREMENTS.items()] + list(ORT)
+        reqs = [f"{n}{v}" for n, v in REQUIREMENTS.items()] + [ORT_GPU, "onnxruntime"]
         subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d",
                         str(args.wheels), *reqs], check=True)
     rows = []

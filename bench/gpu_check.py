@@ -46,6 +46,10 @@ CONCURRENCY = 32
 CLIENT_PROCESSES = 4  # at most; half the cores, so the server keeps the rest
 BATCHES = (1, 2, 4, 8, 16, 32)
 MIB = 1024 * 1024
+# The issue's bounds: everything beyond torch and nvidia-ml-py fits in 64 MiB of wheels,
+# and the whole check (the default sizes) takes under 8 minutes.
+WHEELS_BUDGET = 64 * MIB
+TIME_BUDGET_S = 8 * 60
 
 
 @dataclass
@@ -83,8 +87,18 @@ class Report:
         return "\n".join(lines) + "\n"
 
 
+def wheels_size(wheels: Path) -> int:
+    """The bytes of the wheels in `wheels` (what a person carries to the GPU machine)."""
+    return sum(p.stat().st_size for p in wheels.glob("*.whl") if p.is_file())
+
+
 def ensure_packages(wheels: Path | None) -> None:
-    """Install what the runtime needs beyond torch from `wheels`, with no index."""
+    """Install what the runtime needs beyond torch from `wheels`, with no index; refuse a
+    wheels directory over its 64 MiB budget in one line."""
+    if wheels is not None and wheels.is_dir() and wheels_size(wheels) > WHEELS_BUDGET:
+        sys.exit(f"gpu-check: the wheels in {wheels} take {wheels_size(wheels) / MIB:.1f} MiB, "
+                 f"over the {WHEELS_BUDGET // MIB} MiB budget; stage only "
+                 "`make gpu-check-wheels`'s list (GPU_CHECK_NEEDS)")
     missing = [m for m in NEEDED if importlib.util.find_spec(m) is None]
     if not missing:
         return
@@ -412,7 +426,10 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO))
     t0 = time.monotonic()
     rep = run(args)
-    table = rep.table() + f"\n{time.monotonic() - t0:.0f} s, `{' '.join(sys.argv)}`\n"
+    took = time.monotonic() - t0
+    rep.add("whole check", f"{took:.0f} s", f"under {TIME_BUDGET_S // 60} min",
+            ok=took < TIME_BUDGET_S)
+    table = rep.table() + f"\n{took:.0f} s, `{' '.join(sys.argv)}`\n"
     print("\n" + table)
     slug = re.sub(r"[^A-Za-z0-9]+", "-", rep.device.split(";")[0]).strip("-").lower()
     out = args.out or REPO / "out" / f"gpu-check-{slug}.md"

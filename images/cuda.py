@@ -33,7 +33,12 @@ ORT_CUDA_LIBS = ("nvidia-cuda-runtime-cu12", "nvidia-cublas-cu12", "nvidia-cudnn
 TORCH_CUDA_LIBS = ("nvidia-cusparse-cu12", "nvidia-cusolver-cu12", "nvidia-nccl-cu12",
                    "nvidia-cuda-cupti-cu12", "nvidia-cusparselt-cu12", "nvidia-nvtx-cu12",
                    "nvidia-cufile-cu12")
-ORT_GPU = "onnxruntime-gpu>=1.20"
+# PyPI's onnxruntime-gpu is a CUDA 12 build up to 1.26 and a CUDA 13 build from 1.27 on
+# (its wheel's capi/build_and_package_info.py says which): on this CUDA 12 layer a CUDA 13
+# build's provider cannot load (libcublasLt.so.13), so the bound keeps it CUDA 12, and
+# `check_ort_cuda` refuses a staged wheel built for another CUDA major.
+ORT_GPU = "onnxruntime-gpu>=1.20,<1.27"
+ORT_BUILD_INFO = "onnxruntime/capi/build_and_package_info.py"
 # torch's pure-Python dependencies (its METADATA's, less triton and the nvidia-* wheels)
 TORCH_PY_DEPS = ("filelock", "typing-extensions>=4.10", "sympy>=1.13.3", "networkx",
                  "jinja2", "fsspec", "setuptools")
@@ -157,10 +162,50 @@ def ensure_ort_gpu_wheels(root: Path, cache: Path, *, log: bool = False) -> Whee
     """The GPU runtime layer's wheels: the runtime extra with onnxruntime-gpu, no nvidia-*.
 
     Raises:
-        WheelhouseError: a download failed.
+        WheelhouseError: a download failed, or the onnxruntime-gpu wheel is built for
+            another CUDA than the CUDA layer's.
     """
-    return _ensure_downloaded(cache / "wheels-ort-gpu", [*ort_gpu_requirements(root), "pip"],
-                              [], log=log)
+    house = _ensure_downloaded(cache / "wheels-ort-gpu", [*ort_gpu_requirements(root), "pip"],
+                               [], log=log)
+    check_ort_cuda(house.wheels())
+    return house
+
+
+def ort_cuda_version(wheel: Path) -> str:
+    """The CUDA version an onnxruntime-gpu wheel was built with ("" when it does not say).
+
+    Raises:
+        WheelhouseError: the wheel cannot be read.
+    """
+    try:
+        with zipfile.ZipFile(wheel) as z:
+            text = z.read(ORT_BUILD_INFO).decode("utf-8", "replace")
+    except KeyError:
+        return ""
+    except (OSError, zipfile.BadZipFile) as e:
+        raise WheelhouseError(f"cannot read {wheel.name}: {e}; remove it from the wheel "
+                              "cache and build again") from e
+    m = re.search(r"^cuda_version\s*=\s*['\"]([0-9.]+)['\"]", text, re.MULTILINE)
+    return m.group(1) if m else ""
+
+
+def check_ort_cuda(wheels: list[Path]) -> None:
+    """Refuse an onnxruntime-gpu wheel built for another CUDA major than the CUDA layer's.
+
+    Raises:
+        WheelhouseError: one line naming both CUDA versions and what to do.
+    """
+    want = CUDA_VERSION.split(".")[0]
+    for wheel in wheels:
+        if not wheel.name.startswith("onnxruntime_gpu-"):
+            continue
+        built = ort_cuda_version(wheel)
+        if built.split(".")[0] != want:
+            raise WheelhouseError(
+                f"{wheel.name} is built for CUDA {built or 'unknown'} but the CUDA layer holds "
+                f"CUDA {CUDA_VERSION}, so its CUDA provider could not load; bound "
+                f"onnxruntime-gpu to a CUDA {want} build (images/cuda.py ORT_GPU), remove the "
+                "wheel cache's wheels-ort-gpu and build again")
 
 
 def ensure_torch_py_wheels(cache: Path, *, log: bool = False) -> Wheelhouse:

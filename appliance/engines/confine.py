@@ -1,7 +1,8 @@
 """Start one service confined to its image root, where systemd is not there to do it.
 
 `confine --root R --ro SRC:DST --rw SRC:DST --user UID:GID --nofile N [--gpu]
---workdir W --env K=V ... -- ARGV...` runs as root and then becomes ARGV:
+[--driver SRC:DST ...] --workdir W --env K=V ... -- ARGV...` runs as root and then
+becomes ARGV:
 
 - a new mount namespace (unshare(CLONE_NEWNS) through libc: only the stdlib, so
   it runs the same from the frozen installer), nothing propagating back;
@@ -9,6 +10,8 @@
   image's model path, the data directory read-write, `/proc`, a tmpfs `/tmp`,
   and a tmpfs `/dev` holding only null, zero, random, urandom (and the NVIDIA
   nodes with `--gpu`);
+- with `--driver`, a read-only tmpfs at /usr/local/nvidia holding the host
+  driver's files, each bound read-only (`appliance.engines.gpulibs`);
 - then the unprivileged user (groups dropped), no-new-privileges, RLIMIT_NOFILE,
   and exec with exactly the given environment.
 
@@ -33,6 +36,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from appliance.engines.gpulibs import DRIVER_DIR
 from appliance.errors import ConfineError
 
 CLONE_NEWNS = 0x00020000
@@ -87,7 +91,8 @@ def inside(root: str, path: str) -> str:
     return os.path.join(root, path.lstrip("/"))
 
 
-def build_namespace(root: str, binds: Sequence[tuple[str, str, bool]], gpu: bool) -> None:
+def build_namespace(root: str, binds: Sequence[tuple[str, str, bool]], gpu: bool,
+                    driver: Sequence[tuple[str, str]] = ()) -> None:
     """Make the service's view of the file system in a new mount namespace.
 
     Raises:
@@ -107,6 +112,7 @@ def build_namespace(root: str, binds: Sequence[tuple[str, str, bool]], gpu: bool
         if not os.path.isdir(target) or os.path.islink(target):
             raise ConfineError(f"mount point {dst} is missing in the image root")
         bind(libc, src, target, readonly=readonly)
+    bind_driver(libc, root, driver)
     mount(libc, "proc", inside(root, "/proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     tmp = inside(root, "/tmp")  # noqa: S108 - the service's own /tmp, inside its root
     mount(libc, "tmpfs", tmp, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=1g")
@@ -127,6 +133,37 @@ def build_namespace(root: str, binds: Sequence[tuple[str, str, bool]], gpu: bool
                      ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
         os.symlink(to, os.path.join(dev, name))
     mount(libc, None, dev, None, MS_REMOUNT | MS_NOSUID | MS_NOEXEC | MS_RDONLY)
+
+
+def bind_driver(libc: ctypes.CDLL, root: str, files: Sequence[tuple[str, str]]) -> None:
+    """Bind each host driver file read-only at its path under DRIVER_DIR, in a tmpfs
+    made read-only afterwards (the shared image root is never written).
+
+    Raises:
+        ConfineError: the mount point is missing, a path leaves DRIVER_DIR, or a mount failed
+            (a host file that is gone is left out).
+    """
+    if not files:
+        return
+    top = inside(root, DRIVER_DIR)
+    # the image's own links must not move the tmpfs anywhere but where it belongs
+    if not os.path.isdir(top) or os.path.realpath(top) != top:
+        raise ConfineError(f"mount point {DRIVER_DIR} is missing in the image root")
+    mount(libc, "tmpfs", top, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755,size=1m")
+    for src, dst in files:
+        rel = os.path.normpath(dst)
+        if not rel.startswith(f"{DRIVER_DIR}/") or ".." in rel.split("/"):
+            raise ConfineError(f"driver file {dst} is not under {DRIVER_DIR}")
+        if not os.path.isfile(src):
+            # gone since the unit was written (a driver upgrade dropped it): start without
+            # it, and the runtime says what CUDA lacks, as the unit's "-" binds do
+            continue
+        target = inside(root, rel)
+        os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
+        with open(target, "w"):
+            pass
+        bind(libc, src, target, readonly=True)
+    mount(libc, None, top, None, MS_REMOUNT | MS_NOSUID | MS_NODEV | MS_RDONLY)
 
 
 def drop_privileges(uid: int, gid: int, nofile: int) -> None:
@@ -162,6 +199,7 @@ class Confinement:
     workdir: str
     env: dict[str, str]
     argv: list[str]
+    driver: tuple[tuple[str, str], ...] = ()  # (host driver file, path inside)
 
 
 def parse(argv: Sequence[str]) -> Confinement:
@@ -173,6 +211,7 @@ def parse(argv: Sequence[str]) -> Confinement:
     ap.add_argument("--user", required=True)
     ap.add_argument("--nofile", type=int, default=65536)
     ap.add_argument("--gpu", action="store_true")
+    ap.add_argument("--driver", type=_pair, action="append", default=[])
     ap.add_argument("--workdir", default="/")
     ap.add_argument("--env", action="append", default=[])
     ap.add_argument("command", nargs=argparse.REMAINDER)
@@ -186,7 +225,8 @@ def parse(argv: Sequence[str]) -> Confinement:
     return Confinement(str(Path(args.root).resolve()),
                        [(s, d, True) for s, d in args.ro] + [(s, d, False) for s, d in args.rw],
                        int(uid), int(gid or uid), args.nofile, args.gpu, args.workdir,
-                       dict(e.partition("=")[::2] for e in args.env), command)
+                       dict(e.partition("=")[::2] for e in args.env), command,
+                       tuple(args.driver))
 
 
 def enter(c: Confinement) -> None:
@@ -198,7 +238,7 @@ def enter(c: Confinement) -> None:
     """
     if os.geteuid() != 0:
         raise ConfineError("the process engine's launcher must run as root")
-    build_namespace(c.root, c.binds, c.gpu)
+    build_namespace(c.root, c.binds, c.gpu, c.driver)
     os.chroot(c.root)
     os.chdir("/")
     drop_privileges(c.uid, c.gid, c.nofile)

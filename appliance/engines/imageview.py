@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.bundle.store import ContentStore
+from appliance.engines.gpulibs import DRIVER_DIR
 from appliance.errors import ImageLoadError
 
 DEFAULT_MODEL_PATH = "/models"
@@ -41,6 +42,7 @@ class ImageView:
     env: dict[str, str] = field(default_factory=dict)
     gpu: bool = False
     nofile: int = 65536
+    driver: tuple[tuple[str, str], ...] = ()  # host driver files and their paths inside
 
 
 def image_config(store: ContentStore, config_digest: str) -> dict[str, Any]:
@@ -136,6 +138,7 @@ def confine_args(view: ImageView) -> list[str]:
             "--nofile", str(view.nofile), "--workdir", view.workdir]
     if view.gpu:
         args.append("--gpu")
+    args += driver_args(view)
     for key, value in sorted(view.env.items()):
         args += ["--env", f"{key}={value}"]
     return [*args, "--", *view.argv]
@@ -168,7 +171,23 @@ def unit_confinement(view: ImageView, memory_max: int) -> list[str]:
     ]
     if view.gpu:
         lines += ["PrivateDevices=no", "DevicePolicy=closed",
-                  *(f"DeviceAllow={d} rw" for d in GPU_DEVICE_ALLOW)]
+                  *(f"DeviceAllow={d} rw" for d in GPU_DEVICE_ALLOW), *driver_unit_lines(view)]
     else:
         lines.append("PrivateDevices=yes")
     return lines
+
+
+def driver_args(view: ImageView) -> list[str]:
+    """The launcher's `--driver` arguments: the host driver's files, GPU services only."""
+    return [a for src, dst in view.driver for a in ("--driver", f"{src}:{dst}")] \
+        if view.gpu else []
+
+
+def driver_unit_lines(view: ImageView) -> list[str]:
+    """The unit's lines for the host driver's files: a read-only tmpfs at their
+    directory (the shared root stays untouched) with each file bound into it; "-" so
+    a file a later driver no longer has does not keep the service from starting."""
+    if not (view.gpu and view.driver):
+        return []
+    return [f"TemporaryFileSystem={DRIVER_DIR}:ro",
+            *(f"BindReadOnlyPaths=-{src}:{dst}" for src, dst in view.driver)]

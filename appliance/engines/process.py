@@ -31,6 +31,7 @@ from appliance.bundle.layers import extract_model
 from appliance.bundle.manifest import Manifest
 from appliance.bundle.store import ContentStore
 from appliance.engines import rootfs
+from appliance.engines.gpulibs import DriverLookup, driver_in_root, host_driver
 from appliance.engines.hardening import data_dir, service_limits
 from appliance.engines.imageview import (
     ImageView,
@@ -76,9 +77,10 @@ class ProcessEngine(ProxyProcessMixin):
     def __init__(self, site: Site, *, command: Sequence[str] | None = None,
                  env: Mapping[str, str] | None = None, unit_dir: Path = DEFAULT_UNIT_DIR,
                  use_systemd: bool | None = None, python: str = sys.executable,
-                 runtime_from: str | None = None) -> None:
+                 runtime_from: str | None = None, driver: DriverLookup = host_driver) -> None:
         """`runtime_from`: "image" (each service from its image's root), or "host" (run
         `command` with this host's interpreter); a `command` alone means "host".
+        `driver` finds the host GPU driver's files a GPU service gets in its root.
 
         Raises:
             EngineError: an unknown `runtime_from`.
@@ -95,6 +97,7 @@ class ProcessEngine(ProxyProcessMixin):
                             self.unit_dir == DEFAULT_UNIT_DIR) if use_systemd is None \
             else use_systemd
         self.python = python
+        self.driver = driver
         self.tag = site_id(site.root)
 
     # -- engine protocol ------------------------------------------------------
@@ -103,6 +106,11 @@ class ProcessEngine(ProxyProcessMixin):
 
     def gpu_runtime(self) -> bool:
         return True  # local processes see the driver directly
+
+    def missing_driver_libraries(self) -> list[str]:
+        """The GPU driver libraries a GPU service in its image root needs but this host
+        lacks (none needed when the runtime runs on the host)."""
+        return self.driver().missing() if self.runtime_from == "image" else []
 
     def load(self, manifest: Manifest, release: Release, store: ContentStore,
              progress: ProgressFn = no_progress) -> None:
@@ -417,11 +425,15 @@ class ProcessEngine(ProxyProcessMixin):
         self._own_data(launch, uid, gid)
         cmd = [str(a) for a in cfg.get("Cmd") or []]
         env = {**image_env(cfg), **self._service_env(launch), "RUNTIME_PORT": str(launch.port)}
+        driver: tuple[tuple[str, str], ...] = ()
+        if launch.gpu_index is not None:  # the driver's libraries: CUDA's root lacks them
+            env, driver = driver_in_root(root, env, self.driver)
         return ImageView(root, self._models_dir(release, launch.service), model_path(cmd),
                          self._data_dir(launch.service), data_dir(cfg), uid, gid,
                          str(cfg.get("WorkingDir") or "/"),
                          [*(cfg.get("Entrypoint") or []), *runtime_command(cmd, launch)],
-                         env, gpu=launch.gpu_index is not None, nofile=LIMIT_NOFILE)
+                         env, gpu=launch.gpu_index is not None, nofile=LIMIT_NOFILE,
+                         driver=driver)
 
     def _supervisor_pid(self, sequence: int, service: str) -> int | None:
         """The pid of the release's supervisor for `service`, if it is really running."""

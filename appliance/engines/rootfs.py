@@ -109,6 +109,25 @@ def remove_unused(parent: Path, keep: Iterable[str]) -> list[Path]:
     return gone
 
 
+def ensure_mount_point(root: Path, path: str) -> None:
+    """Make the empty directory `path` in an unpacked root, never through a link: a
+    mount point only some services need (the GPU driver's), made when one starts.
+
+    Raises:
+        LayerError: a component of `path` is a symlink or not a directory.
+        StoreError: the directory cannot be made.
+    """
+    try:
+        fd = os.open(root, _DIR_FLAGS)
+        try:
+            os.close(_dir_at(fd, member_path(path.lstrip("/")).parts, create=True))
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise StoreError(f"cannot make {path} in the image root {root}: {e.strerror or e}; "
+                         "run the install again") from e
+
+
 class _HashingReader:
     """A read-only stream that hashes what passes through it."""
 

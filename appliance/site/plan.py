@@ -65,6 +65,7 @@ from appliance.site.preflight import (
     check_clock,
     check_disk,
     check_driver_for_cuda,
+    check_driver_libraries,
     check_engine,
     check_front_door,
     check_gpu_runtime,
@@ -203,6 +204,9 @@ class InstallPlan:
             checks.append(check_gpu_runtime(self.engine, self.gpus, m, uses_cdi))
             checks.append(check_driver_for_cuda(self.gpus, m))
             checks.append(check_cdi(self.gpus, m, uses_cdi))
+            # only an engine that binds the host driver into its services has this method
+            libs = getattr(self.engine, "missing_driver_libraries", None)
+            checks.append(check_driver_libraries(self.gpus, m, libs))
             checks.append(check_clock(m, self.o.now(), self.o.allow_expired,
                                       self.o.max_expired))
         for c in checks:

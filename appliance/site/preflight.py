@@ -178,6 +178,27 @@ def check_driver_for_cuda(report: GpuReport, manifest: Manifest) -> Check:
     return Check("driver", "pass", f"driver {report.driver} runs CUDA {need} (needs {least})")
 
 
+def check_driver_libraries(report: GpuReport, manifest: Manifest,
+                           missing: Callable[[], list[str]] | None) -> Check:
+    """The host has the NVIDIA driver's user-space libraries that an engine binding them
+    into each GPU service (`missing` lists those it lacks; None: the engine needs none)."""
+    wants = [s for s in manifest.services if s.gpu != "none"]
+    if missing is None or not wants or not report.gpus:
+        return Check("driver libraries", "pass", "not needed (no GPU service binds them)")
+    names = missing()
+    if not names:
+        return Check("driver libraries", "pass", "the NVIDIA driver's libraries are on the host")
+    required = any(s.gpu == "required" for s in wants)
+    # Debian names each package after its soname without ".so." (libcuda.so.1: libcuda1)
+    pkgs = " ".join(n.replace(".so.", "") for n in names)
+    then = "" if required else "; until then the GPU services run on the CPU"
+    return Check("driver libraries", "fail" if required else "warn",
+                 f"the NVIDIA driver's {', '.join(names)} not found on this host (ldconfig -p), "
+                 "so CUDA cannot start in the services' image roots; install the driver's "
+                 f"user-space libraries (Debian: apt-get install {pkgs}; or the driver's own "
+                 f"installer), run ldconfig, and run again{then}")
+
+
 def check_cdi(report: GpuReport, manifest: Manifest, uses_cdi: bool,
               dirs: Iterable[Path] = CDI_DIRS) -> Check:
     """An engine that takes GPUs by CDI has a spec naming every GPU, made for this driver."""

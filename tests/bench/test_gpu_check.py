@@ -26,7 +26,7 @@ def test_gpu_check_dry_run_passes_every_step_on_the_cpu(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     table = out.read_text()
     for step in ("NVML probe", "placement", "install (process engine)", "answers vs CPU",
-                 "throughput", "memory, batch 1..32"):
+                 "throughput", "memory, batch 1..32", "whole check"):
         assert f"| {step} |" in table
     assert "FAIL" not in table
     assert "cnn: CPU" in table  # placed by the installer, not assumed
@@ -43,3 +43,17 @@ def test_gpu_check_on_a_machine_without_a_gpu_fails_naming_why(tmp_path):
         pytest.skip("this machine has a GPU")
     assert r.returncode == 1
     assert "FAIL NVML probe" in r.stdout
+
+
+def test_a_wheels_directory_over_its_64_mib_budget_is_refused_in_one_line(tmp_path):
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "requirements.txt").write_text("numpy\n")
+    with (wheels / "huge-1.0-py3-none-any.whl").open("wb") as f:
+        f.truncate(65 * 1024 * 1024)  # sparse: its size is what counts
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py"), "--device", "cpu",
+                        "--wheels", str(wheels), "--out", str(tmp_path / "t.md")],
+                       cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and not (tmp_path / "t.md").exists()
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "65.0 MiB, over the 64 MiB budget" in lines[0], r.stderr

@@ -94,3 +94,41 @@ def test_the_cuda_layer_is_labelled_with_the_cuda_it_holds():
     for name in ("Containerfile.cuda", "Containerfile.torch-cuda"):
         body = (HERE / name).read_text()
         assert "--no-index" in body and "nvidia_" not in body  # no CUDA library above it
+
+
+def fake_ort_gpu_wheel(tmp_path: Path, version: str, cuda_version: str) -> Path:
+    """An onnxruntime-gpu wheel holding only its build info, as the real one says it."""
+    wheel = tmp_path / f"onnxruntime_gpu-{version}-cp311-cp311-manylinux_2_28_x86_64.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr(cuda.ORT_BUILD_INFO, f"package_name = 'onnxruntime-gpu'\n"
+                                        f"__version__ = '{version}'\n"
+                                        f"cuda_version = '{cuda_version}'\n")
+    return wheel
+
+
+def test_an_onnxruntime_gpu_built_for_another_cuda_is_refused_naming_both(tmp_path):
+    """PyPI's onnxruntime-gpu 1.31.1 is a CUDA 13 build: on the CUDA 12 layer its
+    provider cannot load libcublasLt.so.13, so the image would serve on the CPU."""
+    cuda.check_ort_cuda([fake_ort_gpu_wheel(tmp_path, "1.26.0", "12.9")])
+    with pytest.raises(WheelhouseError) as err:
+        cuda.check_ort_cuda([fake_ort_gpu_wheel(tmp_path, "1.31.1", "13.0")])
+    msg = str(err.value)
+    assert "built for CUDA 13.0" in msg and f"CUDA {cuda.CUDA_VERSION}" in msg
+    assert "ORT_GPU" in msg and "\n" not in msg
+    assert "<1.27" in cuda.ORT_GPU  # the last CUDA 12 builds on PyPI
+
+
+def test_the_cuda_layer_puts_every_library_onnxruntime_loads_on_the_loader_path():
+    """The provider links the CUDA libraries by soname with no RUNPATH: without their
+    directories on LD_LIBRARY_PATH (or a preload) it cannot load and the model runs on
+    the CPU."""
+    env = [x for x in (HERE / "Containerfile.cuda-libs").read_text().splitlines()
+           if x.startswith("ENV LD_LIBRARY_PATH=")]
+    assert len(env) == 1
+    dirs = env[0].partition("=")[2].split(":")
+    site = "/opt/runtime/lib/python3.11/site-packages"
+    for name in cuda.ORT_CUDA_LIBS:  # nvidia-cuda-runtime-cu12 -> nvidia/cuda_runtime/lib
+        sub = name.removeprefix("nvidia-").removesuffix("-cu12").replace("-", "_")
+        assert f"{site}/nvidia/{sub}/lib" in dirs, name
+    for name in ("Containerfile.cuda", "Containerfile.torch-cuda"):  # nothing above resets it
+        assert "LD_LIBRARY_PATH" not in (HERE / name).read_text()

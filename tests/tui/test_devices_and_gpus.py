@@ -3,14 +3,18 @@ sparkline per GPU figure; the figures come from /metrics and the runtime's histo
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
+from appliance.site.gpu import GpuReport
 from installer_tui.figures import FigureSample, GpuFigure, _from_history, gpu_figures, parse_metrics
+from installer_tui.screens.install import InstallScreen
 from installer_tui.screens.status import StatusScreen
 from installer_tui.widgets.gpu_figures import GpuFigures, spark
 from tests.tui.kit import build_demo, text_of, wait_for, write_root
+from tests.tui.test_install_flow import open_first_bundle, state_is
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(240)]
 
@@ -80,3 +84,32 @@ def test_no_gpu_figures_hide_the_rows(tmp_path: Path) -> None:
     w = GpuFigures()
     w.push(())
     assert w.series == {}
+
+
+@pytest.mark.slow
+async def test_the_end_screen_says_a_gpu_preferring_service_runs_on_the_cpu(
+        rig, vendor_key, port):
+    """Placed on a recorded GPU, the runtime finds none here: the end screen, not only a
+    log, says that the service runs on the CPU and why."""
+    build_demo(rig.media, 1, port, vendor_key, gpu="preferred", gpu_mib=2048)
+    write_root(rig.media / "root.json", [vendor_key])
+    rig.gpus = GpuReport.from_dict(json.loads(
+        (Path(__file__).parents[1] / "site" / "gpu_states" / "two_uneven.json").read_text()))
+    app = rig.app()
+    async with app.run_test(size=(100, 40)) as pilot:
+        await open_first_bundle(pilot)
+        await pilot.press("space", "c")
+        await wait_for(pilot, state_is(app, "review", "failed"), what="the review")
+        assert app.screen.state == "review", app.screen.error
+        await pilot.press("i")
+        await wait_for(pilot, state_is(app, "done", "failed"), what="the install")
+        install = app.screen
+        assert isinstance(install, InstallScreen) and install.state == "done", install.error
+        done = text_of(install.query_one("#done-text"))
+        best = max(rig.gpus.gpus, key=lambda g: g.memory_free_mib)
+        assert f"mlp: GPU {best.index}" in done  # the placement wanted the GPU
+        assert "mlp: model mlp on cpu" in done  # the runtime says where it really runs
+        # why, in the words of the process engine's cause (no NVML here), or a CPU image
+        assert ("mlp runs on the CPU (gpu: preferred): the runtime sees no GPU" in done
+                or "mlp runs on the CPU (gpu: preferred): its runtime image is the CPU "
+                   "variant" in done), done
