@@ -115,9 +115,10 @@ def remove_site(site: Site, engine: Engine, say: Callable[[str], None], *,
             engine.stop(seq)
             say(f"stopped release {seq} ({engine.name} engine)")
         stop_proxy = getattr(engine, "stop_proxy", None)  # a ProxyHost: the front door
-        if stop_proxy is not None and (root / FRONT_DOOR_DIR).exists():
-            stop_proxy()
-            say(f"stopped and removed the front door {engine_proxy_name(engine)}")
+        if stop_proxy is not None:
+            stop_proxy()  # idempotent: also a proxy left by a first install that failed
+            if (root / FRONT_DOOR_DIR).exists():
+                say(f"stopped and removed the front door {engine_proxy_name(engine)}")
         for line in engine.forget_site():
             say(line)
     trash = trash_path(root)
