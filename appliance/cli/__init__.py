@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "appliance.cli.serve",
     "appliance.cli.k8s",
     "appliance.cli.watchdog",
+    "appliance.cli.uninstall",
     "appliance.cli.demo",
     "appliance.cli.frontdoor",
     "appliance.cli.support",

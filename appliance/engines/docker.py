@@ -28,6 +28,7 @@ from appliance.bundle.imagearchive import image_archive_chunks
 from appliance.bundle.manifest import Image, Manifest, image_blobs
 from appliance.bundle.store import ContentStore
 from appliance.engines import libpod
+from appliance.engines.forget import forget_docker
 from appliance.engines.gpus import CDI_DEVICES, GpuMode, add_gpus, gpu_mode, takes_gpus
 from appliance.engines.hardening import (
     MIN_MEMORY,
@@ -365,6 +366,10 @@ class DockerEngine:
 
     def enable(self, sequence: int) -> None:
         """Containers carry `unless-stopped`; stopped releases are removed, so nothing to do."""
+
+    def forget_site(self) -> list[str]:
+        """Remove the site's data volumes and image names (`appliance.engines.forget`)."""
+        return forget_docker(self, sequence_reference)
 
     def image_id(self, reference: str) -> str | None:
         """The id the engine holds for `reference`, or None."""

@@ -31,6 +31,7 @@ from appliance.bundle.layers import extract_model
 from appliance.bundle.manifest import Manifest
 from appliance.bundle.store import ContentStore
 from appliance.engines import rootfs
+from appliance.engines.forget import forget_process
 from appliance.engines.gpulibs import DriverLookup, driver_in_root, host_driver
 from appliance.engines.hardening import data_dir, service_limits
 from appliance.engines.imageview import (
@@ -271,6 +272,10 @@ class ProcessEngine(ProxyProcessMixin):
                 link.unlink()
         if self.use_systemd:
             _systemctl("daemon-reload")
+
+    def forget_site(self) -> list[str]:
+        """Delete the site's release units; the rest lives under the site root."""
+        return forget_process(self.unit_dir, self.tag, self.use_systemd)
 
     # -- helpers ----------------------------------------------------------------
     def unit_name(self, sequence: int, service: str) -> str:

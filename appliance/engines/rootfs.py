@@ -201,7 +201,8 @@ def _apply_member(root_fd: int, tar: tarfile.TarFile, m: tarfile.TarInfo,
         if m.issym():
             _check_link_inside(m.name, rel, m.linkname)
             os.symlink(m.linkname, name, dir_fd=parent)
-            os.chown(name, m.uid, m.gid, dir_fd=parent, follow_symlinks=False)
+            if _as_root():
+                os.chown(name, m.uid, m.gid, dir_fd=parent, follow_symlinks=False)
         elif m.islnk():
             target = member_path(m.linkname).parts
             try:
@@ -338,8 +339,15 @@ def _replace(dir_fd: int, name: str) -> None:
         _remove(dir_fd, name, st)
 
 
+def _as_root() -> bool:
+    """Whether members can be given their owners: only root can give a file away, so an
+    unpack by another user (a rootless one, as in tests) leaves every file its own."""
+    return os.geteuid() == 0
+
+
 def _own(dir_fd: int, name: str, m: tarfile.TarInfo, mode: int) -> None:
-    os.chown(name, m.uid, m.gid, dir_fd=dir_fd, follow_symlinks=False)
+    if _as_root():
+        os.chown(name, m.uid, m.gid, dir_fd=dir_fd, follow_symlinks=False)
     fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
     try:
         os.fchmod(fd, mode)
@@ -362,7 +370,8 @@ def _write_file(dir_fd: int, name: str, tar: tarfile.TarFile, m: tarfile.TarInfo
                 raise LayerError(f"layer member {m.name!r} is truncated")
             _write_all(fd, chunk)
             left -= len(chunk)
-        os.fchown(fd, m.uid, m.gid)
+        if _as_root():
+            os.fchown(fd, m.uid, m.gid)
         os.fchmod(fd, mode)  # after the chown, which clears setuid bits anyway
         os.utime(fd, (m.mtime, m.mtime))
     finally:

@@ -81,6 +81,9 @@ class ProxyHost(Protocol):
     def proxy_logs(self) -> str:
         """Where a person reads the proxy's log (a command or a file)."""
 
+    def stop_proxy(self) -> None:
+        """Stop the proxy and remove its container or unit (the site is being removed)."""
+
 
 @dataclass(frozen=True)
 class DoorRecord:

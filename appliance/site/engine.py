@@ -169,3 +169,13 @@ class Engine(Protocol):
             EngineError: it could not be restarted.
         """
         ...
+
+    def forget_site(self) -> list[str]:
+        """Remove what the engine still holds for this site once its releases are stopped
+        (units, named data volumes, image tags; the site is being removed); one line per
+        thing removed. Idempotent.
+
+        Raises:
+            EngineError: the engine refused a removal.
+        """
+        ...
