@@ -28,6 +28,7 @@ from appliance.bundle.imagearchive import image_archive_chunks
 from appliance.bundle.manifest import Image, Manifest, image_blobs
 from appliance.bundle.store import ContentStore
 from appliance.engines import libpod
+from appliance.engines.dockerproxy import ProxyContainerMixin, short_error
 from appliance.engines.forget import forget_docker
 from appliance.engines.gpus import CDI_DEVICES, GpuMode, add_gpus, gpu_mode, takes_gpus
 from appliance.engines.hardening import (
@@ -41,7 +42,6 @@ from appliance.engines.hardening import (
 )
 from appliance.engines.podmanload import load_in_place, podman_cli
 from appliance.errors import EngineError, EngineUnavailableError, ImageLoadError, StoreError
-from appliance.frontdoor.container import ProxyContainer, create_kwargs
 from appliance.progress import Progress, ProgressFn, no_progress
 from appliance.site.engine import (
     HEALTH_INTERVAL_S,
@@ -62,7 +62,6 @@ NS = 1_000_000_000
 LABEL_SITE = "io.appliance.site"
 LABEL_RELEASE = "io.appliance.release"
 LABEL_SERVICE = "io.appliance.service"
-LABEL_FRONTDOOR = "io.appliance.frontdoor"  # the proxy: the site it serves
 REMOVE_RETRY_S = (0.5, 1.0, 2.0)  # waits between attempts to remove a container
 # No whitespace in any word: podman 4.3's compat API splits a health check's words on
 # spaces, so "import urllib.request; ..." became five arguments and never passed.
@@ -71,7 +70,7 @@ DEFAULT_HEALTH = ("CMD", "python", "-c",
                   "'http://127.0.0.1:{port}{path}',timeout=4)")
 
 
-class DockerEngine:
+class DockerEngine(ProxyContainerMixin):
     """Runs each service as a container on a Docker or Podman socket."""
 
     name = "docker"
@@ -111,7 +110,7 @@ class DockerEngine:
             v = self.client.version()
         except (docker.errors.DockerException, requests.RequestException, OSError) as e:
             raise EngineUnavailableError(
-                f"the container engine at {self.base_url} does not answer ({_short(e)}); "
+                f"the container engine at {self.base_url} does not answer ({short_error(e)}); "
                 "start docker (systemctl start docker) or podman's socket, or pass --docker-host"
             ) from e
         comps = [c.get("Name", "") for c in v.get("Components") or []]
@@ -170,7 +169,8 @@ class DockerEngine:
         try:
             self.client.images.get(image_id).tag(repo, tag)
         except docker.errors.DockerException as e:
-            raise ImageLoadError(f"cannot tag {image_id[:19]} as {reference}: {_short(e)}") from e
+            raise ImageLoadError(
+                f"cannot tag {image_id[:19]} as {reference}: {short_error(e)}") from e
 
     def start(self, manifest: Manifest, release: Release, placement: Placement, slot: int,
               progress: ProgressFn = no_progress) -> dict[str, str]:
@@ -191,7 +191,7 @@ class DockerEngine:
                     self.client.containers.run(**spec, detach=True)
             except docker.errors.DockerException as e:
                 raise EngineError(f"cannot start service {launch.service!r} from "
-                                  f"{launch.image_ref}: {_short(e)}") from e
+                                  f"{launch.image_ref}: {short_error(e)}") from e
             urls[launch.service] = f"http://127.0.0.1:{launch.port}"
             progress(Progress("start", message=f"{launch.service} started on port {launch.port}"))
         return urls
@@ -241,62 +241,6 @@ class DockerEngine:
         add_gpus(spec, launch, self.gpu_mode or "nvidia")
         return spec
 
-    # -- the front door's proxy (appliance.site.door.ProxyHost) -------------------
-    proxy_in_container = True  # the files are mounted at container.CONF_IN_CONTAINER
-    proxy_uid: int | None = None  # the container starts as the image's unprivileged user
-
-    def proxy_name(self) -> str:
-        """The proxy container's name on this site."""
-        return f"appliance-{self.tag}-frontdoor"
-
-    def proxy_logs(self) -> str:
-        """The command that shows the proxy container's log."""
-        name = self.proxy_name()
-        return f"docker logs {name} (or podman logs {name})"
-
-    def ensure_proxy(self, spec: ProxyContainer, restart: bool = False) -> bool:
-        """Run the proxy container from `spec`: left alone when it already runs that image
-        (its restart policy brings it back), else (re)created. True when (re)started.
-
-        Raises:
-            EngineError: the engine refused to create or start it.
-        """
-        import docker.errors
-        try:
-            old = self.client.containers.get(spec.name)
-        except docker.errors.NotFound:
-            old = None
-        except docker.errors.DockerException as e:
-            raise EngineError(f"cannot inspect the front door {spec.name}: {_short(e)}") from e
-        try:
-            if old is not None:
-                if not restart and old.status == "running" and old.image.id == spec.image:
-                    return False
-                old.remove(force=True)
-            kwargs = create_kwargs(spec)
-            kwargs["labels"] = {**kwargs["labels"], LABEL_FRONTDOOR: self.tag}
-            c = self.client.containers.create(**kwargs)
-            c.start()
-        except docker.errors.DockerException as e:
-            raise EngineError(f"cannot start the front door {spec.name}: {_short(e)}") from e
-        return True
-
-    def stop_proxy(self) -> None:
-        """Remove this site's proxy container (the site itself is being removed).
-
-        Raises:
-            EngineError: the engine refused.
-        """
-        import docker.errors
-        for c in self.client.containers.list(
-                all=True, filters={"label": f"{LABEL_FRONTDOOR}={self.tag}"}):
-            try:
-                c.remove(force=True)
-            except docker.errors.NotFound:
-                pass
-            except docker.errors.DockerException as e:
-                raise EngineError(f"cannot remove the front door {c.name}: {_short(e)}") from e
-
     def container_name(self, sequence: int, service: str) -> str:
         return f"appliance-{self.tag}-{sequence}-{service}"
 
@@ -322,7 +266,7 @@ class DockerEngine:
             except docker.errors.NotFound:
                 pass
             except docker.errors.DockerException as e:
-                raise EngineError(f"cannot stop container {c.name}: {_short(e)}") from e
+                raise EngineError(f"cannot stop container {c.name}: {short_error(e)}") from e
 
     def _remove(self, container: Any) -> None:
         """Remove a stopped container, trying again while the engine says it is busy.
@@ -340,7 +284,7 @@ class DockerEngine:
                 if e.is_client_error():  # NotFound and other 4xx: not a busy engine
                     raise
                 log.info("removing container %s failed (%s); trying again", container.name,
-                         _short(e))
+                         short_error(e))
                 time.sleep(delay)
         container.remove(force=True)
 
@@ -358,7 +302,7 @@ class DockerEngine:
         try:
             c.restart(timeout=self.stop_timeout_s)
         except docker.errors.DockerException as e:
-            raise EngineError(f"cannot restart container {c.name}: {_short(e)}") from e
+            raise EngineError(f"cannot restart container {c.name}: {short_error(e)}") from e
 
     def running(self) -> set[int]:
         """Releases with a container in any state (a crash-looping one still needs stopping)."""
@@ -379,7 +323,8 @@ class DockerEngine:
         except docker.errors.ImageNotFound:
             return None
         except docker.errors.DockerException as e:
-            raise EngineUnavailableError(f"cannot inspect image {reference}: {_short(e)}") from e
+            raise EngineUnavailableError(
+                f"cannot inspect image {reference}: {short_error(e)}") from e
 
     # -- helpers ----------------------------------------------------------------
     def _check_socket(self) -> None:
@@ -476,7 +421,7 @@ class DockerEngine:
             raise ImageLoadError(f"cannot read the images from the store: {failure[0]}") \
                 from failure[0]
         if refused is not None:
-            raise ImageLoadError(f"the engine refused the images: {_short(refused)}") \
+            raise ImageLoadError(f"the engine refused the images: {short_error(refused)}") \
                 from refused
         errors = [m for m in messages if '"error' in m]
         if errors:
@@ -497,7 +442,3 @@ def unsplittable(test: list[str]) -> list[str]:
     if test and test[0] == "CMD" and any(any(c.isspace() for c in a) for a in test[1:]):
         return ["CMD-SHELL", shlex.join(test[1:])]
     return test
-
-
-def _short(e: BaseException) -> str:
-    return " ".join(str(e).split())[:300]
