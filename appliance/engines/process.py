@@ -14,6 +14,8 @@ while the installer runs, or where systemd is not PID 1,
 
 `runtime_from="host"` runs `command` (default: this interpreter's `-m runtime`)
 on the host instead, unconfined: for development and tests without an image.
+The front door's HAProxy runs from the bundle's proxy image the same way
+(`appliance.engines.procproxy`, `appliance.engines.proxyroot`).
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ from appliance.engines.imageview import (
     model_path,
     unit_confinement,
 )
-from appliance.engines.procproxy import ProxyProcessMixin
+from appliance.engines.procproxy import ProxyProcessMixin, proxy_source
+from appliance.engines.proxyroot import ensure_proxy_root, proxy_root_key
 from appliance.engines.supervise import SUPERVISE_ARG, open_log, self_command, start_detached
 from appliance.errors import ApplianceError, EngineError, ImageLoadError, StoreError
 from appliance.fsutil import atomic_write
@@ -76,12 +79,14 @@ class ProcessEngine(ProxyProcessMixin):
     def __init__(self, site: Site, *, command: Sequence[str] | None = None,
                  env: Mapping[str, str] | None = None, unit_dir: Path = DEFAULT_UNIT_DIR,
                  use_systemd: bool | None = None, python: str = sys.executable,
-                 runtime_from: str | None = None) -> None:
+                 runtime_from: str | None = None, proxy_from: str | None = None) -> None:
         """`runtime_from`: "image" (each service from its image's root), or "host" (run
         `command` with this host's interpreter); a `command` alone means "host".
+        `proxy_from`: the front door's HAProxy from the bundle's proxy image ("image"), or
+        the host's haproxy package ("host"); default APPLIANCE_PROXY_FROM, else "image".
 
         Raises:
-            EngineError: an unknown `runtime_from`.
+            EngineError: an unknown `runtime_from` or `proxy_from`.
         """
         self.site = site
         self.runtime_from = runtime_from or ("host" if command is not None else "image")
@@ -96,6 +101,7 @@ class ProcessEngine(ProxyProcessMixin):
             else use_systemd
         self.python = python
         self.tag = site_id(site.root)
+        self.proxy_from = proxy_source(proxy_from)
 
     # -- engine protocol ------------------------------------------------------
     def ping(self) -> str:
@@ -106,7 +112,8 @@ class ProcessEngine(ProxyProcessMixin):
 
     def load(self, manifest: Manifest, release: Release, store: ContentStore,
              progress: ProgressFn = no_progress) -> None:
-        """Take each service's model files out of their verified weights layers."""
+        """Take each service's model files out of their verified weights layers, and unpack
+        the image roots its services (and the front door's HAProxy) run from."""
         total = sum(manifest.model(m).weights_size for s in manifest.services for m in s.models)
         done = 0
         for svc in manifest.services:
@@ -130,6 +137,10 @@ class ProcessEngine(ProxyProcessMixin):
                         "for a bundle built with a runtime image")
                 self._image_root(manifest, svc.image, store)
                 progress(Progress("load", message=f"image root of {svc.name} ready"))
+        if self.proxy_from == "image" and behind_front_door(manifest):
+            ensure_proxy_root(self.site, manifest, store)
+            progress(Progress("load", message="image root of the front door ready"))
+        if self.runtime_from == "image" or self.proxy_from == "image":
             self._remove_unused_roots()
 
     def start(self, manifest: Manifest, release: Release, placement: Placement, slot: int,
@@ -396,6 +407,7 @@ class ProcessEngine(ProxyProcessMixin):
                 m = rel.manifest()
                 keep.update(rootfs.root_key(rootfs.runtime_layers(m, s.image))
                             for s in m.services)
+                keep.add(proxy_root_key(m) or "")  # the front door's, which may serve on
             except (ApplianceError, OSError, KeyError):
                 return  # cannot tell what an unreadable release needs: keep everything
         rootfs.remove_unused(rootfs.roots_dir(self.site.root), keep)

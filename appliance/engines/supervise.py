@@ -25,6 +25,7 @@ from appliance.errors import EngineError
 from appliance.fsutil import atomic_write
 
 SUPERVISE_ARG = "__supervise"  # the frozen installer's hidden argv forms of our modules
+CONFINE_ARG = "__confine"
 MAX_BACKOFF_S = 30.0
 HEALTHY_RUN_S = 60.0
 STOP_GRACE_S = 10.0
