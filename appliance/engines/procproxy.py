@@ -166,6 +166,8 @@ class ProcessProxy:
         self.dir.mkdir(mode=0o700, exist_ok=True)
         self.write_unit(unit)
         self._enable()
+        if self.proxy_from == "image":
+            self._drop_foreign_socket(spec, view.uid)
         if self.use_systemd:
             _systemctl("daemon-reload")
             if not restart and self.alive():
@@ -295,6 +297,22 @@ class ProcessProxy:
             why = " ".join((r.stderr or r.stdout).split())[-300:]
             raise FrontDoorError(f"HAProxy refuses the front door's configuration "
                                  f"({view.models / files_of.CONFIG}): {why}")
+
+    def _drop_foreign_socket(self, spec: ProxyContainer, uid: int) -> None:
+        """Stop the proxy whose runtime API socket another user owns (the host's HAProxy
+        made it as root) and remove the socket: HAProxy as `uid` cannot take it over
+        (the kernel's protected hard links refuse the link it keeps the old one by)."""
+        sock = spec.run_dir / files_of.SOCKET
+        try:
+            owner = sock.lstat().st_uid
+        except FileNotFoundError:
+            return
+        if owner == uid:
+            return
+        if self.use_systemd:
+            _systemctl("stop", self.unit_name)
+        self._stop_supervisor()
+        sock.unlink(missing_ok=True)
 
     def _enable(self) -> None:
         wants = self.unit_dir / "multi-user.target.wants"

@@ -34,7 +34,7 @@ from appliance.site.layout import Site, runtime_port
 from tests.bundle.runtimes import docker_archive
 from tests.e2e.doorkit import Vendor, free_port, no_gpu, steady_load
 from tests.e2e.kit import cli_env
-from tests.enginekit import wait_for
+from tests.enginekit import need, wait_for
 from tests.image.fixtures import proxy_image_tar  # noqa: F401
 
 pytestmark = pytest.mark.slow
@@ -339,3 +339,24 @@ def test_process_door_fallback_answers_while_the_main_runtime_hangs(door: ProcDo
     finally:
         os.kill(child, signal.SIGCONT)
     wait_for(lambda: served_by() == "main", 30, "the main runtime to answer again")
+
+
+def test_process_door_moves_from_the_host_package_to_the_proxy_image(door: ProcDoor):
+    """A site whose front door ran the host's package (APPLIANCE_PROXY_FROM=host) serves
+    from the proxy image after the next install, on the container paths."""
+    haproxy = need("haproxy")
+    r = door.install(door.vendor.build(1, seed=0), env={"APPLIANCE_PROXY_FROM": "host",
+                                                        "APPLIANCE_HAPROXY": haproxy})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    first = door.proxy().child_pid()
+    assert first is not None and os.path.samefile(f"/proc/{first}/exe", haproxy)
+    record = door.root / "frontdoor" / "door.json"
+    assert json.loads(record.read_text())["proxy_conf"] == str(door.root / "frontdoor")
+    r = door.install(door.vendor.build(2, seed=1, base=door.vendor.work / "door-1.tar"))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    child = door.proxy().child_pid()
+    assert child is not None and child != first
+    assert os.path.samefile(f"/proc/{child}/root", door.proxy_root())
+    assert json.loads(record.read_text())["proxy_conf"] == str(CONF_IN_CONTAINER)
+    assert door.get("/v2/models/mlp") == 200
+    assert door.get("/v2/models/mlp", token=False) == 401

@@ -145,10 +145,10 @@ def test_executable_serves_the_front_door_from_the_proxy_image_on_the_bare_root(
         assert r.returncode == 0, r.stdout[-1500:] + r.stderr[-1500:]
         assert "https://" in r.stdout and f":{port}" in r.stdout, r.stdout[-1500:]
         token = (host / "site/token").read_text().strip()
-        assert https_status(host, site, port, "/v2/models/mlp", token)[0] == 200
-        assert https_status(host, site, port, "/v2/models/mlp", None)[0] == 401
+        assert https_status(bare_root, site, port, "/v2/models/mlp", token)[0] == 200
+        assert https_status(bare_root, site, port, "/v2/models/mlp", None)[0] == 401
         x = np.linspace(-1, 1, 64, dtype=np.float32).reshape(1, 64)
-        status, answer = https_status(host, site, port, "/v2/models/mlp/infer", token, {
+        status, answer = https_status(bare_root, site, port, "/v2/models/mlp/infer", token, {
             "inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32",
                         "data": x.ravel().tolist()}]})
         assert status == 200, answer
