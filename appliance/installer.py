@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from appliance.engines.supervise import SUPERVISE_ARG
+from appliance.engines.supervise import CONFINE_ARG, SUPERVISE_ARG
 from installer_tui.media import executable_dir, find_bundles
 
 TUI_COMMAND = "tui"
@@ -50,6 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[:1] == [SUPERVISE_ARG]:  # the process engine's supervisor: a frozen program has no -m
         from appliance.engines.supervise import main as supervise_main
         return supervise_main(args[1:])
+    if args[:1] == [CONFINE_ARG]:  # one confined command (the front door's config check)
+        from appliance.engines.confine import main as confine_main
+        return confine_main(args[1:])
     if args and (args[0] in _CLI_FLAGS or args[0] in cli_commands()):
         from appliance.cli import main as cli_main
 

@@ -185,8 +185,11 @@ def make_engine(choice: EngineChoice, site: Site, work: Path) -> Engine:
         from appliance.engines.docker import DockerEngine
         return DockerEngine(site, base_url=choice.url)
     from appliance.engines.process import ProcessEngine
+    # The demo serves this checkout's runtime; its front door runs from the proxy image,
+    # confined, which takes root; as another user, from the host's haproxy package.
     return ProcessEngine(site, unit_dir=work / "units", use_systemd=False,
-                         runtime_from="host")  # the demo serves this checkout's runtime
+                         runtime_from="host",
+                         proxy_from=None if os.geteuid() == 0 else "host")
 
 
 def stop_previous(work: Path, site: Site, url: str | None) -> None:

@@ -14,6 +14,8 @@ while the installer runs, or where systemd is not PID 1,
 
 `runtime_from="host"` runs `command` (default: this interpreter's `-m runtime`)
 on the host instead, unconfined: for development and tests without an image.
+The front door's HAProxy runs from the bundle's proxy image the same way
+(`appliance.engines.procproxy`, `appliance.engines.proxyroot`).
 """
 
 from __future__ import annotations
@@ -43,8 +45,16 @@ from appliance.engines.imageview import (
     model_path,
     unit_confinement,
 )
-from appliance.engines.procproxy import ProxyProcessMixin
-from appliance.engines.supervise import SUPERVISE_ARG, open_log, self_command, start_detached
+from appliance.engines.procproxy import ProxyProcessMixin, proxy_source
+from appliance.engines.proxyroot import ensure_proxy_root, proxy_root_key
+from appliance.engines.supervise import (
+    SUPERVISE_ARG,
+    open_log,
+    process_exists,
+    self_command,
+    start_detached,
+    systemctl,
+)
 from appliance.errors import ApplianceError, EngineError, ImageLoadError, StoreError
 from appliance.fsutil import atomic_write
 from appliance.progress import Progress, ProgressFn, no_progress
@@ -78,13 +88,16 @@ class ProcessEngine(ProxyProcessMixin):
     def __init__(self, site: Site, *, command: Sequence[str] | None = None,
                  env: Mapping[str, str] | None = None, unit_dir: Path = DEFAULT_UNIT_DIR,
                  use_systemd: bool | None = None, python: str = sys.executable,
-                 runtime_from: str | None = None, driver: DriverLookup = host_driver) -> None:
+                 runtime_from: str | None = None, proxy_from: str | None = None,
+                 driver: DriverLookup = host_driver) -> None:
         """`runtime_from`: "image" (each service from its image's root), or "host" (run
         `command` with this host's interpreter); a `command` alone means "host".
+        `proxy_from`: the front door's HAProxy from the bundle's proxy image ("image"), or
+        the host's haproxy package ("host"); default APPLIANCE_PROXY_FROM, else "image".
         `driver` finds the host GPU driver's files a GPU service gets in its root.
 
         Raises:
-            EngineError: an unknown `runtime_from`.
+            EngineError: an unknown `runtime_from` or `proxy_from`.
         """
         self.site = site
         self.runtime_from = runtime_from or ("host" if command is not None else "image")
@@ -100,6 +113,7 @@ class ProcessEngine(ProxyProcessMixin):
         self.python = python
         self.driver = driver
         self.tag = site_id(site.root)
+        self.proxy_from = proxy_source(proxy_from)
 
     # -- engine protocol ------------------------------------------------------
     def ping(self) -> str:
@@ -115,7 +129,8 @@ class ProcessEngine(ProxyProcessMixin):
 
     def load(self, manifest: Manifest, release: Release, store: ContentStore,
              progress: ProgressFn = no_progress) -> None:
-        """Take each service's model files out of their verified weights layers."""
+        """Take each service's model files out of their verified weights layers, and unpack
+        the image roots its services (and the front door's HAProxy) run from."""
         total = sum(manifest.model(m).weights_size for s in manifest.services for m in s.models)
         done = 0
         for svc in manifest.services:
@@ -139,6 +154,10 @@ class ProcessEngine(ProxyProcessMixin):
                         "for a bundle built with a runtime image")
                 self._image_root(manifest, svc.image, store)
                 progress(Progress("load", message=f"image root of {svc.name} ready"))
+        if self.proxy_from == "image" and behind_front_door(manifest):
+            ensure_proxy_root(self.site, manifest, store)
+            progress(Progress("load", message="image root of the front door ready"))
+        if self.runtime_from == "image" or self.proxy_from == "image":
             self._remove_unused_roots()
 
     def start(self, manifest: Manifest, release: Release, placement: Placement, slot: int,
@@ -163,8 +182,8 @@ class ProcessEngine(ProxyProcessMixin):
             if self.use_systemd:
                 if self.runtime_from == "host":
                     self._own_data(launch, *self._service_ids())
-                _systemctl("daemon-reload")
-                _systemctl("start", self.unit_name(launch.release, launch.service))
+                systemctl("daemon-reload")
+                systemctl("start", self.unit_name(launch.release, launch.service))
             else:
                 sup = [*self_command("appliance.engines.supervise", SUPERVISE_ARG, self.python),
                        "--foreground", "--pidfile", str(run / f"{launch.service}.pid"),
@@ -204,7 +223,7 @@ class ProcessEngine(ProxyProcessMixin):
         run = self.site.releases_dir / str(sequence) / "run"
         if self.use_systemd:
             for unit in self.unit_dir.glob(f"appliance-{self.tag}-{sequence}-*.service"):
-                _systemctl("stop", unit.name)
+                systemctl("stop", unit.name)
         if not run.is_dir():
             return
         pids = []
@@ -215,7 +234,7 @@ class ProcessEngine(ProxyProcessMixin):
                 pids.append(pid)
         deadline = time.monotonic() + STOP_TIMEOUT_S
         while pids and time.monotonic() < deadline:
-            pids = [p for p in pids if _exists(p)]
+            pids = [p for p in pids if process_exists(p)]
             time.sleep(0.05)
         for p in pids:
             os.kill(p, signal.SIGKILL)
@@ -227,7 +246,7 @@ class ProcessEngine(ProxyProcessMixin):
             EngineError: nothing supervises it any more.
         """
         if self.use_systemd:
-            _systemctl("restart", self.unit_name(sequence, service))
+            systemctl("restart", self.unit_name(sequence, service))
             return
         if self._supervisor_pid(sequence, service) is None:
             raise EngineError(f"the supervisor of service {service!r} (release {sequence}) is "
@@ -271,7 +290,7 @@ class ProcessEngine(ProxyProcessMixin):
             elif not mine and link.is_symlink():
                 link.unlink()
         if self.use_systemd:
-            _systemctl("daemon-reload")
+            systemctl("daemon-reload")
 
     def forget_site(self) -> list[str]:
         """Delete the site's release units; the rest lives under the site root."""
@@ -409,6 +428,7 @@ class ProcessEngine(ProxyProcessMixin):
                 m = rel.manifest()
                 keep.update(rootfs.root_key(rootfs.runtime_layers(m, s.image))
                             for s in m.services)
+                keep.add(proxy_root_key(m) or "")  # the front door's, which may serve on
             except (ApplianceError, OSError, KeyError):
                 return  # cannot tell what an unreadable release needs: keep everything
         rootfs.remove_unused(rootfs.roots_dir(self.site.root), keep)
@@ -449,19 +469,4 @@ class ProcessEngine(ProxyProcessMixin):
         except (OSError, ValueError):
             return None
         # a recycled pid belongs to someone else: only ours names this pidfile
-        return pid if str(pidfile).encode() in cmdline and _exists(pid) else None
-
-
-def _exists(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def _systemctl(*args: str) -> None:
-    r = subprocess.run(["systemctl", *args], capture_output=True, check=False, timeout=60)
-    if r.returncode != 0:
-        raise EngineError(f"systemctl {' '.join(args)} failed: "
-                          f"{r.stderr.decode(errors='replace').strip()}")
+        return pid if str(pidfile).encode() in cmdline and process_exists(pid) else None

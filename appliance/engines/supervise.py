@@ -25,6 +25,7 @@ from appliance.errors import EngineError
 from appliance.fsutil import atomic_write
 
 SUPERVISE_ARG = "__supervise"  # the frozen installer's hidden argv forms of our modules
+CONFINE_ARG = "__confine"
 MAX_BACKOFF_S = 30.0
 HEALTHY_RUN_S = 60.0
 STOP_GRACE_S = 10.0
@@ -194,3 +195,24 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def process_exists(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie is not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def systemctl(*args: str) -> None:
+    """Run `systemctl ARGS`.
+
+    Raises:
+        EngineError: it failed; its own words say why.
+    """
+    r = subprocess.run(["systemctl", *args], capture_output=True, check=False, timeout=60)
+    if r.returncode != 0:
+        raise EngineError(f"systemctl {' '.join(args)} failed: "
+                          f"{r.stderr.decode(errors='replace').strip()}")

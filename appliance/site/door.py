@@ -203,8 +203,11 @@ class FrontDoor:
         ports = {s.name: s.port for s in manifest.services}
         fallbacks = {s.name: s.fallback for s in manifest.services if s.fallback}
         before = DoorRecord.read(self.site)
+        # A proxy that reads its files elsewhere (the process engine's HAProxy moved from
+        # the host's package to the proxy image) is restarted on the new configuration.
         same_doors = (before is not None and before.ports == ports
-                      and before.fallbacks == fallbacks and _answers(api))
+                      and before.fallbacks == fallbacks
+                      and before.proxy_conf == self._proxy_conf(files) and _answers(api))
         addrs = {s: _host_port(u) for s, u in endpoints.items()}
         if same_doors:
             slots = {}
@@ -234,16 +237,19 @@ class FrontDoor:
 
     def _record(self, files: files_of.FrontDoorFiles, manifest: Manifest,
                 sequence: int) -> DoorRecord:
-        token_map = self._settings(files).token_map
-        proxy_conf = token_map.parent if token_map is not None else files.conf_dir
         record = DoorRecord(lan_address(), {s.name: s.port for s in manifest.services},
                             sequence, files.fingerprint, str(files.ca_file),
                             str(self.site.root / "token"), files.not_after.isoformat(),
                             {s.name: s.fallback for s in manifest.services if s.fallback},
-                            str(proxy_conf))
+                            self._proxy_conf(files))
         atomic_write(files.conf_dir / DOOR_FILE,
                      json.dumps(asdict(record), indent=2, sort_keys=True).encode() + b"\n")
         return record
+
+    def _proxy_conf(self, files: files_of.FrontDoorFiles) -> str:
+        """The front door's directory as this engine's HAProxy names it."""
+        token_map = self._settings(files).token_map
+        return str(token_map.parent if token_map is not None else files.conf_dir)
 
     def can_canary(self) -> bool:
         """Whether a release serves behind a running front door (a canary needs one)."""

@@ -109,7 +109,8 @@ def check_engine(engine: Engine) -> Check:
 
 
 def check_front_door(engine: Engine, manifest: Manifest) -> Check:
-    """An engine that runs the front door's proxy itself (the process engine) has it."""
+    """An engine that runs the front door's proxy itself (the process engine) can run it
+    for `manifest` (from the bundle's proxy image, or the host's package when asked)."""
     if manifest.frontdoor_image() is None:
         return Check("front door", "pass", "not used (the bundle carries no proxy image)")
     probe = getattr(engine, "proxy_preflight", None)
@@ -117,7 +118,7 @@ def check_front_door(engine: Engine, manifest: Manifest) -> Check:
         return Check("front door", "pass", f"the proxy runs from the bundle's image on "
                                            f"{engine.name}")
     try:
-        return Check("front door", "pass", str(probe()))
+        return Check("front door", "pass", str(probe(manifest)))
     except ApplianceError as e:
         return Check("front door", "fail", str(e))
 

@@ -56,6 +56,18 @@ def runtime_image_torch_tar(runtime_image_torch: BuiltImage) -> Path:
     return runtime_image_torch.archive
 
 
+@pytest.fixture(scope="session")
+def proxy_image_tar() -> Path:
+    """Path of out/proxy-image.tar: the real front-door proxy image (`make proxy-image`),
+    built once, then reused by its inputs' hash."""
+    require_podman()
+    from images.proxy import build_proxy_image
+    try:
+        return build_proxy_image(root=ROOT, out_dir=ROOT / "out").archive
+    except ImageBuildError as e:
+        pytest.fail(f"proxy image build failed: {e}")
+
+
 def podman(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run podman and return the finished process (no check: tests assert on it)."""
     return subprocess.run(

@@ -1,15 +1,17 @@
-"""The front door on the process engine: the host's HAProxy, supervised, in front of real
-runtimes run as local processes, with real TLS and the site token. No container engine:
-bundles carry stand-in images (the process engine runs the runtime from this
-interpreter and HAProxy from the haproxy package); the installer is the headless CLI as
-a subprocess, as a field engineer runs it."""
+"""The front door on the process engine: HAProxy from the bundle's real proxy image
+(out/proxy-image.tar, `make proxy-image`), unpacked, confined and supervised, in front
+of real runtimes run as local processes, with real TLS and the site token. No container
+engine: the runtime's image is a stand-in (the runtime runs from this interpreter,
+--runtime-from host), and the host's haproxy package is never used (APPLIANCE_HAPROXY
+names a missing file throughout); the installer is the headless CLI as a subprocess, as
+a field engineer runs it."""
 
 from __future__ import annotations
 
 import http.client
 import json
 import os
-import shlex
+import resource
 import signal
 import socket
 import ssl
@@ -21,19 +23,23 @@ from pathlib import Path
 
 import pytest
 
+from appliance.engines import rootfs
 from appliance.engines.process import ProcessEngine
 from appliance.engines.procproxy import PROC_DIR, ProcessProxy
-from appliance.frontdoor.container import PROXY_UID
+from appliance.frontdoor.container import CONF_IN_CONTAINER, PROXY_UID, RUN_IN_CONTAINER
 from appliance.site.door import lan_address
 from appliance.site.doorops import rotate_token
 from appliance.site.engine import site_id
 from appliance.site.layout import Site, runtime_port
-from tests.bundle.runtimes import docker_archive, proxy_docker_archive
+from tests.bundle.runtimes import docker_archive
 from tests.e2e.doorkit import Vendor, free_port, no_gpu, steady_load
 from tests.e2e.kit import cli_env
 from tests.enginekit import need, wait_for
+from tests.image.fixtures import proxy_image_tar  # noqa: F401
 
 pytestmark = pytest.mark.slow
+# The host's haproxy package must play no part: the front door runs from the image.
+NO_HOST_HAPROXY = {"APPLIANCE_HAPROXY": "/nonexistent/haproxy"}
 
 
 @dataclass
@@ -47,10 +53,10 @@ class ProcDoor:
     def cli(self, *cmd: str, env: dict[str, str] | None = None
             ) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "appliance", *cmd, "--root", str(self.root),
-                               "--engine", "process", "--runtime-from", "host",
-                               "--unit-dir", str(self.units)],
-                              env={**cli_env(), **(env or {})}, capture_output=True, text=True,
-                              timeout=600, check=False)
+                               "--engine", "process", "--unit-dir", str(self.units),
+                               "--runtime-from", "host"],
+                              env={**cli_env(), **NO_HOST_HAPROXY, **(env or {})},
+                              capture_output=True, text=True, timeout=600, check=False)
 
     def install(self, bundle: Path, *extra: str, env: dict[str, str] | None = None
                 ) -> subprocess.CompletedProcess[str]:
@@ -59,11 +65,18 @@ class ProcDoor:
                         "--health-timeout", "60", *extra, env=env)
 
     def engine(self) -> ProcessEngine:
-        return ProcessEngine(Site(self.root), unit_dir=self.units, use_systemd=False)
+        return ProcessEngine(Site(self.root), unit_dir=self.units, use_systemd=False,
+                             proxy_from="image")
 
     def proxy(self) -> ProcessProxy:
         return ProcessProxy(Site(self.root), site_id(self.root), self.units, False,
-                            sys.executable)
+                            sys.executable, proxy_from="image")
+
+    def proxy_root(self) -> Path:
+        """The proxy image's unpacked root (the one root that holds HAProxy)."""
+        [root] = [p for p in rootfs.roots_dir(self.root).iterdir()
+                  if (p / "usr/sbin/haproxy").exists()]
+        return root
 
     def get(self, path: str, token: bool | str = True) -> int:
         """The status of GET `path` on the stable HTTPS port (with the site's token, or
@@ -94,10 +107,8 @@ def _serves(door: ProcDoor) -> bool:
 
 
 @pytest.fixture
-def door(tmp_path: Path) -> Iterator[ProcDoor]:
-    need("haproxy")
-    images = (docker_archive(tmp_path / "runtime.tar"),
-              proxy_docker_archive(tmp_path / "proxy.tar"))
+def door(tmp_path: Path, proxy_image_tar: Path) -> Iterator[ProcDoor]:  # noqa: F811
+    images = (docker_archive(tmp_path / "runtime.tar"), proxy_image_tar)
     vendor = Vendor(tmp_path, images, free_port())
     no_gpu(tmp_path)
     # a short root: HAProxy's runtime API socket path must fit a sockaddr_un
@@ -168,19 +179,26 @@ def test_process_door_runtime_listens_on_loopback_only(serving: ProcDoor):
 def test_process_door_unit_is_written_and_stays_enabled(serving: ProcDoor):
     name = f"appliance-{site_id(serving.root)}-frontdoor.service"
     text = (serving.units / name).read_text()
-    conf = serving.root / "frontdoor" / "haproxy.cfg"
-    assert f"ExecStart=/usr/sbin/haproxy -db -f {conf}" in text
-    for line in ("Restart=always", "NoNewPrivileges=yes", "ProtectSystem=strict",
-                 "ProtectHome=yes", "PrivateTmp=yes", "UMask=0027", "LimitNOFILE=",
-                 "MemoryMax=", "TasksMax=", f"ReadWritePaths={serving.root / 'frontdoor-run'}",
-                 "CapabilityBoundingSet=CAP_SETUID CAP_SETGID CAP_NET_BIND_SERVICE ",
-                 "WantedBy=multi-user.target"):
-        assert line in text, line
-    cfg = conf.read_text()
-    assert f"uid {PROXY_UID}" in cfg  # root only to read and bind
-    # HAProxy reads the front door's files where the host has them (no container mounts)
-    assert f"crt {serving.root / 'frontdoor' / 'site.pem'} " in cfg
-    assert f"stats socket {serving.root / 'frontdoor-run' / 'admin.sock'} " in cfg
+    lines = text.splitlines()
+    conf, run = serving.root / "frontdoor", serving.root / "frontdoor-run"
+    # systemd confines it as our supervisor does: the image's root, the front door's
+    # directories at their container paths, the image's user, no capability at all
+    for line in (f"ExecStart=/usr/sbin/haproxy -db -f {CONF_IN_CONTAINER}/haproxy.cfg",
+                 f"RootDirectory={serving.proxy_root()}", "MountAPIVFS=yes",
+                 f"BindReadOnlyPaths={conf}:{CONF_IN_CONTAINER}",
+                 f"BindPaths={run}:{RUN_IN_CONTAINER}", f"User={PROXY_UID}",
+                 f"Group={PROXY_UID}", "CapabilityBoundingSet=", "AmbientCapabilities=",
+                 "NoNewPrivileges=yes", "PrivateDevices=yes", "Restart=always",
+                 "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes", "UMask=0027",
+                 "KillSignal=SIGUSR1", "WantedBy=multi-user.target"):
+        assert line in lines, line
+    for prefix in ("LimitNOFILE=", "MemoryMax=", "TasksMax="):
+        assert any(x.startswith(prefix) for x in lines), prefix
+    cfg = (conf / "haproxy.cfg").read_text()
+    assert f"uid {PROXY_UID}" not in cfg  # it starts as its user: nothing to drop
+    # HAProxy reads the front door's files where the container has them
+    assert f"crt {CONF_IN_CONTAINER / 'site.pem'} " in cfg
+    assert f"stats socket {RUN_IN_CONTAINER / 'admin.sock'} " in cfg
     wants = serving.units / "multi-user.target.wants"
     serving.engine().enable(1)  # enabling a release leaves the front door enabled
     assert os.readlink(wants / name) == f"../{name}"
@@ -188,26 +206,33 @@ def test_process_door_unit_is_written_and_stays_enabled(serving: ProcDoor):
                for p in wants.iterdir())
 
 
-def test_process_door_starts_with_only_the_unit_capabilities(serving: ProcDoor):
-    """HAProxy as the unit starts it (systemd's CapabilityBoundingSet, emulated with
-    util-linux's setpriv): it binds, serves and drops to its uid with no more."""
-    setpriv = need("setpriv")
-    unit = (serving.units / f"appliance-{site_id(serving.root)}-frontdoor.service").read_text()
-    caps = next(x for x in unit.splitlines() if x.startswith("CapabilityBoundingSet="))
-    bounding = ",".join(f"+{c.removeprefix('CAP_').lower()}" for c in caps.split("=")[1].split())
-    serving.engine().stop_proxy()
-    cmd = shlex.split(next(x for x in unit.splitlines() if x.startswith("ExecStart="))[10:])
-    proc = subprocess.Popen([setpriv, f"--bounding-set=-all,{bounding}", *cmd],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        wait_for(lambda: proc.poll() is None and _serves(serving), 30,
-                 "HAProxy under the unit's capabilities to serve")
-        status = Path(f"/proc/{proc.pid}/status").read_text()
-        assert "CapEff:\t0000000000000000" in status  # none left after the drop
-    finally:
-        proc.kill()
-        out = proc.communicate(timeout=30)[0]
-    assert b"ALERT" not in out, out[-1000:]
+def test_process_door_haproxy_runs_in_the_proxy_image_root_with_no_privilege(
+        serving: ProcDoor):
+    """The HAProxy serving is the image's, chrooted into its root, as uid 10002 with no
+    capability and no-new-privileges, with the container's open-files limit."""
+    child = serving.proxy().child_pid()
+    assert child is not None
+    assert os.path.samefile(f"/proc/{child}/root", serving.proxy_root())
+    # the image's binary, not the host's package (even where the host has one)
+    assert os.path.samefile(f"/proc/{child}/exe", serving.proxy_root() / "usr/sbin/haproxy")
+    status = dict(x.split(":", 1) for x in
+                  Path(f"/proc/{child}/status").read_text().splitlines() if ":" in x)
+    assert status["Uid"].split() == [str(PROXY_UID)] * 4, status["Uid"]
+    assert status["Gid"].split() == [str(PROXY_UID)] * 4, status["Gid"]
+    assert status["Groups"].split() == []
+    assert status["NoNewPrivs"].strip() == "1"
+    for caps in ("CapEff", "CapPrm", "CapAmb"):
+        assert int(status[caps], 16) == 0, (caps, status[caps])
+    limits = Path(f"/proc/{child}/limits").read_text()
+    nofile = next(x for x in limits.splitlines() if x.startswith("Max open files")).split()
+    want = str(min(65536, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    assert nofile[3:5] == [want, want], nofile
+    # its configuration and runtime API are bound in, read-only and read-write
+    mounts = Path(f"/proc/{child}/mountinfo").read_text().splitlines()
+    conf = next(x.split() for x in mounts if x.split()[4] == str(CONF_IN_CONTAINER))
+    run = next(x.split() for x in mounts if x.split()[4] == str(RUN_IN_CONTAINER))
+    assert "ro" in conf[5].split(",") and "rw" in run[5].split(","), (conf, run)
+    assert (serving.root / "frontdoor-run" / "admin.sock").is_socket()
 
 
 def test_process_door_comes_back_after_sigkill(serving: ProcDoor):
@@ -244,14 +269,31 @@ def test_process_door_update_broken_update_rollback_fail_no_request(serving: Pro
     assert json.loads((door.root / "frontdoor" / "door.json").read_text())["sequence"] == 1
 
 
-def test_process_door_without_haproxy_is_one_preflight_line(door: ProcDoor):
+def test_process_door_from_the_host_package_without_haproxy_is_one_preflight_line(
+        door: ProcDoor):
+    """The host's package runs only when asked for; then a host without it is one line."""
     missing = door.vendor.work / "no-haproxy"
-    r = door.install(door.vendor.build(1, seed=0), env={"APPLIANCE_HAPROXY": str(missing)})
+    r = door.install(door.vendor.build(1, seed=0), env={"APPLIANCE_PROXY_FROM": "host",
+                                                        "APPLIANCE_HAPROXY": str(missing)})
     assert r.returncode == 3, r.stdout[-2000:] + r.stderr[-2000:]
     lines = [x for x in r.stderr.splitlines() if x.startswith("error:")]
     assert len(lines) == 1, r.stdout[-2000:] + r.stderr[-2000:]
     assert f"front door: the front door needs HAProxy and {missing} is missing: install " \
            "Debian's 'haproxy' package (apt-get install haproxy)" in lines[0], lines
+    assert not (door.root / "current").exists()
+    assert not (door.root / PROC_DIR).exists()
+
+
+def test_process_door_port_under_1024_is_one_preflight_line(door: ProcDoor):
+    (door.vendor.work / "low").mkdir()
+    low = Vendor(door.vendor.work / "low", door.vendor.images, 443)
+    no_gpu(low.work)
+    r = ProcDoor(low, door.root, door.units).install(low.build(1, seed=0))
+    assert r.returncode == 3, r.stdout[-2000:] + r.stderr[-2000:]
+    lines = [x for x in r.stderr.splitlines() if x.startswith("error:")]
+    assert len(lines) == 1, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "port 443 is under 1024 and the front door's HAProxy runs unprivileged" \
+           in lines[0], lines
     assert not (door.root / "current").exists()
     assert not (door.root / PROC_DIR).exists()
 
@@ -297,3 +339,24 @@ def test_process_door_fallback_answers_while_the_main_runtime_hangs(door: ProcDo
     finally:
         os.kill(child, signal.SIGCONT)
     wait_for(lambda: served_by() == "main", 30, "the main runtime to answer again")
+
+
+def test_process_door_moves_from_the_host_package_to_the_proxy_image(door: ProcDoor):
+    """A site whose front door ran the host's package (APPLIANCE_PROXY_FROM=host) serves
+    from the proxy image after the next install, on the container paths."""
+    haproxy = need("haproxy")
+    r = door.install(door.vendor.build(1, seed=0), env={"APPLIANCE_PROXY_FROM": "host",
+                                                        "APPLIANCE_HAPROXY": haproxy})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    first = door.proxy().child_pid()
+    assert first is not None and os.path.samefile(f"/proc/{first}/exe", haproxy)
+    record = door.root / "frontdoor" / "door.json"
+    assert json.loads(record.read_text())["proxy_conf"] == str(door.root / "frontdoor")
+    r = door.install(door.vendor.build(2, seed=1, base=door.vendor.work / "door-1.tar"))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    child = door.proxy().child_pid()
+    assert child is not None and child != first
+    assert os.path.samefile(f"/proc/{child}/root", door.proxy_root())
+    assert json.loads(record.read_text())["proxy_conf"] == str(CONF_IN_CONTAINER)
+    assert door.get("/v2/models/mlp") == 200
+    assert door.get("/v2/models/mlp", token=False) == 401

@@ -32,8 +32,10 @@ pytestmark = [pytest.mark.stick, pytest.mark.engine, pytest.mark.slow]
 _ESCAPES = re.compile(rb"\x1b(\[[0-9;?<>=]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[()][0-9A-B]|.)")
 
 
-def mlp_bundle(tmp: Path, v: Vendor, name: str, port: int, runtime_archive: Path) -> Path:
-    """A one-model bundle over the slim runtime image, with a signed sample to accept."""
+def mlp_bundle(tmp: Path, v: Vendor, name: str, port: int, runtime_archive: Path,
+               proxy_archive: Path | None = None) -> Path:
+    """A one-model bundle over the slim runtime image, with a signed sample to accept (and
+    the front door's proxy image, when given)."""
     from bundler.build import build_bundle
     from bundler.samples import make_mlp_onnx, mlp_reference
     from bundler.spec import load_spec
@@ -50,6 +52,8 @@ def mlp_bundle(tmp: Path, v: Vendor, name: str, port: int, runtime_archive: Path
                                    "data": mlp_reference(x).ravel().tolist()}},
                  "tolerance": 1e-4}]}],
             "services": [{"name": "mlp", "models": ["mlp"], "port": port, "gpu": "none"}]}
+    if proxy_archive is not None:
+        spec["frontdoor_image"] = {"archive": str(proxy_archive)}
     (work / "appliance.yaml").write_text(yaml.safe_dump(spec))
     out = tmp / f"{name}-1.0.0.tar"
     build_bundle(load_spec(work / "appliance.yaml"), out, [v.key])
