@@ -19,6 +19,7 @@ from appliance.engines.docker import sequence_reference
 from appliance.engines.forget import data_volumes, image_tags
 from appliance.site import removal
 from appliance.site.engine import site_id
+from tests.image.fixtures import proxy_image_tar  # noqa: F401 - the door fixture needs it
 from tests.site.bundlekit import make_bundle
 from tests.site.installkit import ProcessSite, ready
 from tests.site.releasekit import free_port_pair
