@@ -46,8 +46,10 @@ class ProcDoor:
 
     def cli(self, *cmd: str, env: dict[str, str] | None = None
             ) -> subprocess.CompletedProcess[str]:
+        # the stand-in images have no runtime in their root: the host's runs
         return subprocess.run([sys.executable, "-m", "appliance", *cmd, "--root", str(self.root),
-                               "--engine", "process", "--unit-dir", str(self.units)],
+                               "--engine", "process", "--unit-dir", str(self.units),
+                               "--runtime-from", "host"],
                               env={**cli_env(), **(env or {})}, capture_output=True, text=True,
                               timeout=600, check=False)
 
