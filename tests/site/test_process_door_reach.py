@@ -1,8 +1,9 @@
 """What a person reads after an install behind the front door on the process engine is
 what works: `appliance status` shows the stable `https://<LAN address>:<port>` URL, each
-model's infer path and a curl line that answers when pasted into a shell; and a fallback
-answering for its service is in the site's audit trail, from start to end, with counts.
-Real HAProxy, real runtimes as processes, the installer as a subprocess."""
+model's infer path and a curl line that answers when pasted into a shell; the hospital's
+certificate replaces the site's under load and status warns before it expires; and a
+fallback answering for its service is in the site's audit trail, from start to end, with
+counts. Real HAProxy, real runtimes as processes, the installer as a subprocess."""
 
 from __future__ import annotations
 
@@ -12,11 +13,21 @@ import os
 import signal
 import ssl
 import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from ipaddress import ip_address
+from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from appliance.site import audit
 from appliance.site.door import lan_address
+from tests.e2e.doorkit import steady_load
+from tests.e2e.kit import cli_env
 from tests.enginekit import need, wait_for
 from tests.site.test_process_frontdoor import ProcDoor, door, serving  # noqa: F401
 
@@ -42,6 +53,63 @@ def test_status_shows_the_stable_url_infer_paths_and_a_curl_line_that_answers(
     assert json.loads(answer.stdout)["name"] == "mlp"
     doc = json.loads(serving.cli("status", "--json").stdout)
     assert doc["urls"] == {"mlp": url}
+
+
+def hospital_pair(directory: Path, days: int) -> tuple[Path, Path, str]:
+    """A certificate of the hospital's own (self-signed, ECDSA P-256) for this host's
+    addresses, valid for `days` more days; its files and SHA-256 fingerprint."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pacs-gateway.hospital.example")])
+    addrs = {"127.0.0.1", lan_address()}
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=days))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ip_address(a)) for a in sorted(addrs)]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "hospital.pem", directory / "hospital.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    fp = cert.fingerprint(hashes.SHA256()).hex(":").upper()
+    return cert_path, key_path, fp
+
+
+def test_hospital_certificate_replaces_the_sites_under_load_and_status_warns_of_expiry(
+        serving: ProcDoor):  # noqa: F811
+    before = serving.cli("status").stdout
+    assert "the site certificate expires" not in before
+    cert, key, fp = hospital_pair(serving.vendor.work, days=10)
+    load = steady_load(serving.root, serving.vendor.port).start()
+    try:
+        r = subprocess.run([sys.executable, "-m", "appliance", "tls", "replace", "--cert",
+                            str(cert), "--key", str(key), "--root", str(serving.root)],
+                           env=cli_env(), capture_output=True, text=True, timeout=120,
+                           check=False)
+    finally:
+        report = load.stop()
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert fp in r.stdout
+    assert report.sent > 50 and report.failures == [] and report.reconnects == 0, \
+        report.summary()
+    # a new client that trusts only the hospital's certificate gets it at once
+    ctx = ssl.create_default_context(cafile=str(cert))
+    conn = http.client.HTTPSConnection("127.0.0.1", serving.vendor.port, context=ctx,
+                                       timeout=10)
+    try:
+        conn.request("GET", "/v2/health/ready")
+        assert conn.getresponse().status == 200
+    finally:
+        conn.close()
+    status = serving.cli("status")
+    assert "the site certificate expires in 9 days" in status.stdout + status.stderr or \
+        "the site certificate expires in 10 days" in status.stdout + status.stderr, status
+    assert fp in status.stdout
+    doc = json.loads(serving.cli("status", "--json").stdout)
+    assert doc["certificate_warning"].startswith("the site certificate expires in ")
 
 
 def _events(d: ProcDoor) -> list[audit.AuditEntry]:
