@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None,
                     help="HAProxy nbthread (default: one per CPU)")
+    ap.add_argument("--busy-polling", action="store_true",
+                    help="HAProxy busy-polling (its threads never sleep in the poller)")
     args = ap.parse_args(argv)
     load_before = os.getloadavg()[0]
     haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         with_tls = config.ProxySettings(
             socket=root / "admin.sock", stats_port=_free_port(), tls_pem=cert.pem_file,
             token_map=root / "tokens.map", bind="127.0.0.1", maxconn=4000, log=False,
-            threads=args.threads)
+            threads=args.threads, busy_polling=args.busy_polling)
         plain = dataclasses.replace(with_tls, socket=root / "admin2.sock",
                                     stats_port=_free_port(), tls_pem=None, token_map=None)
         for name, port, settings in (("tls", tls_port, with_tls), ("plain", plain_port, plain)):
@@ -133,9 +135,10 @@ def main(argv: list[str] | None = None) -> int:
                     c32[name].append(wrk(url, BODY, 32, args.seconds, headers))
     base_p50 = statistics.median(r.p50_ms for r in c1["direct (HTTP)"])
     base_rps = statistics.median(r.rps for r in c32["direct (HTTP)"])
+    busy = ", busy-polling" if args.busy_polling else ""
     print(f"{os.cpu_count()} cores shared by runtime, HAProxy ({args.threads or 'default'} "
-          f"threads) and wrk; {args.repeat} rounds of {args.seconds:g} s, median; load average "
-          f"before: {load_before:.1f}, after: {os.getloadavg()[0]:.1f}")
+          f"threads{busy}) and wrk; {args.repeat} rounds of {args.seconds:g} s, median; "
+          f"load average before: {load_before:.1f}, after: {os.getloadavg()[0]:.1f}")
     print(f"{'path':24} {'p50 c=1 (ms)':>13} {'vs direct':>10} {'req/s c=32':>11} "
           f"{'vs direct':>10} {'errors':>7}")
     for name in paths:

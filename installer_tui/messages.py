@@ -81,6 +81,8 @@ class StatusRead(Message):
     rollback_to: int | None
     # every other installed release that can serve: (sequence, "release 1 (demo 1.1.0)")
     others: list[tuple[int, str]] = field(default_factory=list)
+    # behind a front door: its certificate, each model's infer URL and a curl line
+    door_lines: list[str] = field(default_factory=list)
 
 
 @dataclass

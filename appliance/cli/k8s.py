@@ -18,7 +18,7 @@ from appliance.cli.types import SubParsers
 from appliance.errors import RollbackError, SiteError
 from appliance.fsutil import atomic_write, fsync_dir
 from appliance.k8s.names import archive_name
-from appliance.k8s.render import RenderOptions, render
+from appliance.k8s.render import TOKEN_SECRET, RenderOptions, render
 from appliance.site.state import SiteState
 
 if TYPE_CHECKING:
@@ -96,6 +96,7 @@ def _render(args: argparse.Namespace) -> int:
         namespace=args.namespace,
         cpu_only=args.cpu_only,
         runtime_class=args.runtime_class,
+        token_secret=None if args.no_token else args.token_secret,
     )
     files = render(manifest, options)  # refuses before anything is written
     out = Path(args.out)
@@ -106,6 +107,10 @@ def _render(args: argparse.Namespace) -> int:
     n = len(manifest.services)
     print(f"rendered {n} service{'s' if n != 1 else ''} of {manifest.name} {manifest.version} "
           f"(sequence {manifest.sequence}) to {out}")
+    if options.token_secret is not None:
+        ns = f" -n {args.namespace}" if args.namespace else ""
+        print(f"the pods require a token: first run kubectl create secret generic "
+              f"{options.token_secret}{ns} --from-file=token=TOKEN_FILE")
     print(f"apply with: kubectl apply -k {out}")
     return 0
 
@@ -176,6 +181,11 @@ def register(sub: SubParsers) -> None:
                    help="no GPUs: serve gpu=preferred services on CPU, refuse gpu=required")
     r.add_argument("--runtime-class", metavar="NAME",
                    help="runtimeClassName for GPU pods (e.g. nvidia on k3s)")
+    r.add_argument("--token-secret", default=TOKEN_SECRET, metavar="NAME",
+                   help="the Secret (key 'token', one token a line) the pods mount and "
+                        f"require (default {TOKEN_SECRET})")
+    r.add_argument("--no-token", action="store_true",
+                   help="no token in the pods: the cluster's Ingress checks it instead")
     r.add_argument("--force", action="store_true", help="replace an earlier render in DIR")
     r.set_defaults(func=_render)
 

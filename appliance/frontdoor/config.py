@@ -78,6 +78,10 @@ class ProxySettings:
     timeouts: Timeouts = field(default_factory=Timeouts)
     log: bool = True
     threads: int | None = None  # None: one per CPU (HAProxy's default)
+    # HAProxy's `busy-polling`: its threads never sleep in the poller, saving the wakeup
+    # on each request at the cost of a core always busy; off, since on a small appliance
+    # that core is taken from inference (measured in bench/frontdoor_bench.py).
+    busy_polling: bool = False
     # Started as root (the process engine): read the files and bind the ports, then run
     # as this uid and gid. None where HAProxy starts unprivileged (the proxy container).
     uid: int | None = None
@@ -125,6 +129,7 @@ def render(services: list[ServiceDoor], s: ProxySettings) -> str:
         "global",
         f"    maxconn {s.maxconn}",
         *([f"    nbthread {s.threads}"] if s.threads else []),
+        *(["    busy-polling"] if s.busy_polling else []),
         *([f"    uid {s.uid}", f"    gid {s.uid}"] if s.uid is not None else []),
         # expose-fd lets a reloaded process take over the listening sockets: no refused
         # connection during a reload.

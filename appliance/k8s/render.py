@@ -23,6 +23,11 @@ LIVE_PATH = "/v2/health/live"
 LABEL_PREFIX = "appliance"
 POD_LISTEN = "0.0.0.0"  # noqa: S104 - inside the pod's own network namespace
 KUSTOMIZATION = "kustomization.yaml"
+# Names, not secrets: the Secret in the namespace whose key `token` holds one token a
+# line, and the directory each pod sees it in, read-only.
+TOKEN_SECRET = "appliance-token"  # noqa: S105
+TOKEN_KEY = "token"  # noqa: S105
+TOKEN_DIR = "/run/appliance-token"  # noqa: S105
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,10 @@ class RenderOptions:
     container_port: int = 8000  # the runtime image listens here (`--port 8000`)
     memory_overhead_mib: int = 512  # the runtime process before any model is loaded
     startup_seconds: int = 600  # how long a pod may take to load its models
+    # The Secret whose `token` key the runtime requires (mounted as a file, re-read when
+    # the Secret changes: rotation is a second line, then the old one removed); None when
+    # the Ingress checks the token instead.
+    token_secret: str | None = TOKEN_SECRET
 
 
 def wants_gpu(service: Service, options: RenderOptions) -> bool:
@@ -220,6 +229,17 @@ def _deployment(manifest: Manifest, service: Service, name: str,
         "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [container],
     }
+    if options.token_secret is not None:
+        # A file, never an environment variable (those show in `kubectl describe`); the
+        # pod does not start until the Secret exists, so no pod serves without a token.
+        container["env"].append({"name": "RUNTIME_TOKEN_FILE",
+                                 "value": f"{TOKEN_DIR}/{TOKEN_KEY}"})
+        container["volumeMounts"] = [{"name": "token", "mountPath": TOKEN_DIR,
+                                      "readOnly": True}]
+        pod["volumes"] = [{"name": "token", "secret": {
+            "secretName": options.token_secret,
+            "items": [{"key": TOKEN_KEY, "path": TOKEN_KEY}],
+            "defaultMode": 0o444}}]  # the image's unprivileged user reads it
     if gpu:
         pod["tolerations"] = [{"key": GPU_RESOURCE, "operator": "Exists",
                                "effect": "NoSchedule"}]

@@ -146,10 +146,13 @@ class StatusScreen(InstallerScreen):
             health = {svc: is_ready(url + paths.get(svc, "/v2/health/ready"))
                       for svc, url in rec.endpoints.items()}
             engine = engine_label(rec.engine, lambda: self.config.get_engine().ping())
+            door = DoorRecord.read(site)
             self.post_message(StatusRead(cur.sequence, f"{m.name} {m.version}", engine,
                                          dict(rec.endpoints), health,
                                          rollback_to(site),
-                                         other_releases(site, cur.sequence)))
+                                         other_releases(site, cur.sequence),
+                                         door.lines(m) if door is not None and
+                                         door.sequence == cur.sequence else []))
         except Exception as e:  # shown on the screen
             self.post_message(Failed(e, "status"))
 
@@ -187,9 +190,6 @@ class StatusScreen(InstallerScreen):
             t.add_row(svc, door.url(svc) if door is not None else s.endpoints[svc],
                       Text("ready", style="green") if ok
                       else Text("NOT READY", style="bold red"))
-        if door is not None:
-            t.add_row("", Text(f"certificate SHA-256 {door.fingerprint[:23]}...; CA file "
-                               f"{door.ca_file}", style="dim"), "")
         if [seq for seq, _ in s.others] == ([s.rollback_to] if s.rollback_to else []) and \
                 s.rollback_to is not None:
             back = Text(f"Roll back (r) to release {s.rollback_to}", style="dim")
@@ -198,7 +198,9 @@ class StatusScreen(InstallerScreen):
                 str(seq) for seq, _ in s.others), style="dim")
         else:
             back = Text("No other installed release to switch to.", style="dim")
-        return Group(head, t, back)
+        # the certificate, each model's stable infer URL and a curl line to try
+        reach = Text("\n".join(s.door_lines))
+        return Group(head, t, *([reach] if s.door_lines else []), back)
 
     # -- where the models run ------------------------------------------------------------
     @work(thread=True, exclusive=True, group="devices")

@@ -76,3 +76,17 @@ def test_uid_is_rendered_only_for_a_proxy_started_as_root(tmp_path: Path) -> Non
     assert "\n    uid " not in config.render([door], base)  # the container starts unprivileged
     text = config.render([door], replace(base, uid=10002))
     assert "\n    uid 10002\n    gid 10002\n" in text
+
+
+def test_busy_polling_is_off_unless_asked_and_then_haproxy_takes_it(tmp_path: Path) -> None:
+    haproxy = need("haproxy")
+    base = config.ProxySettings(socket=tmp_path / "admin.sock", stats_port=8404,
+                                tls_pem=None, token_map=None)
+    door = config.ServiceDoor("mlp", 8000, servers={"a": "127.0.0.1:20000"})
+    assert "busy-polling" not in config.render([door], base)  # a core is not ours to spin
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(config.render([door], replace(base, busy_polling=True)))
+    assert "\n    busy-polling\n" in cfg.read_text()
+    proc = subprocess.run([haproxy, "-c", "-f", str(cfg)], capture_output=True, text=True,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr

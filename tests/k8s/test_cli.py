@@ -101,6 +101,9 @@ def test_render_writes_valid_objects_pinned_to_the_signed_manifest(
         capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert f"kubectl apply -k {out}" in r.stdout
+    # the pods mount the token Secret: the render says how to make it, in the namespace
+    assert ("first run kubectl create secret generic appliance-token -n inference "
+            "--from-file=token=TOKEN_FILE") in r.stdout
     manifest, digest = signed_manifest(site["bundle2"])
     names = sorted(p.name for p in out.iterdir())
     assert names == ["demo-cnn-deployment.yaml", "demo-cnn-pdb.yaml", "demo-cnn-service.yaml",

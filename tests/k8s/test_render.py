@@ -15,7 +15,8 @@ import yaml
 from appliance.bundle.manifest import Service
 from appliance.errors import ManifestError, NodeCapacityError, PlacementError
 from appliance.k8s import RenderOptions, render
-from appliance.k8s.render import KUSTOMIZATION
+from appliance.k8s.render import KUSTOMIZATION, TOKEN_DIR
+from runtime.settings import from_env
 from tests.k8s.manifests import MANIFEST_DIGEST, make_manifest, model
 
 K8S_VERSION = "1.30"  # the oldest Kubernetes the rendered objects are promised to fit
@@ -102,6 +103,31 @@ def test_probes_hit_the_v2_health_endpoints(files: dict[str, str]) -> None:
     assert c["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
     # The runtime's default 127.0.0.1 would fail every probe from the kubelet.
     assert {"name": "RUNTIME_HOST", "value": "0.0.0.0"} in c["env"]
+
+
+def test_pods_require_the_token_from_a_mounted_secret_never_an_env_value(
+        files: dict[str, str], tmp_path: Path) -> None:
+    objs = docs(files)
+    for svc in ("mlp", "cnn"):
+        pod = objs[f"Deployment/demo-{svc}"]["spec"]["template"]["spec"]
+        c = pod["containers"][0]
+        env = {e["name"]: e["value"] for e in c["env"]}
+        assert env["RUNTIME_TOKEN_FILE"] == f"{TOKEN_DIR}/token" and "RUNTIME_TOKEN" not in env
+        assert c["volumeMounts"] == [{"name": "token", "mountPath": TOKEN_DIR,
+                                      "readOnly": True}]
+        assert pod["volumes"] == [{"name": "token", "secret": {
+            "secretName": "appliance-token", "items": [{"key": "token", "path": "token"}],
+            "defaultMode": 0o444}}]
+    # the runtime reads that variable as its token file (one token a line, for rotation)
+    token = tmp_path / "token"
+    token.write_text("t-old\nt-new\n")
+    settings = from_env({"RUNTIME_TOKEN_FILE": str(token)})
+    assert settings.token_file == token
+    # the Ingress checks the token instead: nothing mounted, nothing required
+    bare = docs(render(make_manifest(), RenderOptions(MANIFEST_DIGEST, token_secret=None)))
+    pod = bare["Deployment/demo-mlp"]["spec"]["template"]["spec"]
+    assert "volumes" not in pod and "volumeMounts" not in pod["containers"][0]
+    assert all(e["name"] != "RUNTIME_TOKEN_FILE" for e in pod["containers"][0]["env"])
 
 
 def test_images_are_pinned_by_digest_and_never_pulled(files: dict[str, str]) -> None:

@@ -52,6 +52,7 @@ class ProcDoor:
 
     def cli(self, *cmd: str, env: dict[str, str] | None = None
             ) -> subprocess.CompletedProcess[str]:
+        # the stand-in images have no runtime in their root: the host's runs
         return subprocess.run([sys.executable, "-m", "appliance", *cmd, "--root", str(self.root),
                                "--engine", "process", "--unit-dir", str(self.units),
                                "--runtime-from", "host"],

@@ -1,10 +1,8 @@
 """The canary on the screens: the offer (share and window, checked by the CLI's parser), the
-panel of live figures and the verdict.
-
-A real canary needs a release serving behind a running front door, which only the
-container engines start here (the process engine serves without one), so the panel is
-driven by recorded `CanaryEvent`s, the events the door sends through the install's
-progress callback (tests/frontdoor/test_canary_events.py shows those from real HAProxy).
+panel of live figures and the verdict, driven here by recorded `CanaryEvent`s (the events
+the door sends through the install's progress callback) over bundles without a front door.
+A real canary through the screens, behind the process engine's front door, is
+tests/tui/test_canary_door.py.
 """
 
 from __future__ import annotations
@@ -120,7 +118,7 @@ async def test_update_offers_the_canary_and_the_install_screen_shows_its_events(
         await wait_for(pilot, state_is(app, "review", "failed"), what="the review")
         install = app.screen
         assert isinstance(install, InstallScreen) and install.state == "review", install.error
-        # the process engine serves without a front door: nothing to canary against
+        # these bundles carry no proxy image: no front door, nothing to canary against
         assert install.canary_from is None
         install.canary_from = 1  # as when release 1 serves behind a running front door
         install.review_ready()
