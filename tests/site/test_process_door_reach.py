@@ -29,6 +29,7 @@ from appliance.site.door import lan_address
 from tests.e2e.doorkit import steady_load
 from tests.e2e.kit import cli_env
 from tests.enginekit import need, wait_for
+from tests.image.fixtures import proxy_image_tar  # noqa: F401 - the door fixture needs it
 from tests.site.test_process_frontdoor import ProcDoor, door, serving  # noqa: F401
 
 pytestmark = pytest.mark.slow
@@ -85,15 +86,18 @@ def test_hospital_certificate_replaces_the_sites_under_load_and_status_warns_of_
     cert, key, fp = hospital_pair(serving.vendor.work, days=10)
     load = steady_load(serving.root, serving.vendor.port).start()
     try:
+        wait_for(lambda: load.report.sent >= 30, 30, "the load's first 30 requests")
         r = subprocess.run([sys.executable, "-m", "appliance", "tls", "replace", "--cert",
                             str(cert), "--key", str(key), "--root", str(serving.root)],
                            env=cli_env(), capture_output=True, text=True, timeout=120,
                            check=False)
+        after = load.report.sent
+        wait_for(lambda: load.report.sent >= after + 30, 30, "30 requests after the replace")
     finally:
         report = load.stop()
     assert r.returncode == 0, r.stdout + r.stderr
     assert fp in r.stdout
-    assert report.sent > 50 and report.failures == [] and report.reconnects == 0, \
+    assert report.sent >= 60 and report.failures == [] and report.reconnects == 0, \
         report.summary()
     # a new client that trusts only the hospital's certificate gets it at once
     ctx = ssl.create_default_context(cafile=str(cert))

@@ -8,7 +8,6 @@ and leaves the old release serving."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,49 +26,28 @@ from installer_tui.screens.confirm import CanaryOfferScreen
 from installer_tui.screens.install import InstallScreen
 from installer_tui.screens.status import StatusScreen
 from installer_tui.widgets import CanaryPanel
-from tests.bundle.runtimes import docker_archive, proxy_docker_archive
-from tests.e2e.doorkit import Vendor, free_port, no_gpu, steady_load
-from tests.enginekit import need
-from tests.site.test_process_frontdoor import ProcDoor
+from tests.e2e.doorkit import steady_load
+from tests.image.fixtures import proxy_image_tar  # noqa: F401 - the door fixture needs it
+from tests.site.test_process_frontdoor import ProcDoor, door, serving  # noqa: F401
 from tests.tui.kit import NO_GPU, text_of, wait_for
 from tests.tui.test_install_flow import open_first_bundle, state_is
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(600)]
 
 
-@pytest.fixture
-def door(tmp_path: Path) -> Iterator[ProcDoor]:
-    """Release 1 installed behind the front door on the process engine."""
-    need("haproxy")
-    images = (docker_archive(tmp_path / "runtime.tar"),
-              proxy_docker_archive(tmp_path / "proxy.tar"))
-    vendor = Vendor(tmp_path, images, free_port())
-    no_gpu(tmp_path)
-    d = ProcDoor(vendor, tmp_path / "s", tmp_path / "units")  # short: a sockaddr_un path
-    try:
-        r = d.install(vendor.build(1, seed=0))
-        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
-        yield d
-    finally:
-        eng = d.engine()
-        for seq in eng.running():
-            eng.stop(seq)
-        eng.stop_proxy()
-
-
-def screens(door: ProcDoor, bundle: Path) -> InstallerApp:
+def screens(pd: ProcDoor, bundle: Path) -> InstallerApp:
     """The installer on this site's process engine, with only `bundle` on the media."""
-    media = door.vendor.work / "media"
+    media = pd.vendor.work / "media"
     shutil.rmtree(media, ignore_errors=True)
     media.mkdir()
     shutil.copy(bundle, media / bundle.name)
-    site = Site(door.root)
-    engine = ProcessEngine(site, command=DEFAULT_COMMAND, unit_dir=door.units,
+    site = Site(pd.root)
+    engine = ProcessEngine(site, command=DEFAULT_COMMAND, unit_dir=pd.units,
                            use_systemd=False, runtime_from="host")  # as ProcDoor's CLI
     return make_app(InstallerConfig(
         site=site, engine=lambda _s: engine, gpu_probe=RecordedProbe(NO_GPU),
         media_roots=[media], now=lambda: datetime.now(UTC), health_timeout_s=60.0,
-        poll_interval_s=0.5, export_dir=door.vendor.work / "export"))
+        poll_interval_s=0.5, export_dir=pd.vendor.work / "export"))
 
 
 @dataclass
@@ -86,11 +64,11 @@ class Seen:
     status: str = ""  # the status screen's text (after a done install)
 
 
-async def canary_through_screens(door: ProcDoor, bundle: Path, flag: str, bounds: str = ""
+async def canary_through_screens(pd: ProcDoor, bundle: Path, flag: str, bounds: str = ""
                                  ) -> Seen:
     """Open `bundle`, take the canary offer with `flag` and `bounds`, run the install to
     its end and, when it is done, open the status screen."""
-    app = screens(door, bundle)
+    app = screens(pd, bundle)
     async with app.run_test(size=(100, 30)) as pilot:
         await open_first_bundle(pilot)
         await pilot.press("c")
@@ -98,7 +76,7 @@ async def canary_through_screens(door: ProcDoor, bundle: Path, flag: str, bounds
         install = app.screen
         assert isinstance(install, InstallScreen)
         assert install.state == "review", install.error
-        assert install.canary_from == serving(door)
+        assert install.canary_from == serving_sequence(pd)
         assert f"Release {install.canary_from} serves behind the front door" in text_of(
             install.query_one("#review-hint"))
         await pilot.press("i")
@@ -142,8 +120,8 @@ async def canary_through_screens(door: ProcDoor, bundle: Path, flag: str, bounds
         return seen
 
 
-def serving(door: ProcDoor) -> int | None:
-    cur = Site(door.root).current()
+def serving_sequence(pd: ProcDoor) -> int | None:
+    cur = Site(pd.root).current()
     return cur.sequence if cur is not None else None
 
 
@@ -152,11 +130,11 @@ def _rows(text: str) -> list[list[str]]:
 
 
 async def test_update_with_a_canary_through_the_screens_is_promoted_then_one_rolls_back(
-        door: ProcDoor):
-    first = door.vendor.work / "door-1.tar"
-    load = steady_load(door.root, door.vendor.port).start()
+        serving: ProcDoor):  # release 1 behind the front door
+    first = serving.vendor.work / "door-1.tar"
+    load = steady_load(serving.root, serving.vendor.port).start()
     try:
-        seen = await canary_through_screens(door, door.vendor.build(2, seed=1, base=first),
+        seen = await canary_through_screens(serving, serving.vendor.build(2, seed=1, base=first),
                                             "30%:8s")
         assert seen.state == "done", seen.error
         # the panel showed HAProxy's counts while the window ran, then the verdict
@@ -168,17 +146,17 @@ async def test_update_with_a_canary_through_the_screens_is_promoted_then_one_rol
         assert seen.events[-1].verdict == "promote" and seen.verdict == "promote"
         assert "release 2 (door 1.2.0) is serving" in seen.done
         assert "Canary: canary mlp: promoted: canary within bounds" in seen.done
-        assert serving(door) == 2
+        assert serving_sequence(serving) == 2
         # the end screen and the status screen: the stable URL, the infer path, a curl line
-        url = f"https://{lan_address()}:{door.vendor.port}"
+        url = f"https://{lan_address()}:{serving.vendor.port}"
         for text in (seen.done, seen.status):
             assert f"mlp: POST {url}/v2/models/mlp/infer" in text, text
-            assert f"curl --cacert {door.root / 'frontdoor'}" in text, text
-            assert f"$(cat {door.root / 'token'})" in text, text
+            assert f"curl --cacert {serving.root / 'frontdoor'}" in text, text
+            assert f"$(cat {serving.root / 'token'})" in text, text
             assert "certificate SHA-256 " in text
 
         # bounds that want more requests than 6 s can bring: rolled back, 2 keeps serving
-        seen = await canary_through_screens(door, door.vendor.build(3, seed=2, base=first),
+        seen = await canary_through_screens(serving, serving.vendor.build(3, seed=2, base=first),
                                             "30%:6s", "min=1000000")
         assert seen.state == "failed"
         assert seen.events[-1].verdict == "rollback" and seen.verdict == "rollback"
@@ -186,8 +164,8 @@ async def test_update_with_a_canary_through_the_screens_is_promoted_then_one_rol
         assert "fewer than 1000000" in seen.events[-1].reason
         assert "Rolled back: mlp: canary saw only" in seen.panel, seen.panel
         assert "canary" in str(seen.error)
-        assert serving(door) == 2
-        assert door.engine().running() == {2}
+        assert serving_sequence(serving) == 2
+        assert serving.engine().running() == {2}
     finally:
         report = load.stop()
     assert report.sent > 100, report.summary()

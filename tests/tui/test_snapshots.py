@@ -109,7 +109,8 @@ def test_tampered_bundle_error_in_plain_words(snap_rig, snap_compare):
     async def refused(pilot):
         await _to_trust(pilot)
         await pilot.press("space", "c")
-        await _to_state(pilot, "review", "failed")
+        await _to_state(pilot, "failed")  # verify refuses the flipped blob
+        await pilot.pause()  # the footer's keys follow the state
     assert snap_compare(snap_rig.app(), terminal_size=SIZE, run_before=refused)
 
 
