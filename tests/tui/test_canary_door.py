@@ -130,7 +130,7 @@ def _rows(text: str) -> list[list[str]]:
 
 
 async def test_update_with_a_canary_through_the_screens_is_promoted_then_one_rolls_back(
-        serving: ProcDoor):  # release 1 behind the front door
+        serving: ProcDoor):  # noqa: F811 - release 1 behind the front door
     first = serving.vendor.work / "door-1.tar"
     load = steady_load(serving.root, serving.vendor.port).start()
     try:
