@@ -47,6 +47,15 @@ def door_site() -> Iterator[tuple[Site, DoorSite]]:
 def _run_canary(site: Site, ds: DoorSite, a: Server, b: Server, bounds: str
                 ) -> tuple[list[CanaryEvent], canary.CanaryVerdict, Proxy]:
     proxy = start_proxy(ds, [door(ds, a)])
+    try:
+        return _canary_through(proxy, site, ds, b, bounds)
+    except BaseException:
+        proxy.stop()  # the test stops it only when it gets it back
+        raise
+
+
+def _canary_through(proxy: Proxy, site: Site, ds: DoorSite, b: Server, bounds: str
+                    ) -> tuple[list[CanaryEvent], canary.CanaryVerdict, Proxy]:
     events: list[CanaryEvent] = []
 
     def seen(ev: Progress) -> None:
