@@ -330,18 +330,23 @@ def by_hand(stick_bundle: Path, reference_name: str, port: int, want: np.ndarray
 
 
 def ours(stick_bundle: Path, root_json: Path, work: Path, want: np.ndarray,
-         target: Target, installer: Path | None = None) -> Run:
-    """`appliance install` from Python, or the self-contained executable's (`installer`)."""
-    run = Run("appliance install" if installer is None else "executable install")
+         target: Target, installer: Path | None = None, process: bool = False) -> Run:
+    """`appliance install` from Python, or the self-contained executable's (`installer`);
+    with `process`, on the process engine (no container engine: the service runs from the
+    image's root, unpacked from the store)."""
+    run = Run("appliance install" if installer is None else
+              "executable, process engine" if process else "executable install")
     command = [str(installer)] if installer else [sys.executable, "-m", "appliance"]
     site = work / "site"
     shutil.rmtree(site, ignore_errors=True)
     (work / "no-gpu.json").write_text(json.dumps({"gpus": [], "unavailable": "bench"}))
     with target.socket() as url:
+        engine = (["--engine", "process", "--unit-dir", str(work / "units")] if process
+                  else ["--engine", "docker", "--docker-host", url])
         t0 = time.monotonic()
         proc = subprocess.Popen(
             [*command, "install", str(stick_bundle), "--yes", "--json",
-             "--root", str(site), "--engine", "docker", "--docker-host", url,
+             "--root", str(site), *engine,
              "--trust", str(root_json), "--gpu-state", str(work / "no-gpu.json")],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -368,8 +373,12 @@ def ours(stick_bundle: Path, root_json: Path, work: Path, want: np.ndarray,
         t = time.monotonic()
         first_inference(status["endpoints"]["big"].removeprefix("http://"), want)
         run.steps["first inference"] = time.monotonic() - t
-        from appliance.engines.docker import DockerEngine
         from appliance.site.layout import Site
+        if process:
+            from appliance.engines.process import ProcessEngine
+            ProcessEngine(Site(site), unit_dir=work / "units", use_systemd=False).stop(1)
+            return run
+        from appliance.engines.docker import DockerEngine
         eng = DockerEngine(Site(site), base_url=url)
         eng.stop(1)
         eng.close()
@@ -518,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
 
     runs: list[Run] = []
     for i in range(args.rounds):
-        for path in ("hand", "ours", *(("exe", "tui") if on_stick_exe else ())):
+        for path in ("hand", "ours", *(("exe", "tui", "exe-process") if on_stick_exe else ())):
             target: Target = (DockerTarget(work) if args.engine == "docker"
                               else PodmanTarget(work, args.service_tmpdir))
             try:
@@ -529,7 +538,8 @@ def main(argv: list[str] | None = None) -> int:
                     r = ours_tui(stick, on_stick_exe, work, want, target)
                 else:
                     r = ours(on_stick, root_json, work, want, target,
-                             on_stick_exe if path == "exe" else None)
+                             on_stick_exe if path.startswith("exe") else None,
+                             process=path == "exe-process")
             finally:
                 target.close()
             runs.append(r)
@@ -549,6 +559,9 @@ def main(argv: list[str] | None = None) -> int:
         tui = statistics.median(r.total for r in runs if r.path == "executable TUI")
         print(f"{'./appliance-installer, TUI (keys sent)':<40} {tui:9.1f}")
         print(f"{'ratio to by hand (target 1.0)':<40} {tui / hand:9.2f}")
+        proc = statistics.median(r.total for r in runs if r.path == "executable, process engine")
+        print(f"{'./appliance-installer --engine process':<40} {proc:9.1f}")
+        print(f"{'ratio to by hand (target 1.0)':<40} {proc / hand:9.2f}")
     print()
     steps = [r for r in runs if r.path == "appliance install"]
     names = list(steps[0].steps)
