@@ -19,7 +19,8 @@ def make_engine(kind: str | None, site: Site, *, docker_host: str | None = None,
                 unit_dir: Path | None = None, runtime_from: str | None = None) -> Engine:
     """The engine named `kind` ("docker" or "process") for `site`; with no kind, the one
     the current release runs on, else docker (at `docker_host`, else the socket
-    `appliance.engines.detect` finds). The process engine runs each service from its
+    `appliance.engines.detect` finds), or the process engine on a server with no
+    container engine installed at all. The process engine runs each service from its
     image's root unless `runtime_from` is "host" or APPLIANCE_RUNTIME_COMMAND names a
     command template for the host's own runtime.
 
@@ -27,8 +28,14 @@ def make_engine(kind: str | None, site: Site, *, docker_host: str | None = None,
         EngineError: an unknown kind.
     """
     if kind is None:
+        from appliance.engines.detect import no_container_engine
         cur = site.current() if site.root.exists() else None
-        kind = cur.record.engine if cur is not None and cur.record.engine else "docker"
+        if cur is not None and cur.record.engine:
+            kind = cur.record.engine
+        elif docker_host is None and not os.environ.get("DOCKER_HOST") and no_container_engine():
+            kind = "process"  # a bare server: no engine installed, and none is needed
+        else:
+            kind = "docker"
     if kind == "docker":
         from appliance.engines.detect import detect_docker_host
         from appliance.engines.docker import DockerEngine

@@ -7,11 +7,16 @@ The order (docs/field-guide.md):
    (`systemctl start podman.socket`) and use that socket;
 4. Docker's socket, `/var/run/docker.sock`, when it accepts;
 5. else Docker's path, so that preflight names what to start.
+
+A server with no container engine at all (`no_container_engine`: neither socket, no
+podman.socket unit, no podman, docker or dockerd program) gets the process engine
+instead (`appliance.engines.make_engine`), which needs nothing of the host but Linux.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 from collections.abc import Callable
@@ -61,3 +66,13 @@ def detect_docker_host(given: str | None = None, *, podman: Path = PODMAN_SOCKET
     if activate() and accepts(podman):
         return f"unix://{podman}"
     return f"unix://{docker}"
+
+
+def no_container_engine(*, podman: Path = PODMAN_SOCKET, docker: Path = DOCKER_SOCKET,
+                        units: tuple[Path, ...] = PODMAN_UNITS,
+                        which: Callable[[str], str | None] = shutil.which) -> bool:
+    """Whether this server has no container engine at all: no socket, no podman.socket
+    unit and no engine program (a stopped engine still counts as one)."""
+    if podman.exists() or docker.exists() or any(u.is_file() for u in units):
+        return False
+    return all(which(p) is None for p in ("podman", "docker", "dockerd"))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.engines.detect import detect_docker_host
+from appliance.engines.detect import detect_docker_host, no_container_engine
 from installer_tui.format import engine_label
 
 
@@ -55,6 +55,27 @@ def test_docker_when_podman_is_absent_and_given_or_env_first(tmp_path, no_env, m
         "unix:///x.sock"
     monkeypatch.setenv("DOCKER_HOST", "unix:///y.sock")
     assert detect_docker_host(podman=podman, docker=docker) == "unix:///y.sock"
+
+
+def test_no_container_engine_only_when_there_is_none_at_all(tmp_path):
+    podman, docker = tmp_path / "podman.sock", tmp_path / "docker.sock"
+    unit = tmp_path / "podman.socket"
+    found: dict[str, str] = {}
+
+    def none() -> bool:
+        return no_container_engine(podman=podman, docker=docker, units=(unit,),
+                                   which=found.get)
+
+    assert none()
+    for program in ("podman", "docker", "dockerd"):  # an installed but stopped engine
+        found[program] = f"/usr/bin/{program}"
+        assert not none()
+        found.clear()
+    unit.write_text("[Socket]\n")
+    assert not none()
+    unit.unlink()
+    with listening(docker):
+        assert not none()
 
 
 @pytest.mark.engine

@@ -121,9 +121,9 @@ def https_status(host_root: Path, site: str, port: int, path: str, token: str | 
 def test_executable_serves_the_front_door_from_the_proxy_image_on_the_bare_root(
         bare_root: Path, installer_executable: Path, runtime_image_tar: Path,  # noqa: F811
         proxy_image_tar: Path, tmp_path: Path) -> None:  # noqa: F811
-    """A bundle with a front door installs on a root with no haproxy and no python3: HAProxy
-    runs from the bundle's proxy image and answers over HTTPS, with the token, at the
-    service's stable port."""
+    """A bundle with a front door installs on a root with no haproxy, no python3 and no
+    container engine, with no --engine: HAProxy runs from the bundle's proxy image and
+    answers over HTTPS, with the token, at the service's stable port."""
     for absent in ("usr/bin/python3", "usr/sbin/haproxy"):
         assert not (bare_root / absent).exists(), absent
     v = make_vendor(tmp_path)
@@ -139,10 +139,11 @@ def test_executable_serves_the_front_door_from_the_proxy_image_on_the_bare_root(
     try:
         r = in_bare_root(
             bare_root, [f"./{EXECUTABLE_NAME}", "install", bundle.name, "--trust", ROOT_NAME,
-                        "--yes", "--root", site, "--engine", "process",
-                        "--unit-dir", f"{inside}/units"],
+                        "--yes", "--root", site, "--unit-dir", f"{inside}/units"],
             cwd=inside, timeout=600, pid_namespace=False)
         assert r.returncode == 0, r.stdout[-1500:] + r.stderr[-1500:]
+        # no --engine: a server with no container engine at all gets the process engine
+        assert "engine: process supervisor" in r.stdout, r.stdout[-1500:]
         assert "https://" in r.stdout and f":{port}" in r.stdout, r.stdout[-1500:]
         token = (host / "site/token").read_text().strip()
         assert https_status(bare_root, site, port, "/v2/models/mlp", token)[0] == 200
