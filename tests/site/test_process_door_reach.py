@@ -125,30 +125,14 @@ def test_fallback_answering_on_the_process_engine_is_audited_with_its_counts(
     r = door.install(door.vendor.build(1, seed=0, fallback=True))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     child = int((door.root / "releases" / "1" / "run" / "mlp.child").read_text())
-    record = json.loads((door.root / "frontdoor" / "door.json").read_text())
-    ctx = ssl.create_default_context(cafile=record["ca_file"])
-
-    def served_by() -> str:
-        conn = http.client.HTTPSConnection("127.0.0.1", door.vendor.port, context=ctx,
-                                           timeout=10)
-        try:
-            conn.request("GET", "/v2/models/mlp",
-                         headers={"Authorization": f"Bearer {door.token()}"})
-            resp = conn.getresponse()
-            resp.read()
-            assert resp.status == 200, resp.status
-            return resp.getheader("X-Appliance-Served-By", "main")
-        finally:
-            conn.close()
-
-    assert served_by() == "main"
+    assert door.served_by() == "main"
     assert door.cli("status").returncode == 0
     assert _events(door) == []
     os.kill(child, signal.SIGSTOP)  # alive but answering nothing: its health check fails
     try:
-        wait_for(lambda: served_by() == "fallback", 30, "the fallback to answer")
+        wait_for(lambda: door.served_by() == "fallback", 30, "the fallback to answer")
         for _ in range(4):
-            assert served_by() == "fallback"
+            assert door.served_by() == "fallback"
         text = door.cli("status").stdout  # status notices, as the watchdog would
         assert "mlp: answered by its fallback mlp-cpu NOW" in text, text
         started = _events(door)
@@ -158,7 +142,7 @@ def test_fallback_answering_on_the_process_engine_is_audited_with_its_counts(
         assert started[0].fields["answered"] >= 5
     finally:
         os.kill(child, signal.SIGCONT)
-    wait_for(lambda: served_by() == "main", 30, "the main runtime to answer again")
+    wait_for(lambda: door.served_by() == "main", 30, "the main runtime to answer again")
     doc = json.loads(door.cli("status", "--json").stdout)
     assert doc["fallback_answers"]["mlp"] >= 5
     ended = _events(door)

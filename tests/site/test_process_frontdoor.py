@@ -99,6 +99,22 @@ class ProcDoor:
     def token(self) -> str:
         return (self.root / "token").read_text().strip()
 
+    def served_by(self) -> str:
+        """Who answered GET /v2/models/mlp at the stable port: "main" or the fallback."""
+        door = json.loads((self.root / "frontdoor" / "door.json").read_text())
+        ctx = ssl.create_default_context(cafile=door["ca_file"])
+        conn = http.client.HTTPSConnection("127.0.0.1", self.vendor.port, context=ctx,
+                                           timeout=10)
+        try:
+            conn.request("GET", "/v2/models/mlp",
+                         headers={"Authorization": f"Bearer {self.token()}"})
+            resp = conn.getresponse()
+            resp.read()
+            assert resp.status == 200, resp.status
+            return resp.getheader("X-Appliance-Served-By", "main")
+        finally:
+            conn.close()
+
 
 def _serves(door: ProcDoor) -> bool:
     try:
@@ -317,29 +333,13 @@ def test_process_door_fallback_answers_while_the_main_runtime_hangs(door: ProcDo
     r = door.install(door.vendor.build(1, seed=0, fallback=True))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     child = int((door.root / "releases" / "1" / "run" / "mlp.child").read_text())
-    record = json.loads((door.root / "frontdoor" / "door.json").read_text())
-    ctx = ssl.create_default_context(cafile=record["ca_file"])
-
-    def served_by() -> str:
-        conn = http.client.HTTPSConnection("127.0.0.1", door.vendor.port, context=ctx,
-                                           timeout=10)
-        try:
-            conn.request("GET", "/v2/models/mlp",
-                         headers={"Authorization": f"Bearer {door.token()}"})
-            resp = conn.getresponse()
-            resp.read()
-            assert resp.status == 200, resp.status
-            return resp.getheader("X-Appliance-Served-By", "main")
-        finally:
-            conn.close()
-
-    assert served_by() == "main"
+    assert door.served_by() == "main"
     os.kill(child, signal.SIGSTOP)  # alive but answering nothing: its health check fails
     try:
-        wait_for(lambda: served_by() == "fallback", 30, "the fallback to answer")
+        wait_for(lambda: door.served_by() == "fallback", 30, "the fallback to answer")
     finally:
         os.kill(child, signal.SIGCONT)
-    wait_for(lambda: served_by() == "main", 30, "the main runtime to answer again")
+    wait_for(lambda: door.served_by() == "main", 30, "the main runtime to answer again")
 
 
 def test_process_door_moves_from_the_host_package_to_the_proxy_image(door: ProcDoor):
