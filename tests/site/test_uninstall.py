@@ -17,6 +17,7 @@ import pytest
 from appliance.cli import main
 from appliance.engines.docker import sequence_reference
 from appliance.engines.forget import data_volumes, image_tags
+from appliance.engines.supervise import process_exists
 from appliance.site import removal
 from appliance.site.engine import site_id
 from tests.image.fixtures import proxy_image_tar  # noqa: F401 - the door fixture needs it
@@ -26,14 +27,6 @@ from tests.site.releasekit import free_port_pair
 from tests.site.test_process_frontdoor import ProcDoor
 from tests.site.test_process_frontdoor import _serves as _door_serves
 from tests.site.test_process_frontdoor import door as door  # its fixture, re-exported
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _pids(ps: ProcessSite) -> list[int]:
@@ -70,7 +63,7 @@ def test_uninstall_stops_every_release_and_removes_units_watchdog_data_and_root(
         ps, monkeypatch, capsys):
     url = _two_releases(ps)
     pids = _pids(ps)
-    assert pids and all(_alive(p) for p in pids)
+    assert pids and all(process_exists(p) for p in pids)
     units = _site_units(ps)
     assert any(p.name.endswith("-watchdog.timer") for p in units)  # the install set it up
     assert any(p.name.endswith("-mlp.service") for p in units)
@@ -81,7 +74,7 @@ def test_uninstall_stops_every_release_and_removes_units_watchdog_data_and_root(
     assert main(["uninstall", *ps.cli_args(), "--yes"]) == 0
     lines = capsys.readouterr().out.splitlines()
 
-    assert not [p for p in pids if _alive(p)]
+    assert not [p for p in pids if process_exists(p)]
     assert not ready(url)
     assert _site_units(ps) == []  # release units, boot links, the watchdog's service + timer
     assert not os.path.lexists(ps.site.root)
@@ -107,7 +100,7 @@ def test_uninstall_killed_mid_way_finishes_when_run_again(ps):
     again = _uninstall(ps, "--yes")
     _out, err = again.communicate(timeout=120)
     assert again.returncode == 0, err
-    assert not [p for p in pids if _alive(p)]
+    assert not [p for p in pids if process_exists(p)]
     assert _site_units(ps) == []
     assert not os.path.lexists(ps.site.root)
 
@@ -167,7 +160,7 @@ def test_uninstall_asks_first_and_a_no_removes_nothing(ps, monkeypatch, capsys):
         out, err = capsys.readouterr()
         assert "releases 1, 2" in out and "its watchdog" in out
         assert "nothing was removed" in err
-        assert all(_alive(p) for p in pids) and ps.site.current() is not None
+        assert all(process_exists(p) for p in pids) and ps.site.current() is not None
         assert any(p.name.endswith("-watchdog.timer") for p in _site_units(ps))
 
 
@@ -223,7 +216,7 @@ def test_uninstall_stops_the_process_front_door_and_removes_its_unit(behind_door
     r = site.cli("uninstall", "--yes")
     assert r.returncode == 0, r.stderr
     assert f"stopped and removed the front door {unit.name}" in r.stdout.splitlines()
-    assert not _alive(sup) and not _alive(child)
+    assert not process_exists(sup) and not process_exists(child)
     assert not unit.exists() and not (site.units / "multi-user.target.wants" / unit.name
                                       ).is_symlink()
     assert not [p for p in site.units.rglob("*") if site_id(site.root) in p.name]

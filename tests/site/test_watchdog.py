@@ -41,16 +41,23 @@ def _restarts(site):
     return [e.fields for e in audit.verify(site.root) if e.event == "watchdog_restart"]
 
 
+def _hung_runtime(ps):
+    """Release 1 installed, its runtime stopped (alive, answering nothing): its URL, the
+    file naming its runtime's pid, and that pid."""
+    port = free_port_pair()
+    ps.install(make_bundle(ps.tmp, ps.vendor, 1, port=port))
+    url = f"http://127.0.0.1:{port}"
+    child = ps.site.release(1).path / "run" / "mlp.child"
+    hung = int(child.read_text())
+    os.kill(hung, signal.SIGSTOP)
+    assert not ready(url)
+    return url, child, hung
+
+
 def test_a_hung_process_engine_runtime_is_restarted(tmp_path):
     ps = process_site(tmp_path, vendor(tmp_path))
-    port = free_port_pair()
     try:
-        ps.install(make_bundle(ps.tmp, ps.vendor, 1, port=port))
-        url = f"http://127.0.0.1:{port}"
-        child = ps.site.release(1).path / "run" / "mlp.child"
-        hung = int(child.read_text())
-        os.kill(hung, signal.SIGSTOP)
-        assert not ready(url)
+        url, child, hung = _hung_runtime(ps)
         stop, t = _watch(ps.site, ps.engine)
         started = time.monotonic()
         try:
@@ -142,14 +149,8 @@ def test_the_watchdog_run_by_a_timer_carries_the_unready_time_between_runs(tmp_p
     """Each `--once` run is a new process: the time a service has been unready carries
     over in the site, so a hung runtime is restarted by a later run, not never."""
     ps = process_site(tmp_path, vendor(tmp_path))
-    port = free_port_pair()
     try:
-        ps.install(make_bundle(ps.tmp, ps.vendor, 1, port=port))
-        url = f"http://127.0.0.1:{port}"
-        child = ps.site.release(1).path / "run" / "mlp.child"
-        hung = int(child.read_text())
-        os.kill(hung, signal.SIGSTOP)
-        assert not ready(url)
+        url, child, hung = _hung_runtime(ps)
         t0 = time.time()
         first = Watchdog(ps.site, ps.engine, unhealthy_s=UNHEALTHY_S, clock=lambda: t0)
         assert first.check_once() == []  # unready from now on
