@@ -1,8 +1,8 @@
 """Start one service confined to its image root, where systemd is not there to do it.
 
 `confine --root R --ro SRC:DST --rw SRC:DST --user UID:GID --nofile N [--gpu]
-[--driver SRC:DST ...] --workdir W --env K=V ... -- ARGV...` runs as root and then
-becomes ARGV:
+[--driver SRC:DST ...] [--tokens DIR] --workdir W --env K=V ... -- ARGV...` runs as
+root and then becomes ARGV:
 
 - a new mount namespace (unshare(CLONE_NEWNS) through libc: only the stdlib, so
   it runs the same from the frozen installer), nothing propagating back;
@@ -12,6 +12,8 @@ becomes ARGV:
   nodes with `--gpu`);
 - with `--driver`, a read-only tmpfs at /usr/local/nvidia holding the host
   driver's files, each bound read-only (`appliance.engines.gpulibs`);
+- with `--tokens`, a tmpfs `/run` with the site's runtime token directory bound
+  read-only at /run/appliance-token (`appliance.frontdoor.token`);
 - then the unprivileged user (groups dropped), no-new-privileges, RLIMIT_NOFILE,
   and exec with exactly the given environment.
 
@@ -38,6 +40,7 @@ from pathlib import Path
 
 from appliance.engines.gpulibs import DRIVER_DIR
 from appliance.errors import ConfineError
+from appliance.frontdoor.token import TOKEN_DIR_IN_RUNTIME
 
 CLONE_NEWNS = 0x00020000
 MS_RDONLY = 1
@@ -92,7 +95,7 @@ def inside(root: str, path: str) -> str:
 
 
 def build_namespace(root: str, binds: Sequence[tuple[str, str, bool]], gpu: bool,
-                    driver: Sequence[tuple[str, str]] = ()) -> None:
+                    driver: Sequence[tuple[str, str]] = (), tokens: str = "") -> None:
     """Make the service's view of the file system in a new mount namespace.
 
     Raises:
@@ -113,6 +116,8 @@ def build_namespace(root: str, binds: Sequence[tuple[str, str, bool]], gpu: bool
             raise ConfineError(f"mount point {dst} is missing in the image root")
         bind(libc, src, target, readonly=readonly)
     bind_driver(libc, root, driver)
+    if tokens:
+        bind_tokens(libc, root, tokens)
     mount(libc, "proc", inside(root, "/proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     tmp = inside(root, "/tmp")  # noqa: S108 - the service's own /tmp, inside its root
     mount(libc, "tmpfs", tmp, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=1g")
@@ -133,6 +138,22 @@ def build_namespace(root: str, binds: Sequence[tuple[str, str, bool]], gpu: bool
                      ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
         os.symlink(to, os.path.join(dev, name))
     mount(libc, None, dev, None, MS_REMOUNT | MS_NOSUID | MS_NOEXEC | MS_RDONLY)
+
+
+def bind_tokens(libc: ctypes.CDLL, root: str, tokens: str) -> None:
+    """A tmpfs at the root's /run (the shared root stays untouched) with the token
+    directory bound read-only at TOKEN_DIR_IN_RUNTIME.
+
+    Raises:
+        ConfineError: the root has no /run directory, or a mount failed.
+    """
+    run = inside(root, "/run")
+    if not os.path.isdir(run) or os.path.islink(run):
+        raise ConfineError("mount point /run is missing in the image root")
+    mount(libc, "tmpfs", run, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=755,size=1m")
+    target = inside(root, TOKEN_DIR_IN_RUNTIME)
+    os.mkdir(target, 0o755)
+    bind(libc, tokens, target, readonly=True)
 
 
 def bind_driver(libc: ctypes.CDLL, root: str, files: Sequence[tuple[str, str]]) -> None:
@@ -200,6 +221,7 @@ class Confinement:
     env: dict[str, str]
     argv: list[str]
     driver: tuple[tuple[str, str], ...] = ()  # (host driver file, path inside)
+    tokens: str = ""  # the site's runtime token directory, bound read-only
 
 
 def parse(argv: Sequence[str]) -> Confinement:
@@ -212,6 +234,7 @@ def parse(argv: Sequence[str]) -> Confinement:
     ap.add_argument("--nofile", type=int, default=65536)
     ap.add_argument("--gpu", action="store_true")
     ap.add_argument("--driver", type=_pair, action="append", default=[])
+    ap.add_argument("--tokens", default="")
     ap.add_argument("--workdir", default="/")
     ap.add_argument("--env", action="append", default=[])
     ap.add_argument("command", nargs=argparse.REMAINDER)
@@ -226,7 +249,7 @@ def parse(argv: Sequence[str]) -> Confinement:
                        [(s, d, True) for s, d in args.ro] + [(s, d, False) for s, d in args.rw],
                        int(uid), int(gid or uid), args.nofile, args.gpu, args.workdir,
                        dict(e.partition("=")[::2] for e in args.env), command,
-                       tuple(args.driver))
+                       tuple(args.driver), args.tokens)
 
 
 def enter(c: Confinement) -> None:
@@ -238,7 +261,7 @@ def enter(c: Confinement) -> None:
     """
     if os.geteuid() != 0:
         raise ConfineError("the process engine's launcher must run as root")
-    build_namespace(c.root, c.binds, c.gpu, c.driver)
+    build_namespace(c.root, c.binds, c.gpu, c.driver, c.tokens)
     os.chroot(c.root)
     os.chdir("/")
     drop_privileges(c.uid, c.gid, c.nofile)

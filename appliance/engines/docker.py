@@ -42,6 +42,7 @@ from appliance.engines.hardening import (
 )
 from appliance.engines.podmanload import load_in_place, podman_cli
 from appliance.errors import EngineError, EngineUnavailableError, ImageLoadError, StoreError
+from appliance.frontdoor.token import RUNTIME_TOKENS, TOKEN_DIR_IN_RUNTIME, own_runtime_tokens
 from appliance.progress import Progress, ProgressFn, no_progress
 from appliance.site.engine import (
     HEALTH_INTERVAL_S,
@@ -184,7 +185,9 @@ class DockerEngine(ProxyContainerMixin):
                 cfg = self.client.images.get(launch.image_id).attrs.get("Config") or {}
                 cfg = self._with_signed_healthcheck(cfg, launch.image_id)
                 limits = service_limits(manifest, launch.service)
-                spec = self.container_spec(launch, cfg, limits)
+                tokens = own_runtime_tokens(self.site.root, *numeric_user(cfg)) \
+                    if launch.loopback_only else None
+                spec = self.container_spec(launch, cfg, limits, tokens)
                 if CDI_DEVICES in spec:
                     libpod.run(self.client, spec)
                 else:
@@ -210,8 +213,13 @@ class DockerEngine(ProxyContainerMixin):
         return {**cfg, "Healthcheck": signed} if signed else cfg
 
     def container_spec(self, launch: Launch, image_config: dict[str, Any],
-                       limits: Limits | None = None) -> dict[str, Any]:
-        """The keyword arguments of `containers.run` for one service (pure; tested alone)."""
+                       limits: Limits | None = None,
+                       token_dir: os.PathLike[str] | None = None) -> dict[str, Any]:
+        """The keyword arguments of `containers.run` for one service (pure; tested alone).
+
+        `token_dir` (behind the front door): the site's runtime token directory, mounted
+        read-only; the runtime then requires the token on everything but health.
+        """
         cmd = runtime_command(image_config.get("Cmd") or [], launch)
         own = (image_config.get("Healthcheck") or {}).get("Test")
         if self.health_test is None and own and own[0] in ("CMD", "CMD-SHELL"):
@@ -238,6 +246,9 @@ class DockerEngine(ProxyContainerMixin):
         }
         spec.update(hardened(limits or Limits(MIN_MEMORY, 1_000_000_000, nofile=nofile_limit()),
                              data_volume(self.tag, launch.service), data_dir(image_config)))
+        if token_dir is not None:
+            spec["volumes"][os.fspath(token_dir)] = {"bind": TOKEN_DIR_IN_RUNTIME, "mode": "ro"}
+            spec["environment"]["RUNTIME_TOKEN_FILE"] = f"{TOKEN_DIR_IN_RUNTIME}/{RUNTIME_TOKENS}"
         add_gpus(spec, launch, self.gpu_mode or "nvidia")
         return spec
 
@@ -442,3 +453,13 @@ def unsplittable(test: list[str]) -> list[str]:
     if test and test[0] == "CMD" and any(any(c.isspace() for c in a) for a in test[1:]):
         return ["CMD-SHELL", shlex.join(test[1:])]
     return test
+
+
+def numeric_user(image_config: dict[str, Any]) -> tuple[int, int]:
+    """The image's `USER` as uid and gid when it is numeric ("10001:10001", "10001"),
+    else root's. A named user cannot be resolved outside the image, so such an image's
+    runtime could not read the token file; our images name numeric ids."""
+    user, _, group = str(image_config.get("User") or "").partition(":")
+    if not user.isdigit():
+        return 0, 0
+    return int(user), int(group) if group.isdigit() else int(user)

@@ -19,6 +19,7 @@ from typing import Any
 from appliance.bundle.store import ContentStore
 from appliance.engines.gpulibs import DRIVER_DIR
 from appliance.errors import ImageLoadError
+from appliance.frontdoor.token import TOKEN_DIR_IN_RUNTIME
 
 DEFAULT_MODEL_PATH = "/models"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -43,6 +44,7 @@ class ImageView:
     gpu: bool = False
     nofile: int = 65536
     driver: tuple[tuple[str, str], ...] = ()  # host driver files and their paths inside
+    tokens: str = ""  # host runtime token directory, bound read-only at TOKEN_DIR_IN_RUNTIME
 
 
 def image_config(store: ContentStore, config_digest: str) -> dict[str, Any]:
@@ -139,6 +141,8 @@ def confine_args(view: ImageView) -> list[str]:
     if view.gpu:
         args.append("--gpu")
     args += driver_args(view)
+    if view.tokens:
+        args += ["--tokens", view.tokens]
     for key, value in sorted(view.env.items()):
         args += ["--env", f"{key}={value}"]
     return [*args, "--", *view.argv]
@@ -174,6 +178,9 @@ def unit_confinement(view: ImageView, memory_max: int) -> list[str]:
                   *(f"DeviceAllow={d} rw" for d in GPU_DEVICE_ALLOW), *driver_unit_lines(view)]
     else:
         lines.append("PrivateDevices=yes")
+    if view.tokens:
+        lines += ["TemporaryFileSystem=/run", f"BindReadOnlyPaths={view.tokens}:"
+                  f"{TOKEN_DIR_IN_RUNTIME}"]
     return lines
 
 

@@ -56,6 +56,7 @@ from appliance.engines.supervise import (
     systemctl,
 )
 from appliance.errors import ApplianceError, EngineError, ImageLoadError, StoreError
+from appliance.frontdoor.token import RUNTIME_TOKENS, TOKEN_DIR_IN_RUNTIME, own_runtime_tokens
 from appliance.fsutil import atomic_write
 from appliance.progress import Progress, ProgressFn, no_progress
 from appliance.site.engine import (
@@ -344,9 +345,14 @@ class ProcessEngine(ProxyProcessMixin):
         data = self._data_dir(launch.service)
         data.mkdir(parents=True, exist_ok=True)
         cmd = [a.format(models=models, port=launch.port, data=data) for a in self.command]
+        env = self._service_env(launch)
         if launch.loopback_only:
             cmd = runtime_command(cmd, launch)
-        return cmd, self._service_env(launch)
+            ids = self._service_ids() if self.use_systemd else (os.getuid(), os.getgid())
+            tokens = own_runtime_tokens(self.site.root, *ids)
+            if tokens is not None:
+                env["RUNTIME_TOKEN_FILE"] = str(tokens / RUNTIME_TOKENS)
+        return cmd, env
 
     def _service_env(self, launch: Launch) -> dict[str, str]:
         """The service's environment: its GPU, release, name and GPU policy; never a hub."""
@@ -450,6 +456,9 @@ class ProcessEngine(ProxyProcessMixin):
         self._own_data(launch, uid, gid)
         cmd = [str(a) for a in cfg.get("Cmd") or []]
         env = {**image_env(cfg), **self._service_env(launch), "RUNTIME_PORT": str(launch.port)}
+        tokens = own_runtime_tokens(self.site.root, uid, gid) if launch.loopback_only else None
+        if tokens is not None:
+            env["RUNTIME_TOKEN_FILE"] = f"{TOKEN_DIR_IN_RUNTIME}/{RUNTIME_TOKENS}"
         driver: tuple[tuple[str, str], ...] = ()
         if launch.gpu_index is not None:  # the driver's libraries: CUDA's root lacks them
             env, driver = driver_in_root(root, env, self.driver)
@@ -458,7 +467,7 @@ class ProcessEngine(ProxyProcessMixin):
                          str(cfg.get("WorkingDir") or "/"),
                          [*(cfg.get("Entrypoint") or []), *runtime_command(cmd, launch)],
                          env, gpu=launch.gpu_index is not None, nofile=LIMIT_NOFILE,
-                         driver=driver)
+                         driver=driver, tokens=str(tokens or ""))
 
     def _supervisor_pid(self, sequence: int, service: str) -> int | None:
         """The pid of the release's supervisor for `service`, if it is really running."""

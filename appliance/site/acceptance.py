@@ -90,8 +90,10 @@ class Difference:
 
 
 def check_samples(manifest: Manifest, endpoints: dict[str, str],
-                  on_sample: Callable[[str, int], None] = lambda _m, _i: None) -> int:
-    """Send every signed sample to the release; return how many were checked.
+                  on_sample: Callable[[str, int], None] = lambda _m, _i: None,
+                  token: str = "") -> int:
+    """Send every signed sample to the release (with the site's bearer `token`, which
+    runtimes behind the front door require); return how many were checked.
 
     Raises:
         AcceptanceError: an answer is missing, malformed or outside its tolerance;
@@ -106,7 +108,7 @@ def check_samples(manifest: Manifest, endpoints: dict[str, str],
             base = endpoints.get(service_of.get(model.name, ""), "")
             if not base:
                 raise AcceptanceError(f"model {model.name!r} is served by no started service")
-            answer = _infer(base, model, sample, i)
+            answer = _infer(base, model, sample, i, token)
             for d in _compare(model, i, sample, answer):
                 if worst is None or d.diff > worst.diff:
                     worst = d
@@ -117,12 +119,15 @@ def check_samples(manifest: Manifest, endpoints: dict[str, str],
     return checked
 
 
-def _infer(base: str, model: Model, sample: Sample, i: int) -> dict[str, Any]:
+def _infer(base: str, model: Model, sample: Sample, i: int, token: str) -> dict[str, Any]:
     body = {"inputs": [{"name": n, **t} for n, t in sample.inputs.items()],
             "outputs": [{"name": n} for n in sample.outputs]}
     url = f"{base}/v2/models/{model.name}/versions/{model.version}/infer"
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     req = urllib.request.Request(url, json.dumps(body).encode(), method="POST",  # noqa: S310
-                                 headers={"Content-Type": "application/json"})
+                                 headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=REQUEST_TIMEOUT_S) as r:  # noqa: S310
             doc = json.loads(r.read())

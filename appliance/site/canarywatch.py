@@ -56,12 +56,16 @@ def guard_canary(site: Site, pid: int, poll_s: float = 0.2) -> bool:
 LATENCY_BUCKET = "runtime_request_duration_seconds_bucket"
 
 
-def latency_buckets(url: str) -> dict[float, float]:
+def latency_buckets(url: str, token: str = "") -> dict[float, float]:
     """A runtime's request latency histogram (upper bound in seconds -> count, all series
-    summed) from its /metrics; empty when it does not answer."""
+    summed) from its /metrics (asked with the site's `token`); empty when it does not
+    answer."""
     out: dict[float, float] = {}
+    req = urllib.request.Request(f"{url}/metrics")  # noqa: S310 - loopback
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(f"{url}/metrics", timeout=5) as r:  # noqa: S310 - loopback
+        with urllib.request.urlopen(req, timeout=5) as r:  # noqa: S310 - loopback
             text = r.read().decode()
     except OSError:
         return out
@@ -113,16 +117,18 @@ def end_left_canary(site: Site) -> None:
 def window_figures(api: ProxyApi, service: str, old_slot: str,
                    start: dict[str, ServerStats],
                    buckets: tuple[dict[float, float], dict[float, float]],
-                   urls: tuple[str, str]) -> tuple[WindowFigures, WindowFigures]:
+                   urls: tuple[str, str], token: str = "") -> tuple[WindowFigures, WindowFigures]:
     """The old and the new release's figures since the window began (`start`: each slot's
     counters then; `buckets`, `urls`: the old and new runtimes' histograms then, and their
-    addresses).
+    addresses; `token`: the site's, which the runtimes ask for).
 
     Raises:
         ProxyApiError: the proxy does not answer.
     """
     now = api.servers(backend_name(service))
     new_slot = switch.other_slot(old_slot)
-    old = figures(start[old_slot], now[old_slot], p99_ms(buckets[0], latency_buckets(urls[0])))
-    new = figures(start[new_slot], now[new_slot], p99_ms(buckets[1], latency_buckets(urls[1])))
+    old = figures(start[old_slot], now[old_slot],
+                  p99_ms(buckets[0], latency_buckets(urls[0], token)))
+    new = figures(start[new_slot], now[new_slot],
+                  p99_ms(buckets[1], latency_buckets(urls[1], token)))
     return old, new

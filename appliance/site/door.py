@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from appliance.bundle.manifest import Manifest
 from appliance.errors import FrontDoorError, ProxyApiError
-from appliance.frontdoor import config, switch, tls
+from appliance.frontdoor import config, switch, tls, token
 from appliance.frontdoor import site as files_of
 from appliance.frontdoor.canary import (
     CanaryBounds,
@@ -99,6 +99,9 @@ class DoorRecord:
     fallbacks: dict[str, str] = field(default_factory=dict)  # service -> its fallback
     # the front door's directory as HAProxy names it (its map and certificate paths)
     proxy_conf: str = str(CONF_IN_CONTAINER)
+    # HAProxy's statistics and /metrics on 127.0.0.1: chosen at the first install (8404
+    # unless something holds it, such as a second site's front door), then kept
+    stats_port: int = files_of.STATS_PORT
 
     def url(self, service: str) -> str:
         """The stable base URL of `service`."""
@@ -180,10 +183,23 @@ class FrontDoor:
         self.tls_cert, self.tls_key = tls_cert, tls_key
         self.progress = progress
         self.token_made = ""  # the token, when this run made it (shown once)
+        self._picked_stats_port: int | None = None  # first install: chosen once per run
 
     def applies(self, manifest: Manifest) -> bool:
         """Whether `manifest`'s services are served through the front door here."""
         return behind_front_door(manifest) and isinstance(self.engine, ProxyHost)
+
+    def runtime_tokens(self) -> None:
+        """Make the site token (first install: shown once at the end) and give the
+        runtimes their copy of every valid token, before a release's runtimes start.
+
+        Raises:
+            TokenError: the site's token file is unreadable, empty or loose.
+        """
+        tok, made = token.ensure_token(self.site.root)
+        if made:
+            self.token_made = tok
+        token.write_runtime_tokens(self.site.root, token.valid_tokens(self.site.root))
 
     def serve(self, manifest: Manifest, sequence: int, endpoints: dict[str, str]) -> DoorRecord:
         """Send every service's new requests to `endpoints` (the release's runtimes).
@@ -241,7 +257,7 @@ class FrontDoor:
                             sequence, files.fingerprint, str(files.ca_file),
                             str(self.site.root / "token"), files.not_after.isoformat(),
                             {s.name: s.fallback for s in manifest.services if s.fallback},
-                            self._proxy_conf(files))
+                            self._proxy_conf(files), self._stats_port(manifest))
         atomic_write(files.conf_dir / DOOR_FILE,
                      json.dumps(asdict(record), indent=2, sort_keys=True).encode() + b"\n")
         return record
@@ -285,15 +301,17 @@ class FrontDoor:
                       f"{plan.window_s} s")
             start = {svc: api.servers(config.backend_name(svc)) for svc in addrs}
             old_urls = {s: self._slot_url(api, s, o) for s, o in old_slots.items()}
-            hist = {s: (latency_buckets(old_urls[s]), latency_buckets(endpoints[s]))
+            tok = files.token
+            hist = {s: (latency_buckets(old_urls[s], tok), latency_buckets(endpoints[s], tok))
                     for s in addrs}
             began = time.monotonic()
             while (left := began + plan.window_s - time.monotonic()) > 0:
                 time.sleep(min(TICK_S, left))
                 for s, o in old_slots.items():
                     self._canary_event(s, plan, began, *window_figures(
-                        api, s, o, start[s], hist[s], (old_urls[s], endpoints[s])))
-            ends = {s: window_figures(api, s, o, start[s], hist[s], (old_urls[s], endpoints[s]))
+                        api, s, o, start[s], hist[s], (old_urls[s], endpoints[s]), tok))
+            ends = {s: window_figures(api, s, o, start[s], hist[s], (old_urls[s], endpoints[s]),
+                                      tok)
                     for s, o in old_slots.items()}
             verdicts = {s: decide(*ends[s], bounds) for s in ends}
             worst = next((v for v in verdicts.values() if v.action == "rollback"),
@@ -338,18 +356,37 @@ class FrontDoor:
         doors = [config.ServiceDoor(s.name, s.port, servers={
             slot: (at(s.name) if slot == slots[s.name] else None) for slot in config.SLOTS},
             fallback=at(s.fallback) if s.fallback else None) for s in manifest.services]
-        settings = self._settings(files)
+        settings = self._settings(files, manifest)
         # HAProxy holds about two descriptors a connection: stay under half the limit
         settings = replace(settings, maxconn=min(settings.maxconn, _nofile() // 2 - 64))
         files_of.write_config(files, doors, settings)
 
-    def _settings(self, files: files_of.FrontDoorFiles) -> config.ProxySettings:
-        """The proxy settings with paths and user as this engine's HAProxy sees them."""
+    def _settings(self, files: files_of.FrontDoorFiles,
+                  manifest: Manifest | None = None) -> config.ProxySettings:
+        """The proxy settings with paths, user and stats port as this engine's HAProxy
+        sees them."""
         if not isinstance(self.engine, ProxyHost):
             raise FrontDoorError(f"the {getattr(self.engine, 'name', '?')} engine cannot run "
                                  "the front door")
-        return replace(files_of.settings(files, in_container=self.engine.proxy_in_container),
+        return replace(files_of.settings(files, in_container=self.engine.proxy_in_container,
+                                         stats_port=self._stats_port(manifest)),
                        uid=self.engine.proxy_uid)
+
+    def _stats_port(self, manifest: Manifest | None) -> int:
+        """This site's stats port: the recorded one, else 8404 when free (and no service's),
+        else one the kernel hands out; kept from then on in door.json."""
+        before = DoorRecord.read(self.site)
+        if before is not None:
+            return before.stats_port
+        if self._picked_stats_port is None:
+            taken = {s.port for s in manifest.services} if manifest is not None else set()
+            port = files_of.STATS_PORT
+            if port in taken or not _loopback_port_free(port):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", 0))
+                    port = s.getsockname()[1]
+            self._picked_stats_port = port
+        return self._picked_stats_port
 
     def _wait_up(self, api: ProxyApi, services: list[str], name: str) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -381,6 +418,17 @@ def _nofile() -> int:
     """The proxy's open-files limit: its design value, or this host's hard limit when lower
     (an engine cannot give a container more than the host allows)."""
     return min(NOFILE, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+
+
+def _loopback_port_free(port: int) -> bool:
+    """Whether nothing listens on 127.0.0.1:`port` (bound as HAProxy binds: reuse-addr)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _answers(api: ProxyApi) -> bool:

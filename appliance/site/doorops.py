@@ -43,7 +43,7 @@ def rotate_token(site: Site, finish: bool) -> str:
     """
     conf, in_proxy_conf, api = _files_and_api(site)
     token_file = site.root / token.TOKEN_FILE
-    pending = site.root / (token.TOKEN_FILE + ".old")
+    pending = site.root / (token.TOKEN_FILE + token.PENDING_SUFFIX)
     in_proxy = in_proxy_conf / files_of.TOKEN_MAP
     current = token.read_token(token_file)
     if finish:
@@ -54,12 +54,15 @@ def rotate_token(site: Site, finish: bool) -> str:
         atomic_write(conf / files_of.TOKEN_MAP, token.render_token_map([current]).encode(),
                      token.MAP_MODE)
         api.del_token(in_proxy, token.token_digest(old))
+        token.write_runtime_tokens(site.root, [current])  # after the proxy: none is refused
         pending.unlink()
         return current
     if pending.exists():
         raise FrontDoorError("a token rotation is already under way: move the clients to the "
                              "new token, then run `appliance token rotate --finish`")
     new = token.new_token()
+    # The runtimes first: by the time a client holds the new token, everything takes it.
+    token.write_runtime_tokens(site.root, [current, new])
     api.add_token(in_proxy, token.token_digest(new))
     atomic_write(conf / files_of.TOKEN_MAP, token.render_token_map([current, new]).encode(),
                  token.MAP_MODE)

@@ -298,6 +298,8 @@ class InstallPlan:
             self.release.sequence else 0
         self.record_status(status="starting", slot=self.slot, reason="")
         self._free_ports()
+        if self.door.applies(self.manifest):
+            self.door.runtime_tokens()  # the runtimes behind the door check it too
         self.endpoints = self.engine.start(self.manifest, self.release, self.placement,
                                            self.slot, self.emit)
         self.record_status(status="started", endpoints=self.endpoints)
@@ -364,7 +366,8 @@ class InstallPlan:
     def _step_accept(self) -> None:
         assert self.manifest is not None
         n = check_samples(self.manifest, self.endpoints,
-                          lambda m, i: self.emit(Progress("accept", message=f"{m} sample {i}")))
+                          lambda m, i: self.emit(Progress("accept", message=f"{m} sample {i}")),
+                          token=site_token(self.site.root))
         self._info("accept", f"{n} signed sample(s) answered within tolerance" if n
                    else "the bundle carries no samples; nothing to check")
 

@@ -104,6 +104,27 @@ def test_the_front_door_needs_the_token_and_speaks_only_https(site):
                                text=True, check=True).stdout.split()
     assert listening and all(f.endswith(f":{port}") for f in listening[3::5]), listening
     assert {f.rsplit(":", 1)[0] for f in listening[3::5]} == {"127.0.0.1"}, listening
+    # ...and asks for the token itself, read from a read-only mount, never from its env
+    token = (root / "token").read_text().strip()
+    direct = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        for headers, want in (({}, 401), ({"Authorization": f"Bearer {token}"}, 200)):
+            direct.request("GET", "/v2/models/mlp", headers=headers)
+            r = direct.getresponse()
+            r.read()
+            assert r.status == want
+    finally:
+        direct.close()
+    from appliance.engines.docker import DockerEngine
+    from appliance.site.layout import Site
+    eng = DockerEngine(Site(root), base_url=url)
+    attrs = eng.client.containers.get(eng.container_name(1, "mlp")).attrs
+    [mount] = [m for m in attrs["Mounts"] if m["Destination"] == "/run/appliance-token"]
+    assert mount["Source"] == str(root / "runtime-token") and mount["RW"] is False
+    env = attrs["Config"]["Env"]
+    assert "RUNTIME_TOKEN_FILE=/run/appliance-token/tokens" in env
+    assert not any(token in e for e in env)
+    eng.close()
 
 
 def test_a_good_canary_is_promoted_and_a_failing_one_rolled_back_with_no_failed_request(site):

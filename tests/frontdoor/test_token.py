@@ -91,3 +91,28 @@ def test_rotation_through_the_runtime_api_fails_no_request(site: Site, proxy: Pr
     # The map file matches the proxy's memory: a proxy restart keeps the new token only.
     assert site.token_map.read_text() == token.render_token_map([new])
     assert proxy.api.tokens(site.token_map) == {token.token_digest(new)}
+
+
+def test_the_runtimes_token_file_follows_a_rotation(tmp_path: Path) -> None:
+    root = tmp_path
+    first, made = token.ensure_token(root)
+    assert made
+    directory = token.write_runtime_tokens(root, token.valid_tokens(root), owner=(10001, 10001))
+    path = token.runtime_token_file(root)
+    assert path.parent == directory and path.read_text() == f"{first}\n"
+    st = path.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (10001, 10001, 0o400)
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700 and directory.stat().st_uid == 10001
+    # a rotation under way: both tokens are valid; the owner stays the runtime's
+    (root / (token.TOKEN_FILE + token.PENDING_SUFFIX)).write_text(first + "\n")
+    (root / (token.TOKEN_FILE + token.PENDING_SUFFIX)).chmod(0o600)
+    second = token.new_token()
+    (root / token.TOKEN_FILE).write_text(second + "\n")
+    assert token.valid_tokens(root) == [second, first]
+    token.write_runtime_tokens(root, token.valid_tokens(root))
+    assert path.read_text() == f"{second}\n{first}\n"
+    assert path.stat().st_uid == 10001 and stat.S_IMODE(path.stat().st_mode) == 0o400
+    assert token.own_runtime_tokens(root, 10003, 10004) == directory
+    assert path.stat().st_uid == 10003 and directory.stat().st_gid == 10004
+    assert not list(directory.glob(".*.tmp"))  # nothing half-written left beside it
+    assert token.own_runtime_tokens(tmp_path / "other", 1, 1) is None  # no door, no file

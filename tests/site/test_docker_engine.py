@@ -302,6 +302,28 @@ def test_cpu_placement_hides_gpus_from_the_container(tmp_path):
                                                     "timeout=4)")
 
 
+def test_behind_the_door_the_token_directory_is_mounted_read_only_never_an_env_value(
+        tmp_path):
+    from appliance.engines.docker import numeric_user
+    from appliance.frontdoor import token
+    from tests.site.factory import manifest
+    m = manifest([("mlp", [("mlp", 0)], "preferred")])
+    launch = launches(m, plan_placement(m, GpuReport()), slot=0, door=True)[0]
+    secret = token.new_token()
+    tokens = token.write_runtime_tokens(tmp_path, [secret])
+    spec = DockerEngine(Site(tmp_path)).container_spec(launch, {"Cmd": ["serve"]},
+                                                       token_dir=tokens)
+    assert spec["volumes"][str(tokens)] == {"bind": "/run/appliance-token", "mode": "ro"}
+    assert spec["environment"]["RUNTIME_TOKEN_FILE"] == "/run/appliance-token/tokens"
+    assert secret not in repr(spec)
+    assert "RUNTIME_TOKEN_FILE" not in DockerEngine(Site(tmp_path)).container_spec(
+        launch, {"Cmd": ["serve"]})["environment"]
+    assert numeric_user({"User": "10001:10002"}) == (10001, 10002)
+    assert numeric_user({"User": "10001"}) == (10001, 10001)
+    assert numeric_user({"User": "appliance"}) == (0, 0)
+    assert numeric_user({}) == (0, 0)
+
+
 def test_image_own_health_check_is_kept_with_our_timings(tmp_path):
     from tests.site.factory import manifest
     m = manifest([("mlp", [("mlp", 0)], "preferred")])

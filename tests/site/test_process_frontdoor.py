@@ -17,6 +17,8 @@ import socket
 import ssl
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +101,11 @@ class ProcDoor:
     def token(self) -> str:
         return (self.root / "token").read_text().strip()
 
+    def runtime_url(self, release: int = 1) -> str:
+        """The release's runtime on loopback, behind the door."""
+        record = json.loads((self.root / "releases" / str(release) / "release.json").read_text())
+        return str(record["endpoints"]["mlp"])
+
     def served_by(self) -> str:
         """Who answered GET /v2/models/mlp at the stable port: "main" or the fallback."""
         door = json.loads((self.root / "frontdoor" / "door.json").read_text())
@@ -114,6 +121,18 @@ class ProcDoor:
             return resp.getheader("X-Appliance-Served-By", "main")
         finally:
             conn.close()
+
+
+def runtime_status(url: str, token: str = "") -> int:
+    """The status of GET /v2/models/mlp straight at a runtime (with `token`, if given)."""
+    req = urllib.request.Request(f"{url}/v2/models/mlp")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as e:
+        return e.code
 
 
 def _serves(door: ProcDoor) -> bool:
@@ -168,12 +187,18 @@ def test_process_door_answers_https_with_the_token_only(serving: ProcDoor):
 
 def test_process_door_token_rotates_at_host_paths(serving: ProcDoor):
     old = serving.token()
+    runtime = serving.runtime_url()
+    assert runtime_status(runtime) == 401  # around the proxy the runtime asks for it too
+    assert runtime_status(runtime, old) == 200
     new = rotate_token(Site(serving.root), finish=False)  # HAProxy names its map by host path
-    assert serving.get("/v2/models/mlp", token=new) == 200
-    assert serving.get("/v2/models/mlp", token=old) == 200
+    for tok in (new, old):  # both at the door and at the runtime while clients move
+        assert serving.get("/v2/models/mlp", token=tok) == 200
+        assert runtime_status(runtime, tok) == 200
     rotate_token(Site(serving.root), finish=True)
     assert serving.get("/v2/models/mlp", token=old) == 401
+    assert runtime_status(runtime, old) == 401
     assert serving.get("/v2/models/mlp", token=new) == 200
+    assert runtime_status(runtime, new) == 200
 
 
 def test_process_door_runtime_listens_on_loopback_only(serving: ProcDoor):

@@ -13,6 +13,8 @@ import resource
 import secrets
 import signal
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +27,7 @@ from appliance.site.gpu import GpuReport, RecordedProbe
 from appliance.site.layout import Site
 from appliance.site.plan import InstallOptions, InstallPlan
 from tests.enginekit import wait_for
-from tests.image.fixtures import runtime_image, runtime_image_tar  # noqa: F401
+from tests.image.fixtures import proxy_image_tar, runtime_image, runtime_image_tar  # noqa: F401
 from tests.site.installkit import ready
 from tests.site.releasekit import free_port_pair
 from tests.stick.kit import make_vendor
@@ -59,15 +61,17 @@ def check_serves(url: str) -> None:
     np.testing.assert_allclose(infer(url, "mlp", x), mlp_reference(x), rtol=1e-4, atol=1e-5)
 
 
-@pytest.fixture
-def installed(tmp_path: Path, runtime_image_tar: Path):  # noqa: F811
+def install(tmp_path: Path, runtime_archive: Path, proxy_archive: Path | None = None):
+    """Install the one-model bundle on the process engine from its image (with the front
+    door from the proxy image, when given); yield the site, engine and runtime URL."""
     if os.geteuid() != 0:
         pytest.skip("the process engine confines services with chroot and mounts: needs root")
     v = make_vendor(tmp_path)
     bundle = mlp_bundle(tmp_path, v, f"proc{secrets.token_hex(3)}", free_port_pair(),
-                        runtime_image_tar)
+                        runtime_archive, proxy_archive)
     site = Site(tmp_path / "site")
-    engine = ProcessEngine(site, unit_dir=tmp_path / "units", use_systemd=False)
+    engine = ProcessEngine(site, unit_dir=tmp_path / "units", use_systemd=False,
+                           proxy_from="image")
     assert engine.runtime_from == "image"
     try:
         result = InstallPlan(InstallOptions(
@@ -78,6 +82,13 @@ def installed(tmp_path: Path, runtime_image_tar: Path):  # noqa: F811
     finally:
         for rel in site.releases():
             engine.stop(rel.sequence)
+        if proxy_archive is not None:
+            engine.stop_proxy()
+
+
+@pytest.fixture
+def installed(tmp_path: Path, runtime_image_tar: Path):  # noqa: F811
+    yield from install(tmp_path, runtime_image_tar)
 
 
 def test_service_runs_confined_in_the_image_root_and_survives_kill(installed):
@@ -139,6 +150,21 @@ def test_a_gpu_service_unit_allows_only_the_nvidia_devices(tmp_path):
         ImageView(**{**view.__dict__, "gpu": False}), 2_000_000_000)
 
 
+def test_the_token_directory_reaches_unit_and_launcher_alike(tmp_path):
+    from appliance.engines.confine import parse
+    from appliance.engines.imageview import confine_args
+    view = ImageView(tmp_path, tmp_path / "m", "/models", tmp_path / "d", "/data", 10001, 10001,
+                     "/", ["python", "-m", "runtime"], {"PATH": "/usr/bin"},
+                     tokens=str(tmp_path / "runtime-token"))
+    lines = unit_confinement(view, 2_000_000_000)
+    assert "TemporaryFileSystem=/run" in lines
+    assert f"BindReadOnlyPaths={tmp_path}/runtime-token:/run/appliance-token" in lines
+    assert parse(confine_args(view)).tokens == str(tmp_path / "runtime-token")
+    bare = ImageView(**{**view.__dict__, "tokens": ""})
+    assert "TemporaryFileSystem=/run" not in unit_confinement(bare, 2_000_000_000)
+    assert parse(confine_args(bare)).tokens == ""
+
+
 def test_a_weights_only_bundle_is_refused_at_load_naming_the_host_runtime(tmp_path):
     """The image mode needs a runtime image; a weights-only bundle says what to do instead."""
     from appliance.errors import ImageLoadError
@@ -155,3 +181,38 @@ def test_a_weights_only_bundle_is_refused_at_load_naming_the_host_runtime(tmp_pa
     assert "no runtime image" in str(err.value) and "--runtime-from host" in str(err.value)
     assert "\n" not in str(err.value)
     assert not roots_dir(site.root).exists() or not any(roots_dir(site.root).iterdir())
+
+
+def status_of(url: str, token: str = "") -> int:
+    req = urllib.request.Request(f"{url}/v2/models/mlp")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_a_runtime_behind_the_front_door_reads_the_token_from_a_read_only_mount(
+        tmp_path, runtime_image_tar, proxy_image_tar):  # noqa: F811
+    for site, _engine, url in install(tmp_path, runtime_image_tar, proxy_image_tar):
+        token = (site.root / "token").read_text().strip()
+        # around the proxy, on loopback, the runtime itself asks for the token
+        assert status_of(url) == 401
+        assert status_of(url, "wrong") == 401
+        assert status_of(url, token) == 200
+        with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=10) as r:
+            assert r.status == 200  # health needs none: the proxy's checks send none
+        pid = int((site.release(1).path / "run" / "mlp.child").read_text())
+        m = mounts(pid)
+        assert m["/run/appliance-token"].startswith("ro"), m
+        seen = Path(f"/proc/{pid}/root/run/appliance-token/tokens")
+        assert seen.read_text() == f"{token}\n"
+        host = site.root / "runtime-token" / "tokens"
+        st = host.stat()
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (10001, 10001, 0o400)
+        assert (host.parent.stat().st_mode & 0o777) == 0o700
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert b"RUNTIME_TOKEN_FILE=/run/appliance-token/tokens" in environ
+        assert not any(token.encode() in e for e in environ)  # a file, never a value
