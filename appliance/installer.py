@@ -8,11 +8,12 @@ the executable) and a headless `appliance-installer install ...`.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from appliance.engines.supervise import CONFINE_ARG, SUPERVISE_ARG
+from appliance.engines.supervise import CONFINE_ARG, SUPERVISE_ARG, host_library_path
 from installer_tui.media import executable_dir, find_bundles
 
 TUI_COMMAND = "tui"
@@ -47,6 +48,8 @@ def stick_bundle() -> Path | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the TUI (no arguments, or `tui ...`) or the `appliance` CLI (a command)."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if getattr(sys, "frozen", False):
+        host_library_path(os.environ)  # every host program we start loads its own libraries
     if args[:1] == [SUPERVISE_ARG]:  # the process engine's supervisor: a frozen program has no -m
         from appliance.engines.supervise import main as supervise_main
         return supervise_main(args[1:])

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from functools import partial
 from pathlib import Path
 from typing import BinaryIO
@@ -37,6 +37,27 @@ def self_command(module: str, hidden: str, python: str = sys.executable) -> list
     if getattr(sys, "frozen", False):
         return [sys.executable, hidden]
     return [python, "-m", module]
+
+
+def host_library_path(env: MutableMapping[str, str], bundled: str | None = None) -> None:
+    """Take the one-file executable's own library directory off `env`'s LD_LIBRARY_PATH.
+
+    Its bootloader puts the unpacked directory (`sys._MEIPASS`) first there so that the
+    frozen Python finds its bundled libraries; the dynamic loader reads the variable once,
+    at start. A host program started from the executable (podman, haproxy, systemctl)
+    would otherwise load those libraries (our libz, libssl, libbz2 of the build root's
+    glibc era) instead of its own, and may fail on a missing symbol version. The
+    bootloader kept the caller's value as LD_LIBRARY_PATH_ORIG.
+    """
+    bundled = bundled if bundled is not None else getattr(sys, "_MEIPASS", None)
+    if "LD_LIBRARY_PATH_ORIG" in env:
+        env["LD_LIBRARY_PATH"] = env["LD_LIBRARY_PATH_ORIG"]
+        return
+    kept = [d for d in env.get("LD_LIBRARY_PATH", "").split(":") if d and d != bundled]
+    if kept:
+        env["LD_LIBRARY_PATH"] = ":".join(kept)
+    else:
+        env.pop("LD_LIBRARY_PATH", None)
 
 
 def open_log(path: Path) -> BinaryIO:
@@ -65,10 +86,8 @@ def start_detached(argv: list[str], env: Mapping[str, str], pidfile: Path, log: 
         for key in [k for k in env if k.startswith("_PYI_") or k == "_MEIPASS2"]:
             del env[key]
         env["PYINSTALLER_RESET_ENVIRONMENT"] = "1"
-        if "LD_LIBRARY_PATH_ORIG" in env:
-            env["LD_LIBRARY_PATH"] = env.pop("LD_LIBRARY_PATH_ORIG")
-        else:
-            env.pop("LD_LIBRARY_PATH", None)
+        host_library_path(env)
+        env.pop("LD_LIBRARY_PATH_ORIG", None)
     pidfile.unlink(missing_ok=True)
     devnull = os.open(os.devnull, os.O_RDWR)
     with open_log(log) as out:

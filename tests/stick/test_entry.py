@@ -114,3 +114,17 @@ def test_hidden_supervise_form_runs_the_process_engines_supervisor(tmp_path: Pat
                             capture_output=True, text=True, check=True)
     assert frozen.stdout.strip() == repr([sys.executable, SUPERVISE_ARG])
     assert self_command("m", SUPERVISE_ARG, "py") == ["py", "-m", "m"]
+
+
+def test_the_bootloaders_library_directory_is_taken_off_for_host_programs() -> None:
+    from appliance.engines.supervise import host_library_path
+    mei = "/tmp/_MEI12345"
+    env = {"LD_LIBRARY_PATH": f"{mei}:/opt/site-libs", "LD_LIBRARY_PATH_ORIG": "/opt/site-libs"}
+    host_library_path(env, mei)
+    assert env["LD_LIBRARY_PATH"] == "/opt/site-libs"
+    env = {"LD_LIBRARY_PATH": mei}  # the caller had none
+    host_library_path(env, mei)
+    assert "LD_LIBRARY_PATH" not in env
+    env = {"LD_LIBRARY_PATH": "/opt/a:/opt/b"}  # not frozen by us: left as it is
+    host_library_path(env, None)
+    assert env["LD_LIBRARY_PATH"] == "/opt/a:/opt/b"

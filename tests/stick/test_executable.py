@@ -147,3 +147,23 @@ def test_run_from_a_stick_with_no_arguments_it_opens_the_bundle_beside_it(
         os.close(fd)
     # Opening a bundle changes nothing on the site.
     assert not (tmp_path / "site" / "current").exists()
+
+
+def test_a_host_program_it_starts_loads_its_own_libraries(installer_executable: Path,
+                                                           tmp_path: Path) -> None:
+    """The bootloader puts its unpacked directory first on LD_LIBRARY_PATH; a host program
+    the executable starts (podman, haproxy, systemctl) must not get it, or it loads our
+    build root's libz, libssl and libbz2 instead of its own."""
+    seen, pidfile = tmp_path / "env", tmp_path / "sup.pid"
+    proc = subprocess.Popen(
+        [str(installer_executable), "__supervise", "--foreground", "--pidfile", str(pidfile),
+         "--log", str(tmp_path / "sup.log"), "--", "/bin/sh", "-c",
+         f"env > {seen}.part && mv {seen}.part {seen}; exec sleep 600"],
+        env={**os.environ, "LD_LIBRARY_PATH": "/opt/site-libs"}, stdin=subprocess.DEVNULL)
+    try:
+        wait_for(seen.exists, 60, "the supervised program to write its environment")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    env = dict(line.partition("=")[::2] for line in seen.read_text().splitlines() if "=" in line)
+    assert env.get("LD_LIBRARY_PATH") == "/opt/site-libs", env.get("LD_LIBRARY_PATH")
