@@ -413,14 +413,19 @@ def _screen_until(fd: int, seen: bytearray, text: str, deadline_s: float) -> Non
 
 
 def ours_tui(stick: Path, installer: Path, work: Path, want: np.ndarray,
-             target: Target) -> Run:
-    """The executable with no arguments on a terminal, the keys a person presses sent at once."""
+             target: Target, process: bool = False) -> Run:
+    """The executable with no arguments on a terminal, the keys a person presses sent at once.
+
+    With `process`, `tui --engine process`: what the TUI picks by itself on a server with
+    no container engine (this one has podman, so the bench names it)."""
     import pty
     import signal
 
     from appliance.site.layout import Site
     from installer_tui.screens.trust import COMPARED_TEXT
-    run = Run("executable TUI")
+    run = Run("executable TUI, process engine" if process else "executable TUI")
+    argv = [str(installer), *(("tui", "--engine", "process", "--unit-dir", str(work / "units"))
+                              if process else ())]
     site = work / "site"
     shutil.rmtree(site, ignore_errors=True)
     with target.socket() as url:
@@ -431,7 +436,7 @@ def ours_tui(stick: Path, installer: Path, work: Path, want: np.ndarray,
         pid, fd = pty.fork()
         if pid == 0:
             os.chdir(stick)
-            os.execve(str(installer), [str(installer)], env)
+            os.execve(str(installer), argv, env)
         seen = bytearray()
         try:
             _screen_until(fd, seen, COMPARED_TEXT, 120)
@@ -463,10 +468,14 @@ def ours_tui(stick: Path, installer: Path, work: Path, want: np.ndarray,
                     _drain(fd, seen)
                 time.sleep(0.05)
             os.close(fd)
-            from appliance.engines.docker import DockerEngine
-            eng = DockerEngine(Site(site), base_url=url)
-            eng.stop(1)
-            eng.close()
+            if process:
+                from appliance.engines.process import ProcessEngine
+                ProcessEngine(Site(site), unit_dir=work / "units", use_systemd=False).stop(1)
+            else:
+                from appliance.engines.docker import DockerEngine
+                eng = DockerEngine(Site(site), base_url=url)
+                eng.stop(1)
+                eng.close()
     return run
 
 
@@ -527,15 +536,17 @@ def main(argv: list[str] | None = None) -> int:
 
     runs: list[Run] = []
     for i in range(args.rounds):
-        for path in ("hand", "ours", *(("exe", "tui", "exe-process") if on_stick_exe else ())):
+        for path in ("hand", "ours", *(("exe", "tui", "exe-process", "tui-process")
+                                       if on_stick_exe else ())):
             target: Target = (DockerTarget(work) if args.engine == "docker"
                               else PodmanTarget(work, args.service_tmpdir))
             try:
                 drop_caches(drop)
                 if path == "hand":
                     r = by_hand(on_stick, ref, port, want, target)
-                elif path == "tui" and on_stick_exe:
-                    r = ours_tui(stick, on_stick_exe, work, want, target)
+                elif path.startswith("tui") and on_stick_exe:
+                    r = ours_tui(stick, on_stick_exe, work, want, target,
+                                 process=path == "tui-process")
                 else:
                     r = ours(on_stick, root_json, work, want, target,
                              on_stick_exe if path.startswith("exe") else None,
@@ -562,6 +573,10 @@ def main(argv: list[str] | None = None) -> int:
         proc = statistics.median(r.total for r in runs if r.path == "executable, process engine")
         print(f"{'./appliance-installer --engine process':<40} {proc:9.1f}")
         print(f"{'ratio to by hand (target 1.0)':<40} {proc / hand:9.2f}")
+        tproc = statistics.median(r.total for r in runs
+                                  if r.path == "executable TUI, process engine")
+        print(f"{'./appliance-installer TUI, process engine':<40} {tproc:9.1f}")
+        print(f"{'ratio to by hand (target 1.0)':<40} {tproc / hand:9.2f}")
     print()
     steps = [r for r in runs if r.path == "appliance install"]
     names = list(steps[0].steps)
