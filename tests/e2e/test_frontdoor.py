@@ -104,7 +104,16 @@ def test_the_front_door_needs_the_token_and_speaks_only_https(site):
                                text=True, check=True).stdout.split()
     assert listening and all(f.endswith(f":{port}") for f in listening[3::5]), listening
     assert {f.rsplit(":", 1)[0] for f in listening[3::5]} == {"127.0.0.1"}, listening
-    # ...and asks for the token itself, read from a read-only mount, never from its env
+    runtime_asks_for_the_token(root, url, port)
+
+
+def runtime_asks_for_the_token(root: Path, url: str, port: int) -> None:
+    """Release 1's runtime asks for the site token itself (on loopback, around the door),
+    read from a read-only mount, never from its environment."""
+    import http.client
+
+    from appliance.engines.docker import DockerEngine
+    from appliance.site.layout import Site
     token = (root / "token").read_text().strip()
     direct = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
@@ -115,16 +124,36 @@ def test_the_front_door_needs_the_token_and_speaks_only_https(site):
             assert r.status == want
     finally:
         direct.close()
-    from appliance.engines.docker import DockerEngine
-    from appliance.site.layout import Site
     eng = DockerEngine(Site(root), base_url=url)
-    attrs = eng.client.containers.get(eng.container_name(1, "mlp")).attrs
+    try:
+        attrs = eng.client.containers.get(eng.container_name(1, "mlp")).attrs
+    finally:
+        eng.close()
     [mount] = [m for m in attrs["Mounts"] if m["Destination"] == "/run/appliance-token"]
     assert mount["Source"] == str(root / "runtime-token") and mount["RW"] is False
     env = attrs["Config"]["Env"]
     assert "RUNTIME_TOKEN_FILE=/run/appliance-token/tokens" in env
     assert not any(token in e for e in env)
-    eng.close()
+
+
+def test_on_docker_20_10_the_runtime_reads_the_token_from_a_read_only_mount(
+        tmp_path: Path, dockerd_url: str, images: tuple[Path, Path]) -> None:
+    from appliance.engines.docker import DockerEngine
+    from appliance.site.layout import Site
+    vendor = Vendor(tmp_path, images, free_port())
+    root = tmp_path / "site"
+    no_gpu(tmp_path)
+    try:
+        install(vendor, root, dockerd_url, vendor.build(1, seed=0))
+        record = json.loads((root / "releases" / "1" / "release.json").read_text())
+        runtime_asks_for_the_token(root, dockerd_url,
+                                   int(record["endpoints"]["mlp"].rsplit(":", 1)[1]))
+    finally:
+        eng = DockerEngine(Site(root), base_url=dockerd_url)
+        for seq in eng.running():
+            eng.stop(seq)
+        eng.stop_proxy()
+        eng.close()
 
 
 def test_a_good_canary_is_promoted_and_a_failing_one_rolled_back_with_no_failed_request(site):
