@@ -87,6 +87,11 @@ class DockerEngine(ProxyContainerMixin):
         self.tag = site_id(site.root)
         self._client: Any = None
         self.gpu_mode: GpuMode | None = None  # asked of the engine when a GPU is placed
+        # The engine's /version and /info, asked once per engine object: podman answers
+        # each in about 0.4 s (it gathers its storage's state), and preflight needs both
+        # three times over (reachability, GPU runtime, CDI).
+        self._version: dict[str, Any] | None = None
+        self._info: dict[str, Any] | None = None
 
     @property
     def client(self) -> Any:
@@ -100,6 +105,19 @@ class DockerEngine(ProxyContainerMixin):
         if self._client is not None:
             self._client.close()
             self._client = None
+        self._version = self._info = None
+
+    def engine_version(self) -> dict[str, Any]:
+        """The engine's /version (asked once)."""
+        if self._version is None:
+            self._version = dict(self.client.version())
+        return self._version
+
+    def engine_info(self) -> dict[str, Any]:
+        """The engine's /info (asked once)."""
+        if self._info is None:
+            self._info = dict(self.client.info())
+        return self._info
 
     # -- engine protocol ------------------------------------------------------
     def ping(self) -> str:
@@ -107,8 +125,7 @@ class DockerEngine(ProxyContainerMixin):
         import requests
         self._check_socket()
         try:
-            self.client.ping()
-            v = self.client.version()
+            v = self.engine_version()  # a refused or silent socket fails here as in /_ping
         except (docker.errors.DockerException, requests.RequestException, OSError) as e:
             raise EngineUnavailableError(
                 f"the container engine at {self.base_url} does not answer ({short_error(e)}); "
@@ -120,14 +137,14 @@ class DockerEngine(ProxyContainerMixin):
 
     def gpu_runtime(self) -> bool:
         try:
-            return takes_gpus(self.client.version(), self.client.info())
+            return takes_gpus(self.engine_version(), self.engine_info())
         except Exception:  # reachability is preflight's question, not this one
             return False
 
     def gpu_by_cdi(self) -> bool:
         """Whether this engine takes GPUs as CDI devices (Podman; Docker with CDI)."""
         try:
-            return gpu_mode(self.client.version(), self.client.info()) != "nvidia"
+            return gpu_mode(self.engine_version(), self.engine_info()) != "nvidia"
         except Exception:  # reachability is preflight's question, not this one
             return False
 
@@ -181,7 +198,7 @@ class DockerEngine(ProxyContainerMixin):
         for launch in launches(manifest, placement, slot, door=behind_front_door(manifest)):
             try:
                 if launch.gpu_index is not None and self.gpu_mode is None:
-                    self.gpu_mode = gpu_mode(self.client.version(), self.client.info())
+                    self.gpu_mode = gpu_mode(self.engine_version(), self.engine_info())
                 cfg = self.client.images.get(launch.image_id).attrs.get("Config") or {}
                 cfg = self._with_signed_healthcheck(cfg, launch.image_id)
                 limits = service_limits(manifest, launch.service)
