@@ -63,13 +63,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(HELP_HEAD)
         return cli_main(args)
     from installer_tui.app import main as tui_main
+    from installer_tui.app import opens_nothing
 
-    if args and args[0] == TUI_COMMAND:
-        return tui_main(args[1:])
-    if not args:
+    if args[:1] == [TUI_COMMAND]:
+        args = args[1:]
+    if opens_nothing(args):  # no bundle named (`tui --engine process` too): the stick's
         bundle = stick_bundle()
         if bundle is not None:
-            args = [str(bundle)]
+            args = [*args, str(bundle)]
     return tui_main(args)
 
 

@@ -11,6 +11,8 @@ Every step is the same `appliance.site.plan.InstallPlan` the headless
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 from collections.abc import Sequence
 from datetime import timedelta
@@ -113,6 +115,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--health-timeout", type=float, default=300.0, metavar="SECONDS")
     p.add_argument("--status", action="store_true", help="open the status screen")
     return p
+
+
+def opens_nothing(argv: Sequence[str]) -> bool:
+    """Whether these TUI arguments name no bundle and no status screen: then the one
+    bundle on the stick beside the executable opens. False for arguments that do not
+    parse (`main` says what is wrong with them)."""
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            args = _parser().parse_args(list(argv))
+    except SystemExit:
+        return False
+    return args.bundle is None and not args.status
 
 
 def config_from_args(args: argparse.Namespace) -> InstallerConfig:

@@ -48,6 +48,14 @@ def test_executable_searches_its_own_directory_first_and_opens_the_one_bundle(
     monkeypatch.setattr("installer_tui.app.main", recording_main(opened))
     assert entry.main([]) == 0
     assert opened == [[str(bundle.resolve())]]
+    # options for the TUI, but no bundle: still the one beside the executable
+    assert entry.main(["tui", "--engine", "process"]) == 0
+    assert opened[-1] == ["--engine", "process", str(bundle.resolve())]
+    # a bundle named, the status screen, or arguments that do not parse: left as given
+    for given in (["tui", "other.tar"], ["tui", "--status"], ["tui", "--expired-max-days",
+                                                              "x"]):
+        assert entry.main(given) == 0
+        assert opened[-1] == given[1:]
 
 
 def test_two_bundles_beside_the_executable_leave_the_choice_to_the_person(
