@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from appliance.bundle.imagearchive import write_image_archive
@@ -120,4 +122,44 @@ def test_sigkill_while_new_containers_start_keeps_old_serving(tmp_path, engine_u
         for rel in site.releases():
             for img in rel.manifest().images:
                 eng.client.images.remove(img.config_digest, force=True)  # every tag
+        eng.close()
+
+
+def test_uninstall_removes_the_sites_containers_volume_and_image_names(
+        tmp_path, engine_url, runtime_archive):
+    from appliance.engines.hardening import data_volume
+    from appliance.site.removal import remove_site
+    v = vendor(tmp_path)
+    port = free_port_pair()
+    site = Site(tmp_path / "site")
+    eng = DockerEngine(site, base_url=engine_url, health_test=PROBE, stop_timeout_s=2)
+    digests: set[str] = set()
+    try:
+        for seq in (1, 2):
+            r = InstallPlan(InstallOptions(
+                bundle=make_bundle(tmp_path, v, seq, port=port, runtime_archive=runtime_archive),
+                site=site, engine=eng, trust=v.root_path, health_timeout_s=20,
+                gpu_probe=RecordedProbe(GpuReport(unavailable="no GPU in tests")))).run()
+            assert ready(r.endpoints["mlp"])
+            digests.update(i.config_digest for i in site.release(seq).manifest().images)
+        volume = data_volume(eng.tag, "mlp")
+        names = [n for img in eng.client.images.list() for n in img.tags
+                 if img.id.split(":")[-1] in {d.split(":")[-1] for d in digests}]
+        assert names and volume in [x.name for x in eng.client.volumes.list()]
+
+        said: list[str] = []
+        remove_site(site, eng, said.append)
+
+        assert not site.root.exists() and said[-1].startswith(f"removed {site.root} ")
+        labelled = eng.client.containers.list(all=True, filters={"label": f"io.appliance.site="
+                                                                          f"{eng.tag}"})
+        assert labelled == []
+        assert volume not in [x.name for x in eng.client.volumes.list()]
+        left = {n for img in eng.client.images.list() for n in img.tags}
+        assert not left & set(names), left & set(names)
+        assert not ready(r.endpoints["mlp"])
+    finally:
+        for d in digests:
+            with contextlib.suppress(Exception):
+                eng.client.images.remove(d, force=True)
         eng.close()
