@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 SYNC_FILE_RANGE_WRITE = 2  # <fcntl.h>: start writeback of dirty pages, do not wait
+LOG_CAP_BYTES = 16 << 20  # a process's output log beyond this is moved to LOG.1
 
 
 def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
@@ -64,3 +65,22 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644,
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def cap_log(path: Path, cap: int = LOG_CAP_BYTES) -> bool:
+    """Keep a process's output log (opened O_APPEND by the process writing it) under
+    `cap`: past it, copy it to `<path>.1` (replacing the one before) and truncate it, as
+    logrotate's copytruncate does; the writer goes on at the new end. Lines written
+    between the copy and the truncation are lost. Returns whether it rotated.
+    """
+    try:
+        if path.is_symlink() or path.stat().st_size <= cap:
+            return False
+        with open(path, "rb") as src:
+            data = src.read()
+        mode = path.stat().st_mode & 0o777
+        atomic_write(path.with_name(path.name + ".1"), data, mode)
+        os.truncate(path, 0)
+    except OSError:
+        return False  # gone, or not ours to rotate: the next look tries again
+    return True

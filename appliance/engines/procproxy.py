@@ -46,7 +46,7 @@ HAPROXY_ENV = "APPLIANCE_HAPROXY"  # another host haproxy binary (with APPLIANCE
 PACKAGE = "haproxy"  # the Debian package that carries it
 PROXY_FROM_ENV = "APPLIANCE_PROXY_FROM"  # "host": the host's package (development)
 PROXY_FROM = ("image", "host")
-PROC_DIR = "frontdoor-proc"
+PROC_DIR = files_of.PROC_DIR
 STOP_TIMEOUT_S = 15.0
 CHECK_TIMEOUT_S = 30.0
 # What root in the front door's unit may still do: read its files, bind, drop to its uid.

@@ -22,13 +22,14 @@ from typing import BinaryIO
 
 from appliance.engines.confine import Confinement, enter_or_exit, parse, preload
 from appliance.errors import EngineError
-from appliance.fsutil import atomic_write
+from appliance.fsutil import LOG_CAP_BYTES, atomic_write, cap_log
 
 SUPERVISE_ARG = "__supervise"  # the frozen installer's hidden argv forms of our modules
 CONFINE_ARG = "__confine"
 MAX_BACKOFF_S = 30.0
 HEALTHY_RUN_S = 60.0
 STOP_GRACE_S = 10.0
+LOG_CHECK_S = 30.0  # how often the supervisor looks at its log's size
 
 
 def self_command(module: str, hidden: str, python: str = sys.executable) -> list[str]:
@@ -113,11 +114,13 @@ def start_detached(argv: list[str], env: Mapping[str, str], pidfile: Path, log: 
 
 def supervise(command: list[str], pidfile: Path, log: Path,
               ready: Callable[[], None] = lambda: None,
-              confinement: Confinement | None = None) -> int:
+              confinement: Confinement | None = None, log_cap: int = LOG_CAP_BYTES,
+              log_check_s: float = LOG_CHECK_S) -> int:
     """Run `command` until SIGTERM, restarting it when it exits; return 0.
 
     With `confinement`, each start enters it between fork and exec (and `command` is
-    its argv, run with its environment only).
+    its argv, run with its environment only). Every `log_check_s` the log is kept
+    under `log_cap` (`fsutil.cap_log`: the older part moves to LOG.1).
     """
     stopping = False
     child: subprocess.Popen[bytes] | None = None
@@ -149,10 +152,13 @@ def supervise(command: list[str], pidfile: Path, log: Path,
             atomic_write(pidfile.with_suffix(".child"), f"{child.pid}\n".encode())
             while True:
                 try:
-                    child.wait(timeout=STOP_GRACE_S if stopping else None)
+                    child.wait(timeout=STOP_GRACE_S if stopping else log_check_s)
                     break
                 except subprocess.TimeoutExpired:
-                    child.kill()
+                    if stopping:
+                        child.kill()
+                    else:
+                        cap_log(log, log_cap)
             if stopping:
                 break
             with open_log(log) as out:
@@ -180,11 +186,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--foreground", action="store_true")
     ap.add_argument("--confine", action="store_true",
                     help="the command is the launcher's arguments (appliance.engines.confine)")
+    ap.add_argument("--log-cap", type=int, default=LOG_CAP_BYTES, metavar="BYTES",
+                    help="keep the log under this size (the older part moves to LOG.1)")
+    ap.add_argument("--log-check", type=float, default=LOG_CHECK_S, metavar="SECONDS")
     ap.add_argument("command", nargs=argparse.REMAINDER)
     args = ap.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         ap.error("no command to supervise")
+    caps = {"log_cap": args.log_cap, "log_check_s": args.log_check}
     confinement = None
     if args.confine:
         confinement = parse(command)
@@ -208,8 +218,8 @@ def main(argv: list[str] | None = None) -> int:
             os.write(w, b"1")
             os.close(w)
 
-        return supervise(command, args.pidfile, args.log, ready, confinement)
-    return supervise(command, args.pidfile, args.log, confinement=confinement)
+        return supervise(command, args.pidfile, args.log, ready, confinement, **caps)
+    return supervise(command, args.pidfile, args.log, confinement=confinement, **caps)
 
 
 if __name__ == "__main__":

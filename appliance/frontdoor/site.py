@@ -22,6 +22,7 @@ from appliance.fsutil import atomic_write
 
 CONF_DIR = "frontdoor"
 RUN_DIR = "frontdoor-run"
+PROC_DIR = "frontdoor-proc"  # the process engine's HAProxy: pidfiles and haproxy.log
 CONFIG = "haproxy.cfg"
 TOKEN_MAP = "tokens.map"  # noqa: S105 - a file name
 SOCKET = "admin.sock"

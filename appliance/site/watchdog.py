@@ -23,9 +23,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from appliance.errors import ApplianceError
-from appliance.fsutil import atomic_write
+from appliance.frontdoor import site as files_of
+from appliance.fsutil import atomic_write, cap_log
 from appliance.site import audit, fallbacks
 from appliance.site.acceptance import is_ready
 from appliance.site.engine import HEALTH_START_PERIOD_S, Engine
@@ -35,6 +37,16 @@ log = logging.getLogger(__name__)
 UNHEALTHY_S = 60.0  # the stated bound: not ready this long -> restarted
 CHECK_EVERY_S = 5.0
 STATE_FILE = "watchdog-state.json"  # in the site root: what one `--once` run leaves the next
+
+
+def cap_output_logs(site: Site) -> list[Path]:
+    """Keep the process engine's output logs (each release's `run/*.log`, HAProxy's
+    `frontdoor-proc/haproxy.log`) under their cap where systemd writes them (its
+    `StandardOutput=append:` never rotates); return those rotated. The supervisor caps
+    its own where systemd is not PID 1."""
+    logs = [*site.releases_dir.glob("*/run/*.log"),
+            site.root / files_of.PROC_DIR / "haproxy.log"]
+    return [p for p in logs if cap_log(p)]
 
 
 @dataclass
@@ -86,6 +98,7 @@ class Watchdog:
             self._grace[key] = self.clock() + self.start_grace_s
             restarted.append(svc.name)
         fallbacks.observe(self.site)  # a service answered by its fallback: audit start/end
+        cap_output_logs(self.site)
         return restarted
 
     def check_once(self) -> list[str]:

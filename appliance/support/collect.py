@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import ApplianceError
+from appliance.frontdoor import site as files_of
 from appliance.site import audit
 from appliance.site.gpu import GpuProbe
 from appliance.site.layout import (
@@ -131,8 +132,23 @@ def release_items(site: Site, since: float, redactor: Redactor) -> Iterator[Item
                        log.stat().st_mtime)
         run = rel.path / "run"
         if run.is_dir():
-            for p in sorted(run.glob("*.log")):
+            for p in sorted([*run.glob("*.log"), *run.glob("*.log.1")]):
                 yield from _file_item(p, f"{pre}/run/{p.name}", since, "ts", redactor)
+
+
+def frontdoor_items(site: Site, since: float, redactor: Redactor) -> Iterator[Item]:
+    """The front door's record and configuration (no secret: the token map holds only
+    digests, and neither it nor a key is collected) and, on the process engine, HAProxy's
+    own log (and the part moved to haproxy.log.1)."""
+    conf = site.root / files_of.CONF_DIR
+    for name in ("door.json", files_of.CONFIG):
+        p = conf / name
+        if p.is_file() and not p.is_symlink():
+            yield Item(f"frontdoor/{name}", redactor.lines(p.read_bytes(), f"frontdoor/{name}"),
+                       p.stat().st_mtime)
+    proc = site.root / files_of.PROC_DIR
+    for name in ("haproxy.log.1", "haproxy.log"):
+        yield from _file_item(proc / name, f"frontdoor/{name}", since, "ts", redactor)
 
 
 def release_identity(rel: Release, current: int | None) -> dict[str, Any]:

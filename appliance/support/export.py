@@ -29,6 +29,7 @@ from appliance.site.layout import Site
 from appliance.site.sitekey import site_key
 from appliance.support.collect import (
     Item,
+    frontdoor_items,
     gpu_state,
     release_items,
     runtime_items,
@@ -102,6 +103,7 @@ def write_support_export(
     key = site_key(site.root)
     redactor = Redactor()
     items: list[Item] = [*site_items(site, now), *release_items(site, since, redactor),
+                         *frontdoor_items(site, since, redactor),
                          *runtime_items(site, since, redactor),
                          *_engine_items(site, engine, redactor, now)]
     items.append(Item("system.json", _json(system_facts(site, now, engine=engine, dest=dest)),
