@@ -64,6 +64,7 @@ LABEL_SITE = "io.appliance.site"
 LABEL_RELEASE = "io.appliance.release"
 LABEL_SERVICE = "io.appliance.service"
 REMOVE_RETRY_S = (0.5, 1.0, 2.0)  # waits between attempts to remove a container
+PROBE_API = "1.24"  # any version will do for the unversioned GET /version
 # No whitespace in any word: podman 4.3's compat API splits a health check's words on
 # spaces, so "import urllib.request; ..." became five arguments and never passed.
 DEFAULT_HEALTH = ("CMD", "python", "-c",
@@ -97,7 +98,16 @@ class DockerEngine(ProxyContainerMixin):
     def client(self) -> Any:
         if self._client is None:
             import docker
-            self._client = docker.DockerClient(base_url=self.base_url, timeout=300)
+            # The SDK would ask /version for the API version itself, then again for us:
+            # ask once (unversioned, as its own "auto" does) and give it the answer.
+            if self._version is None:
+                probe = docker.APIClient(base_url=self.base_url, version=PROBE_API, timeout=300)
+                try:
+                    self._version = dict(probe.version(api_version=False))
+                finally:
+                    probe.close()
+            self._client = docker.DockerClient(base_url=self.base_url, timeout=300,
+                                               version=str(self._version["ApiVersion"]))
         return self._client
 
     def close(self) -> None:
@@ -108,9 +118,9 @@ class DockerEngine(ProxyContainerMixin):
         self._version = self._info = None
 
     def engine_version(self) -> dict[str, Any]:
-        """The engine's /version (asked once)."""
-        if self._version is None:
-            self._version = dict(self.client.version())
+        """The engine's /version (asked once, with the connection)."""
+        _ = self.client
+        assert self._version is not None
         return self._version
 
     def engine_info(self) -> dict[str, Any]:
