@@ -43,6 +43,16 @@ async def test_transfer_bar_shows_rate_and_time_left_then_done():
         assert bar.text == "300.0 MiB done"
         bar.reset("Loading images")
         assert bar.text == ""
+        # updates closer together than a quarter second are not drawn; the last one is
+        bar.advance(0, 300 * 1024**2)
+        clock.now += 0.1
+        bar.advance(16 * 1024**2, 300 * 1024**2)
+        assert bar.text == "0 B of 300.0 MiB"
+        clock.now += 0.2
+        bar.advance(32 * 1024**2, 300 * 1024**2)
+        assert bar.text.startswith("32.0 MiB of 300.0 MiB")
+        bar.advance(300 * 1024**2, 300 * 1024**2)
+        assert bar.text == "300.0 MiB done"
 
 
 async def test_step_list_marks_each_step():
