@@ -98,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         cert = tls.make_site_certificate(root / "tls", ["127.0.0.1"], dt.datetime.now(dt.UTC))
         tok = token.new_token()
         (root / "tokens.map").write_text(token.render_token_map([tok]))
+        # The runtime checks the token too, as behind an installed front door, so every
+        # path sends it and the baseline pays the runtime's own check as well.
+        (root / "tokens").write_text(f"{tok}\n")
         rt, tls_port, plain_port = _free_port(), _free_port(), _free_port()
         with_tls = config.ProxySettings(
             socket=root / "admin.sock", stats_port=_free_port(), tls_pem=cert.pem_file,
@@ -111,18 +114,19 @@ def main(argv: list[str] | None = None) -> int:
             (root / f"{name}.cfg").write_text(config.render([svc], settings))
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         runtime = [sys.executable, "-m", "runtime", "--models", str(root / "models"),
-                   "--port", str(rt), "--host", "127.0.0.1", "--data-dir", str(root / "data")]
+                   "--port", str(rt), "--host", "127.0.0.1", "--data-dir", str(root / "data"),
+                   "--token-file", str(root / "tokens")]
         with _process(runtime, root / "runtime.log", env), \
                 _process([haproxy, "-W", "-db", "-f", str(root / "tls.cfg")], root / "h1.log"), \
                 _process([haproxy, "-W", "-db", "-f", str(root / "plain.cfg")], root / "h2.log"):
             _wait(f"http://127.0.0.1:{rt}/v2/health/ready")
             _wait(f"https://127.0.0.1:{tls_port}/v2/health/ready")
             _wait(f"http://127.0.0.1:{plain_port}/v2/health/ready")
+            auth = {"Authorization": f"Bearer {tok}"}
             paths = {
-                "direct (HTTP)": (f"http://127.0.0.1:{rt}{PATH}", {}),
-                "proxy, plain HTTP": (f"http://127.0.0.1:{plain_port}{PATH}", {}),
-                "proxy, HTTPS + token": (f"https://127.0.0.1:{tls_port}{PATH}",
-                                         {"Authorization": f"Bearer {tok}"}),
+                "direct (HTTP)": (f"http://127.0.0.1:{rt}{PATH}", auth),
+                "proxy, plain HTTP": (f"http://127.0.0.1:{plain_port}{PATH}", auth),
+                "proxy, HTTPS + token": (f"https://127.0.0.1:{tls_port}{PATH}", auth),
             }
             # Warm every path (ONNX Runtime, TLS sessions, connection pools) first.
             for url, headers in paths.values():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,18 @@ def ready(url: str) -> bool:
             return r.status == 200
     except OSError:
         return False
+
+
+def runtime_status(url: str, token: str = "", path: str = "/v2/models/mlp") -> int:
+    """The status of GET `path` straight at a runtime (with `token`, if given)."""
+    req = urllib.request.Request(f"{url}{path}")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as e:
+        return e.code
 
 
 @dataclass

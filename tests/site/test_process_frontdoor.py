@@ -17,8 +17,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +36,7 @@ from tests.e2e.doorkit import Vendor, free_port, no_gpu, steady_load
 from tests.e2e.kit import cli_env
 from tests.enginekit import need, wait_for
 from tests.image.fixtures import proxy_image_tar  # noqa: F401
+from tests.site.installkit import runtime_status
 
 pytestmark = pytest.mark.slow
 # The host's haproxy package must play no part: the front door runs from the image.
@@ -121,18 +120,6 @@ class ProcDoor:
             return resp.getheader("X-Appliance-Served-By", "main")
         finally:
             conn.close()
-
-
-def runtime_status(url: str, token: str = "") -> int:
-    """The status of GET /v2/models/mlp straight at a runtime (with `token`, if given)."""
-    req = urllib.request.Request(f"{url}/v2/models/mlp")
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return int(r.status)
-    except urllib.error.HTTPError as e:
-        return e.code
 
 
 def _serves(door: ProcDoor) -> bool:

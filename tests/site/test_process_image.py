@@ -13,7 +13,6 @@ import resource
 import secrets
 import signal
 import sys
-import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from appliance.site.layout import Site
 from appliance.site.plan import InstallOptions, InstallPlan
 from tests.enginekit import wait_for
 from tests.image.fixtures import proxy_image_tar, runtime_image, runtime_image_tar  # noqa: F401
-from tests.site.installkit import ready
+from tests.site.installkit import ready, runtime_status
 from tests.site.releasekit import free_port_pair
 from tests.stick.kit import make_vendor
 from tests.stick.test_tui_install import mlp_bundle
@@ -183,25 +182,14 @@ def test_a_weights_only_bundle_is_refused_at_load_naming_the_host_runtime(tmp_pa
     assert not roots_dir(site.root).exists() or not any(roots_dir(site.root).iterdir())
 
 
-def status_of(url: str, token: str = "") -> int:
-    req = urllib.request.Request(f"{url}/v2/models/mlp")
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status
-    except urllib.error.HTTPError as e:
-        return e.code
-
-
 def test_a_runtime_behind_the_front_door_reads_the_token_from_a_read_only_mount(
         tmp_path, runtime_image_tar, proxy_image_tar):  # noqa: F811
     for site, _engine, url in install(tmp_path, runtime_image_tar, proxy_image_tar):
         token = (site.root / "token").read_text().strip()
         # around the proxy, on loopback, the runtime itself asks for the token
-        assert status_of(url) == 401
-        assert status_of(url, "wrong") == 401
-        assert status_of(url, token) == 200
+        assert runtime_status(url) == 401
+        assert runtime_status(url, "wrong") == 401
+        assert runtime_status(url, token) == 200
         with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=10) as r:
             assert r.status == 200  # health needs none: the proxy's checks send none
         pid = int((site.release(1).path / "run" / "mlp.child").read_text())
