@@ -128,7 +128,7 @@ class ProcessProxy:
         self.proxy_from = proxy_source(proxy_from)
         self.dir = site.root / PROC_DIR
         self.pidfile = self.dir / "haproxy.pid"
-        self.log = self.dir / "haproxy.log"
+        self.log = self.dir / files_of.PROC_LOG
 
     @property
     def unit_name(self) -> str:

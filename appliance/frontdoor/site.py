@@ -22,7 +22,8 @@ from appliance.fsutil import atomic_write
 
 CONF_DIR = "frontdoor"
 RUN_DIR = "frontdoor-run"
-PROC_DIR = "frontdoor-proc"  # the process engine's HAProxy: pidfiles and haproxy.log
+PROC_DIR = "frontdoor-proc"  # the process engine's HAProxy: pidfiles and its log
+PROC_LOG = "haproxy.log"  # HAProxy's output there (capped; the older part in .1)
 CONFIG = "haproxy.cfg"
 TOKEN_MAP = "tokens.map"  # noqa: S105 - a file name
 SOCKET = "admin.sock"

@@ -50,7 +50,7 @@ from appliance.site.canarywatch import (
     start_guard,
     window_figures,
 )
-from appliance.site.engine import behind_front_door
+from appliance.site.engine import behind_front_door, port_in_use
 from appliance.site.layout import Site
 
 DOOR_FILE = "door.json"  # in the front door's directory: what serves where, for status
@@ -381,7 +381,7 @@ class FrontDoor:
         if self._picked_stats_port is None:
             taken = {s.port for s in manifest.services} if manifest is not None else set()
             port = files_of.STATS_PORT
-            if port in taken or not _loopback_port_free(port):
+            if port in taken or port_in_use(port):
                 with socket.socket() as s:
                     s.bind(("127.0.0.1", 0))
                     port = s.getsockname()[1]
@@ -418,17 +418,6 @@ def _nofile() -> int:
     """The proxy's open-files limit: its design value, or this host's hard limit when lower
     (an engine cannot give a container more than the host allows)."""
     return min(NOFILE, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
-
-
-def _loopback_port_free(port: int) -> bool:
-    """Whether nothing listens on 127.0.0.1:`port` (bound as HAProxy binds: reuse-addr)."""
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _answers(api: ProxyApi) -> bool:

@@ -45,7 +45,7 @@ def cap_output_logs(site: Site) -> list[Path]:
     `StandardOutput=append:` never rotates); return those rotated. The supervisor caps
     its own where systemd is not PID 1."""
     logs = [*site.releases_dir.glob("*/run/*.log"),
-            site.root / files_of.PROC_DIR / "haproxy.log"]
+            site.root / files_of.PROC_DIR / files_of.PROC_LOG]
     return [p for p in logs if cap_log(p)]
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from appliance.errors import ApplianceError
 from appliance.frontdoor import site as files_of
 from appliance.site import audit
+from appliance.site.door import DOOR_FILE
 from appliance.site.gpu import GpuProbe
 from appliance.site.layout import (
     ENVELOPE_FILE,
@@ -141,13 +142,13 @@ def frontdoor_items(site: Site, since: float, redactor: Redactor) -> Iterator[It
     digests, and neither it nor a key is collected) and, on the process engine, HAProxy's
     own log (and the part moved to haproxy.log.1)."""
     conf = site.root / files_of.CONF_DIR
-    for name in ("door.json", files_of.CONFIG):
+    for name in (DOOR_FILE, files_of.CONFIG):
         p = conf / name
         if p.is_file() and not p.is_symlink():
             yield Item(f"frontdoor/{name}", redactor.lines(p.read_bytes(), f"frontdoor/{name}"),
                        p.stat().st_mtime)
     proc = site.root / files_of.PROC_DIR
-    for name in ("haproxy.log.1", "haproxy.log"):
+    for name in (f"{files_of.PROC_LOG}.1", files_of.PROC_LOG):
         yield from _file_item(proc / name, f"frontdoor/{name}", since, "ts", redactor)
 
 
